@@ -1,0 +1,60 @@
+"""peftkit: parameter-efficient fine-tuning for PyTorch and transformers, a drop-in for Hugging Face PEFT.
+
+    from peftkit import LoraConfig, get_peft_model
+    model = get_peft_model(base_model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+"""
+
+__version__ = "0.1.0"
+
+from .config import PeftConfig, PeftConfigMixin
+from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_config, inject_adapter_in_model, register_peft_method
+from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .mapping_func import get_peft_model
+from .peft_model import (
+    PeftModel,
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+    get_layer_status,
+    get_model_status,
+)
+from .utils import (
+    PeftType,
+    PeftWarning,
+    TaskType,
+    get_peft_model_state_dict,
+    load_peft_weights,
+    set_peft_model_state_dict,
+)
+
+__all__ = [
+    "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "LoraConfig",
+    "LoraModel",
+    "LoraRuntimeConfig",
+    "PeftConfig",
+    "PeftConfigMixin",
+    "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForQuestionAnswering",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
+    "PeftType",
+    "PeftWarning",
+    "TaskType",
+    "__version__",
+    "get_layer_status",
+    "get_model_status",
+    "get_peft_config",
+    "get_peft_model",
+    "get_peft_model_state_dict",
+    "inject_adapter_in_model",
+    "load_peft_weights",
+    "register_peft_method",
+    "set_peft_model_state_dict",
+]

@@ -1,0 +1,166 @@
+"""Adapter configurations: the dataclass base every method's config extends, and its JSON round trip.
+
+A config is written to `adapter_config.json` with PEFT's key names and enum spellings, so the same file
+loads in `peft` and in peftkit. Reading tolerates keys written by newer versions: they are named in one
+warning and dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .utils.constants import CONFIG_NAME
+from .utils.peft_types import PeftType, TaskType, coerce_task_type
+from .utils.warnings import PeftWarning
+
+# The on-disk format we write is the one PEFT 0.21.2 reads; `peft_version` records that format.
+PEFT_FORMAT_VERSION = "0.21.2"
+
+# Fields that exist at run time only and are never written (PEFT leaves them out too).
+_RUNTIME_ONLY_FIELDS = ("runtime_config",)
+
+
+def _to_json_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json_value(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class PeftConfigMixin:
+    """The part of a config shared by every adapter kind: its type, and how it is written and read."""
+
+    task_type: str | TaskType | None = field(default=None, metadata={"help": "The task type, e.g. CAUSAL_LM."})
+    peft_type: str | PeftType | None = field(default=None, metadata={"help": "The adapter method."})
+    auto_mapping: dict | None = field(
+        default=None, metadata={"help": "Set by AutoPeftModel; names the base model class (never imported)."}
+    )
+    peft_version: str | None = field(default=None, metadata={"help": "The PEFT format version of the file."})
+
+    def __post_init__(self) -> None:
+        self.task_type = coerce_task_type(self.task_type)
+        if self.peft_type is not None and not isinstance(self.peft_type, PeftType):
+            self.peft_type = PeftType(self.peft_type)
+
+    # ----- dict / JSON -----
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (enums and sets kept as they are in memory)."""
+        return {k: v for k, v in asdict(self).items() if k not in _RUNTIME_ONLY_FIELDS}
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The config as `adapter_config.json` holds it: enum values as strings, sets as sorted lists."""
+        return {k: _to_json_value(v) for k, v in self.to_dict().items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write `adapter_config.json` into `save_directory` (atomically); kwargs override fields."""
+        from .utils.atomic_io import atomic_write_text
+
+        if os.path.isfile(save_directory):
+            raise AssertionError(f"Provided path ({save_directory}) should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
+        output = self.to_json_dict()
+        output.update({k: _to_json_value(v) for k, v in kwargs.items()})
+        output["peft_version"] = PEFT_FORMAT_VERSION
+        text = json.dumps(output, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), text)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_peft_type(cls, **kwargs: Any) -> PeftConfigMixin:
+        """Build the config class that `kwargs["peft_type"]` names (or `cls` itself when it is concrete)."""
+        from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        peft_type = kwargs.get("peft_type")
+        if peft_type is None:
+            config_cls = cls
+        else:
+            try:
+                config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(peft_type)]
+            except (KeyError, ValueError):
+                known = ", ".join(sorted(p.value for p in PEFT_TYPE_TO_CONFIG_MAPPING))
+                raise ValueError(
+                    f"peft_type {peft_type!r} is not supported by peftkit; supported types: {known}."
+                ) from None
+        return config_cls._from_known_keys(kwargs)
+
+    @classmethod
+    def _from_known_keys(cls, kwargs: dict[str, Any]) -> PeftConfigMixin:
+        known = cls.field_names()
+        unknown = sorted(k for k in kwargs if k not in known and k not in _RUNTIME_ONLY_FIELDS)
+        if unknown:
+            warnings.warn(
+                f"Unexpected keys in the {cls.__name__} config: {unknown}. They were probably written by a newer "
+                "PEFT/peftkit version and are ignored; update peftkit if the adapter relies on them.",
+                PeftWarning,
+                stacklevel=3,
+            )
+        return cls(**{k: v for k, v in kwargs.items() if k in known})
+
+    @classmethod
+    def from_json_file(cls, path_json_file: str | os.PathLike) -> dict[str, Any]:
+        """Read a config JSON file into a dict, with a clear error when it is not valid JSON."""
+        try:
+            with open(path_json_file, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path_json_file} is not valid JSON ({err}); the adapter config is corrupt.") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path_json_file} must hold a JSON object, got {type(data).__name__}.")
+        return data
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
+    ) -> PeftConfigMixin:
+        """Load a config from a local folder or a Hub repo id (`adapter_config.json`)."""
+        from .utils.hub import resolve_adapter_file
+
+        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        path = resolve_adapter_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder=subfolder, **hub_kwargs)
+        if path is None:
+            where = os.path.join(str(pretrained_model_name_or_path), subfolder or "")
+            raise ValueError(
+                f"Can't find '{CONFIG_NAME}' at '{where}': this is not an adapter folder or repo. An adapter folder "
+                "holds adapter_config.json and adapter_model.safetensors (written by save_pretrained)."
+            )
+        loaded = cls.from_json_file(path)
+        loaded.update(kwargs)
+        if "peft_type" in loaded or cls in (PeftConfigMixin, PeftConfig):
+            return cls.from_peft_type(**loaded)
+        return cls._from_known_keys(loaded)
+
+    # ----- kinds -----
+    @property
+    def is_prompt_learning(self) -> bool:
+        """True for methods that add virtual tokens rather than adapt layers."""
+        return False
+
+    @property
+    def is_adaption_prompt(self) -> bool:
+        return False
+
+
+@dataclass
+class PeftConfig(PeftConfigMixin):
+    """The base config of every adapter: which model it was made for, and whether it trains."""
+
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The name or path of the base model the adapter was trained on."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "The base model's revision."})
+    inference_mode: bool = field(default=False, metadata={"help": "Freeze the adapter (no training)."})

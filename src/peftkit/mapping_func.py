@@ -1,0 +1,55 @@
+"""get_peft_model: the usual entry point."""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+from .config import PeftConfig
+from .peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel, check_task_fits_model
+from .utils.peft_types import TaskType
+from .utils.warnings import PeftWarning
+
+
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    mixed: bool = False,
+    autocast_adapter_dtype: bool = True,
+    revision: str | None = None,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
+    """Wrap `model` with a new adapter described by `peft_config`.
+
+    The returned class follows `peft_config.task_type` (PeftModelForCausalLM for CAUSAL_LM, ...); with no
+    task type it is a plain PeftModel. Only the adapter's parameters (and `modules_to_save`) train.
+    """
+    if mixed:
+        raise NotImplementedError("Mixed adapter models (mixed=True) are not implemented in peftkit yet.")
+    if not isinstance(peft_config, PeftConfig):
+        raise TypeError(f"peft_config must be a PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
+    base_config = getattr(model, "config", None)
+    name_or_path = getattr(base_config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if name_or_path:
+        peft_config.base_model_name_or_path = name_or_path
+    if revision is not None:
+        if peft_config.revision is not None and peft_config.revision != revision:
+            warnings.warn(
+                f"peft config has already set base model revision to {peft_config.revision}, overwriting with "
+                f"revision {revision}",
+                PeftWarning,
+            )
+        peft_config.revision = revision
+    check_task_fits_model(peft_config.task_type, model)
+    cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(peft_config.task_type, PeftModel) if isinstance(
+        peft_config.task_type, TaskType
+    ) else PeftModel
+    return cls(
+        model,
+        peft_config,
+        adapter_name=adapter_name,
+        autocast_adapter_dtype=autocast_adapter_dtype,
+        low_cpu_mem_usage=low_cpu_mem_usage,
+    )

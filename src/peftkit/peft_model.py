@@ -1,0 +1,590 @@
+"""PeftModel: a base model plus named adapters, and one subclass per task.
+
+The module tree is PEFT's: `PeftModel.base_model` is the tuner (e.g. LoraModel) and
+`PeftModel.base_model.model` the original model, so parameter names read
+`base_model.model.<original path>...`. Attributes the wrapper does not have fall through to the tuner
+and then to the original model (`model.config`, `model.generation_config`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import PeftConfig
+from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from .tuners._status import get_layer_status, get_model_status
+from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTunerLayer
+from .utils.modules_to_save import ModulesToSaveWrapper
+from .utils.peft_types import TaskType
+from .utils.warnings import PeftWarning
+
+__all__ = [
+    "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForQuestionAnswering",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
+    "get_layer_status",
+    "get_model_status",
+]
+
+
+def _validate_adapter_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"Adapter name must be a non-empty string without surrounding spaces, got {name!r}.")
+    if name == BASE_ADAPTER_NAME:
+        raise ValueError(f"'{BASE_ADAPTER_NAME}' is reserved (it means 'no adapter' in adapter_names=).")
+    if "." in name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(
+            f"Adapter name {name!r} may not contain '.', '/' or '\\': it is used in parameter names and as a "
+            "sub-folder name when saving."
+        )
+
+
+class PeftModel(nn.Module):
+    """A base model with adapters.
+
+    Args:
+        model: the base model (e.g. a transformers `PreTrainedModel`).
+        peft_config: the first adapter's config.
+        adapter_name: its name ("default").
+        autocast_adapter_dtype: keep adapter weights in fp32 on an fp16/bf16 base.
+        low_cpu_mem_usage: create the adapter weights on the meta device (to be filled from a file).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig,
+        adapter_name: str = "default",
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+    ) -> None:
+        super().__init__()
+        _validate_adapter_name(adapter_name)
+        self.modules_to_save: set[str] | None = None
+        self.special_peft_forward_args = {"adapter_names"}
+        self.peft_type = peft_config.peft_type
+        if peft_config.peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
+            raise ValueError(f"peftkit does not support peft_type {peft_config.peft_type!r} yet.")
+        tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]
+        self.base_model = tuner_cls(
+            model,
+            {adapter_name: peft_config},
+            adapter_name,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+        )
+        self._track_modules_to_save(peft_config)
+        if hasattr(self.base_model, "config") and hasattr(self.base_model.config, "pretraining_tp"):
+            self.base_model.config.pretraining_tp = 1
+        # transformers' Trainer and quantized-training guards look for this flag
+        self._hf_peft_config_loaded = True
+
+    # ----- configuration and state -----
+    @property
+    def peft_config(self) -> dict[str, PeftConfig]:
+        return self.base_model.peft_config
+
+    @peft_config.setter
+    def peft_config(self, value: dict[str, PeftConfig]) -> None:
+        self.base_model.peft_config = value
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self.base_model.active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return self.base_model.active_adapters
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        return self.peft_config[self.active_adapters[0]]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def get_base_model(self) -> nn.Module:
+        """The original model (with adapter layers still inside it)."""
+        return self.base_model.model
+
+    def _track_modules_to_save(self, config: PeftConfig) -> None:
+        names = getattr(config, "modules_to_save", None)
+        if names:
+            self.modules_to_save = (self.modules_to_save or set()) | set(names)
+
+    # ----- adapters -----
+    def add_adapter(
+        self,
+        adapter_name: str,
+        peft_config: PeftConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
+        """Add another adapter (it does not become active; use `set_adapter`)."""
+        _validate_adapter_name(adapter_name)
+        if adapter_name in self.peft_config:
+            raise ValueError(
+                f"An adapter named '{adapter_name}' already exists; delete it first or choose another name."
+            )
+        if peft_config.peft_type != self.peft_type:
+            raise ValueError(
+                f"Cannot combine adapters with different peft types ({self.peft_type.value} and "
+                f"{peft_config.peft_type.value}) in one PeftModel; use get_peft_model(..., mixed=True)."
+            )
+        self._prepare_config_for_task(peft_config)
+        self.peft_config[adapter_name] = peft_config
+        try:
+            self.base_model.inject_adapter(
+                self.base_model.model,
+                adapter_name,
+                autocast_adapter_dtype=autocast_adapter_dtype,
+                low_cpu_mem_usage=low_cpu_mem_usage,
+            )
+        except Exception:
+            if adapter_name in self.peft_config:
+                del self.peft_config[adapter_name]
+            raise
+        self._track_modules_to_save(peft_config)
+
+    def _prepare_config_for_task(self, peft_config: PeftConfig) -> None:
+        """Task classes amend a config before injection (e.g. add the classifier to modules_to_save)."""
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Make `adapter_name` the active adapter (only it is trainable, unless `inference_mode`)."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        missing = [n for n in names if n not in self.peft_config]
+        if missing:
+            raise ValueError(f"Adapter {missing[0]} not found; available adapters: {sorted(self.peft_config)}.")
+        frozen = inference_mode or any(self.peft_config[n].inference_mode for n in names)
+        self.base_model.set_adapter(adapter_name, inference_mode=frozen)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter; if it was active, another one becomes active."""
+        self.base_model.delete_adapter(adapter_name)
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Context manager in which the model computes the base model's outputs."""
+        self.base_model.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            self.base_model.enable_adapter_layers()
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self.base_model.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        self.base_model.unmerge_adapter()
+
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        """Merge the adapters into the base weights and return the base model without adapter layers."""
+        return self.base_model.merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def unload(self) -> nn.Module:
+        """Return the base model without adapter layers, nothing merged."""
+        return self.base_model.unload()
+
+    # ----- parameters -----
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts; 4-bit packed parameters count as their unpacked size."""
+        trainable = total = 0
+        for _, param in self.named_parameters():
+            count = param.numel()
+            if count == 0 and hasattr(param, "ds_numel"):
+                count = param.ds_numel
+            if param.__class__.__name__ == "Params4bit":  # two 4-bit values per byte of storage
+                count *= 2 * param.element_size()
+            total += count
+            if param.requires_grad:
+                trainable += count
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def get_layer_status(self):
+        return get_layer_status(self)
+
+    def get_model_status(self):
+        return get_model_status(self)
+
+    # ----- forward -----
+    @contextmanager
+    def _adapter_routing(self, adapter_names: list[str] | None, batch_size: int | None = None) -> Iterator[None]:
+        """With `adapter_names`, route each sample through its own adapter in every adapted layer."""
+        if adapter_names is None:
+            yield
+            return
+        adapter_names = list(adapter_names)
+        self._check_mixed_batch(adapter_names, batch_size)
+
+        def pre_hook(module, hook_args, hook_kwargs):
+            names = adapter_names
+            batch = hook_args[0].shape[0] if hook_args and torch.is_tensor(hook_args[0]) else len(names)
+            if batch != len(names) and batch % len(names) == 0:  # beams / return sequences expand the batch
+                names = [n for n in names for _ in range(batch // len(names))]
+            hook_kwargs["adapter_names"] = names
+            return hook_args, hook_kwargs
+
+        hooks = [
+            module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            for module in self.modules()
+            if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
+        ]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _check_mixed_batch(self, adapter_names: list[str], batch_size: int | None) -> None:
+        unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER_NAME and n not in self.peft_config})
+        if unknown:
+            raise ValueError(
+                f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}; available: "
+                f"{sorted(self.peft_config)} (and '{BASE_ADAPTER_NAME}' for the base model)."
+            )
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if any(isinstance(m, BaseTunerLayer) and m.merged for m in self.modules()):
+            raise ValueError("Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first.")
+        if batch_size is not None and batch_size != len(adapter_names):
+            raise ValueError(
+                f"Length of `adapter_names` ({len(adapter_names)}) should be the same as the batch size ({batch_size})."
+            )
+
+    @staticmethod
+    def _batch_size(*candidates: Any) -> int | None:
+        return next((c.shape[0] for c in candidates if torch.is_tensor(c)), None)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        adapter_names = kwargs.pop("adapter_names", None)
+        batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
+        with self._adapter_routing(adapter_names, batch):
+            return self.get_base_model()(*args, **kwargs)
+
+    def _forward_task(self, **kwargs: Any) -> Any:
+        """Call the base model with the task's named inputs, dropping the ones left as None."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        batch = self._batch_size(kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
+        with self._adapter_routing(adapter_names, batch):
+            return self.base_model(**{k: v for k, v in kwargs.items() if v is not None})
+
+    # ----- persistence (see peftkit.utils.persistence) -----
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        selected_adapters: list[str] | None = None,
+        save_embedding_layers: str | bool = "auto",
+        is_main_process: bool = True,
+        path_initial_model_for_weight_conversion: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write each adapter's config and weights (non-default adapters in a sub-folder of their name)."""
+        from .utils.persistence import save_peft_model
+
+        save_peft_model(
+            self,
+            save_directory,
+            safe_serialization=safe_serialization,
+            selected_adapters=selected_adapters,
+            save_embedding_layers=save_embedding_layers,
+            is_main_process=is_main_process,
+            path_initial_model_for_weight_conversion=path_initial_model_for_weight_conversion,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike,
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: PeftConfig | None = None,
+        autocast_adapter_dtype: bool = True,
+        ephemeral_gpu_offload: bool = False,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> PeftModel:
+        """Load an adapter (folder or Hub id) onto `model`; the task class follows the config's task_type."""
+        from .utils.persistence import load_peft_model
+
+        return load_peft_model(
+            cls,
+            model,
+            model_id,
+            adapter_name=adapter_name,
+            is_trainable=is_trainable,
+            config=config,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            ephemeral_gpu_offload=ephemeral_gpu_offload,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            **kwargs,
+        )
+
+    def load_adapter(
+        self,
+        model_id: str | os.PathLike,
+        adapter_name: str,
+        is_trainable: bool = False,
+        torch_device: str | None = None,
+        autocast_adapter_dtype: bool = True,
+        ephemeral_gpu_offload: bool = False,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Load a further adapter from a folder or Hub id; returns the missing/unexpected keys."""
+        from .utils.persistence import load_adapter_into
+
+        return load_adapter_into(
+            self,
+            model_id,
+            adapter_name,
+            is_trainable=is_trainable,
+            torch_device=torch_device,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            **kwargs,
+        )
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Save the adapters to a temporary folder and upload it to the Hub repo `repo_id`."""
+        from .utils.persistence import push_peft_model_to_hub
+
+        return push_peft_model_to_hub(self, repo_id, **kwargs)
+
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        from .utils.persistence import write_model_card
+
+        write_model_card(self, output_dir)
+
+
+class PeftModelForCausalLM(PeftModel):
+    """A causal language model with adapters; `generate` honours `adapter_names=` per sample."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._forward_task(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        adapter_names = kwargs.pop("adapter_names", None)
+        batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
+        with self._adapter_routing(adapter_names, batch):
+            return self.get_base_model().generate(*args, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get_base_model().prepare_inputs_for_generation(*args, **kwargs)
+
+
+class PeftModelForSeq2SeqLM(PeftModelForCausalLM):
+    """An encoder-decoder model with adapters."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._forward_task(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=labels,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+
+class _WithTrainedHead(PeftModel):
+    """Task classes whose new head (classifier, QA outputs) is trained and saved with the adapter."""
+
+    head_module_names: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any) -> None:
+        self._amend_modules_to_save(peft_config)
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
+    def _amend_modules_to_save(self, peft_config: PeftConfig) -> None:
+        if not hasattr(peft_config, "modules_to_save"):
+            return
+        if peft_config.modules_to_save is None:
+            peft_config.modules_to_save = list(self.head_module_names)
+        else:
+            peft_config.modules_to_save = list(peft_config.modules_to_save) + [
+                n for n in self.head_module_names if n not in peft_config.modules_to_save
+            ]
+
+    def _prepare_config_for_task(self, peft_config: PeftConfig) -> None:
+        self._amend_modules_to_save(peft_config)
+
+
+class PeftModelForSequenceClassification(_WithTrainedHead):
+    """A sequence classifier with adapters; the classifier head (`classifier`/`score`) trains too."""
+
+    head_module_names = ("classifier", "score")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._forward_task(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+
+class PeftModelForTokenClassification(PeftModelForSequenceClassification):
+    """A token classifier with adapters; the classifier head trains too."""
+
+
+class PeftModelForQuestionAnswering(_WithTrainedHead):
+    """An extractive QA model with adapters; `qa_outputs` trains too."""
+
+    head_module_names = ("qa_outputs",)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._forward_task(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            start_positions=start_positions,
+            end_positions=end_positions,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+
+class PeftModelForFeatureExtraction(PeftModel):
+    """An encoder used for embeddings, with adapters."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._forward_task(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+
+MODEL_TYPE_TO_PEFT_MODEL_MAPPING: dict[TaskType, type[PeftModel]] = {
+    TaskType.SEQ_CLS: PeftModelForSequenceClassification,
+    TaskType.SEQ_2_SEQ_LM: PeftModelForSeq2SeqLM,
+    TaskType.CAUSAL_LM: PeftModelForCausalLM,
+    TaskType.TOKEN_CLS: PeftModelForTokenClassification,
+    TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
+    TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
+}
+
+
+def check_task_fits_model(task_type: TaskType | None, model: nn.Module) -> None:
+    """Say at wrap time when a task class cannot work with the model (e.g. CAUSAL_LM without an LM head)."""
+    if task_type in (TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM):
+        get_output = getattr(model, "get_output_embeddings", None)
+        head = get_output() if callable(get_output) else None
+        if head is None and hasattr(model, "config"):
+            warnings.warn(
+                f"task_type={task_type.value} but {type(model).__name__} has no language-modeling head "
+                "(get_output_embeddings() is None): generate() and the LM loss will not work. Load the model "
+                "with AutoModelForCausalLM / AutoModelForSeq2SeqLM, or use task_type='FEATURE_EXTRACTION'.",
+                PeftWarning,
+            )

@@ -1,0 +1,151 @@
+"""Which modules of a model an adapter config targets.
+
+Rules (the same as PEFT's): a string `target_modules` is a regex that must match the whole module name;
+a list entry matches a name exactly or as its last dotted parts (`"q_proj"` matches
+`model.layers.0.self_attn.q_proj`). `exclude_modules` follows the same two rules and wins over targets.
+`layers_to_transform` keeps only modules inside the listed layer indices, the index being the number
+after a `.<layers_pattern>.` segment (any segment when no pattern is given).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from collections.abc import Iterable
+
+from torch import nn
+
+from ..utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
+from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning
+
+_REGEX_CHARS = re.compile(r"[\\^$*+?{}\[\]|()]")
+
+
+def matches_name(patterns: str | Iterable[str] | None, key: str) -> bool:
+    """True when `key` is matched by a regex string or a list of exact names / dotted suffixes."""
+    if patterns is None:
+        return False
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, key) is not None
+    return any(key == p or key.endswith("." + p) for p in patterns)
+
+
+def layer_index(key: str, layers_pattern: str | list[str] | None) -> int | None:
+    """The layer number of module `key` (e.g. 3 for `model.layers.3.mlp`), or None if it has none."""
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+    regexes = [rf".*\.(?:{p})\.(\d+)\." for p in patterns] or [r".*\.[^.]*\.(\d+)\."]
+    for regex in regexes:
+        found = re.match(regex, key)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def is_targeted(config, key: str) -> bool:
+    """Whether the module named `key` is adapted under `config`."""
+    if matches_name(getattr(config, "exclude_modules", None), key):
+        return False
+    if not matches_name(config.target_modules, key):
+        return False
+    layers = getattr(config, "layers_to_transform", None)
+    if layers is None:
+        return True
+    index = layer_index(key, getattr(config, "layers_pattern", None))
+    wanted = [layers] if isinstance(layers, int) else layers
+    return index is not None and index in wanted
+
+
+def linear_like_types() -> tuple[type, ...]:
+    """Layer types that count as "linear" for the `all-linear` shorthand."""
+    from transformers.pytorch_utils import Conv1D
+
+    types: list[type] = [nn.Linear, Conv1D]
+    try:  # quantized linear layers count too, when bitsandbytes is installed
+        import bitsandbytes as bnb
+
+        types += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
+    except Exception:
+        pass
+    return tuple(types)
+
+
+def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = ()) -> None:
+    """Replace `target_modules="all-linear"` by the full names of the model's linear layers.
+
+    The output head (`get_output_embeddings()`), modules named in `excluded_names` (e.g. modules_to_save
+    heads) and layers that belong to an adapter are left out.
+    """
+    targets = config.target_modules
+    if not (isinstance(targets, str) and targets.lower() == INCLUDE_LINEAR_LAYERS_SHORTHAND):
+        return
+    from .tuners_utils import BaseTunerLayer
+
+    output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    excluded = set(excluded_names)
+    names: set[str] = set()
+    adapter_owned: list[str] = []
+    linear_types = linear_like_types()
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            adapter_owned.append(name)
+            continue
+        if any(name.startswith(owner + ".") for owner in adapter_owned):
+            continue
+        if ".modules_to_save." in name or name.endswith(".original_module") or ".original_module." in name:
+            continue
+        if module is output_head or matches_name(excluded, name):
+            continue
+        if isinstance(module, linear_types):
+            names.add(name)
+    # tuner layers themselves (already adapted) are targeted again for a second adapter
+    names.update(adapter_owned)
+    config.target_modules = names
+
+
+def warn_if_regex_in_list(target_modules) -> None:
+    """A list entry that looks like a regex is almost always a mistake: lists match exactly."""
+    if isinstance(target_modules, str) or target_modules is None:
+        return
+    suspicious = sorted(t for t in target_modules if _REGEX_CHARS.search(t))
+    if suspicious:
+        warnings.warn(
+            f"target_modules entries {suspicious} look like regular expressions, but a list matches module "
+            "names exactly or by their last dotted parts. Pass a single string to match by regex.",
+            PeftWarning,
+            stacklevel=4,
+        )
+
+
+def unmatched_list_entries(target_modules, matched_keys: list[str]) -> list[str]:
+    """The list entries of `target_modules` that matched no module (empty for a regex string)."""
+    if isinstance(target_modules, str) or target_modules is None:
+        return []
+    return sorted(t for t in target_modules if not any(k == t or k.endswith("." + t) for k in matched_keys))
+
+
+def no_match_error(config, model: nn.Module) -> NoMatchingPeftModuleError:
+    """The error for a config whose targets match nothing, listing the closest module names and types."""
+    modules = {name: type(mod).__name__ for name, mod in model.named_modules() if name}
+    suffixes: dict[str, str] = {}
+    for name, kind in modules.items():
+        suffixes.setdefault(name.rsplit(".", 1)[-1], kind)
+    targets = config.target_modules
+    wanted = [targets] if isinstance(targets, str) else sorted(targets or [])
+    close: list[str] = []
+    for target in wanted:
+        for cand in difflib.get_close_matches(target.rsplit(".", 1)[-1], list(suffixes), n=5, cutoff=0.4):
+            if cand not in close:
+                close.append(cand)
+    leaf_kinds = {s: k for s, k in suffixes.items() if not any(n.startswith(s + ".") for n in modules)}
+    listing = ", ".join(f"{s} ({leaf_kinds.get(s, suffixes[s])})" for s in (close or list(leaf_kinds)[:20]))
+    extra = ""
+    if getattr(config, "layers_to_transform", None) is not None:
+        extra = f" with layers_to_transform={config.layers_to_transform} and layers_pattern={config.layers_pattern}"
+    if getattr(config, "exclude_modules", None):
+        extra += f" after exclude_modules={config.exclude_modules}"
+    return NoMatchingPeftModuleError(
+        f"Target modules {wanted} not found in the base model{extra}. "
+        f"{'Closest' if close else 'Some'} available module names (type): {listing}. "
+        "Fix target_modules to name existing modules (exact name, dotted suffix, or one regex string)."
+    )

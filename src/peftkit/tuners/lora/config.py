@@ -1,0 +1,112 @@
+"""LoraConfig: every field PEFT 0.21 writes for LoRA, with the same names and defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ...config import PeftConfig
+from ...utils.peft_types import PeftType
+
+_VALID_BIAS = ("none", "all", "lora_only")
+# Initialisations peftkit implements today; the others are accepted by the config (so files from peft
+# load) but raise a clear error when an adapter would be created with them.
+IMPLEMENTED_INITS = (True, False, "gaussian")
+_KNOWN_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
+
+
+@dataclass
+class LoraRuntimeConfig:
+    """Settings that matter at run time only; never written to adapter_config.json."""
+
+    ephemeral_gpu_offload: bool = False
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """Configuration of a LoRA adapter: `W x + (lora_alpha / r) * B A x` on each targeted layer.
+
+    With `use_rslora` the scale is `lora_alpha / sqrt(r)`; with `use_dora` the adapted weight is
+    re-normalised per output row and scaled by a learned magnitude (DoRA).
+    """
+
+    r: int = field(default=8, metadata={"help": "LoRA rank."})
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Module names (exact or dotted suffix), one regex string, or 'all-linear'."},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never adapted."})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (scale numerator)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
+    fan_in_fan_out: bool = field(default=False, metadata={"help": "True for layers storing (in, out) weights."})
+    bias: Literal["none", "all", "lora_only"] = field(default="none", metadata={"help": "Which biases train."})
+    use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha/sqrt(r) (rank-stabilised LoRA)."})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full."})
+    init_lora_weights: bool | str = field(default=True, metadata={"help": "True, False or 'gaussian'."})
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer indices."})
+    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Name of the layer list."})
+    rank_pattern: dict = field(default_factory=dict, metadata={"help": "Regex -> rank overrides."})
+    alpha_pattern: dict = field(default_factory=dict, metadata={"help": "Regex -> alpha overrides."})
+    megatron_config: dict | None = field(default=None, metadata={"help": "Megatron parallel config."})
+    megatron_core: str | None = field(default="megatron.core", metadata={"help": "Megatron core module."})
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(default=None)
+    loftq_config: dict = field(default_factory=dict)
+    eva_config: Any = field(default=None)
+    corda_config: Any = field(default=None)
+    lora_ga_config: Any = field(default=None)
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    velora_config: Any = field(default=None)
+    alora_invocation_tokens: list[int] | None = field(default=None)
+    use_qalora: bool = field(default=False)
+    qalora_group_size: int = field(default=16)
+    monteclora_config: Any = field(default=None)
+    layer_replication: list[tuple[int, int]] | None = field(default=None)
+    runtime_config: LoraRuntimeConfig = field(default_factory=LoraRuntimeConfig)
+    lora_bias: bool = field(default=False, metadata={"help": "Give lora_B a bias (merged into the base bias)."})
+    target_parameters: list[str] | None = field(default=None)
+    use_bdlora: Any = field(default=None)
+    arrow_config: Any = field(default=None)
+    kasa_config: Any = field(default=None)
+    ensure_weight_tying: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.LORA
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, (list, tuple)):
+            self.exclude_modules = set(self.exclude_modules)
+        if isinstance(self.runtime_config, dict):
+            self.runtime_config = LoraRuntimeConfig(**self.runtime_config)
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ValueError(f"LoRA rank r must be a positive integer, got r={self.r!r}.")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.bias not in _VALID_BIAS:
+            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        if self.use_dora and self.lora_bias:
+            raise ValueError("lora_bias=True is not supported together with DoRA; pass use_dora=False or lora_bias=False.")
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex).")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError("layers_pattern cannot be used when target_modules is a str (a regex).")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("When layers_pattern is specified, layers_to_transform must also be specified.")
+        init = self.init_lora_weights
+        valid_init = init in (True, False) or init in _KNOWN_INITS or (
+            isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init)
+        )
+        if not valid_init:
+            raise ValueError(
+                f"init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', 'pissa_niter_K', "
+                "'olora', 'corda', 'eva', 'loftq' or 'orthogonal'."
+            )
+        for name, pattern in {**self.rank_pattern, **self.alpha_pattern}.items():
+            if not isinstance(name, str):
+                raise ValueError(f"rank_pattern/alpha_pattern keys must be strings, got {name!r}.")
+            if isinstance(pattern, bool) or not isinstance(pattern, (int, float)) or pattern <= 0:
+                raise ValueError(f"rank_pattern/alpha_pattern value for {name!r} must be positive, got {pattern!r}.")

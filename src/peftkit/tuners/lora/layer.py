@@ -1,0 +1,413 @@
+"""LoRA layers: `y = base(x) + (alpha / r) * B(A(dropout(x)))`, for Linear, Embedding and ConvNd bases.
+
+Each kind only says how A and B are shaped and applied; the framework (`BaseTunerLayer`) runs the loop
+over active adapters, mixed batches, merging and bookkeeping. DoRA (`use_dora`) re-normalises the
+adapted weight: `W' = m * (W + s B A) / ||W + s B A||` (norm per output channel, treated as a constant
+for the gradient, as in the DoRA paper, section 4.3).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...utils.warnings import PeftWarning
+from ..tuners_utils import BaseTunerLayer
+from . import dora
+from .config import IMPLEMENTED_INITS
+
+
+class LoraLayer(BaseTunerLayer):
+    """State shared by every LoRA layer kind: ranks, alphas, scalings, dropouts, the A/B factors."""
+
+    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self._init_tuner_layer(base_layer)
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.lora_dropout = nn.ModuleDict({})
+        self.lora_A = nn.ModuleDict({})
+        self.lora_B = nn.ModuleDict({})
+        self.lora_embedding_A = nn.ParameterDict({})
+        self.lora_embedding_B = nn.ParameterDict({})
+        self.lora_magnitude_vector = nn.ModuleDict()
+        self.use_dora: dict[str, bool] = {}
+        self.lora_bias: dict[str, bool] = {}
+        self.kwargs = kwargs
+
+    # ----- creation -----
+    def update_layer(
+        self,
+        adapter_name: str,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        init_lora_weights: bool | str = True,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        lora_bias: bool = False,
+        inference_mode: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Create (or re-create) adapter `adapter_name` on this layer."""
+        if r <= 0:
+            raise ValueError(f"`r` should be a positive integer value but the value passed is {r}")
+        if init_lora_weights not in IMPLEMENTED_INITS:
+            raise NotImplementedError(
+                f"init_lora_weights={init_lora_weights!r} is not implemented in peftkit yet; use True, False or "
+                "'gaussian'."
+            )
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = lora_alpha
+        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        self.lora_dropout[adapter_name] = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+        self.use_dora[adapter_name] = use_dora
+        self.lora_bias[adapter_name] = lora_bias
+        self._create_factors(adapter_name, r, lora_bias)
+        self.reset_lora_parameters(adapter_name, init_lora_weights)
+        self._finish_new_adapter(adapter_name)
+        if use_dora:
+            self.lora_magnitude_vector[adapter_name] = dora.MagnitudeVector(self._dora_weight_norm(adapter_name))
+            self._finish_new_adapter(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
+        raise NotImplementedError
+
+    def reset_lora_parameters(self, adapter_name: str, init_lora_weights: bool | str) -> None:
+        """Initialise A and B so that the adapter starts as a no-op (B = 0), unless init is False."""
+        if init_lora_weights is False:
+            return
+        if adapter_name in self.lora_A:
+            if init_lora_weights == "gaussian":
+                nn.init.normal_(self.lora_A[adapter_name].weight, std=1 / self.r[adapter_name])
+            else:
+                nn.init.kaiming_uniform_(self.lora_A[adapter_name].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B[adapter_name].weight)
+            if self.lora_bias[adapter_name]:
+                nn.init.zeros_(self.lora_B[adapter_name].bias)
+        if adapter_name in self.lora_embedding_A:
+            # A is read as a lookup table, so it starts at zero and B is random (the product is still 0)
+            nn.init.zeros_(self.lora_embedding_A[adapter_name])
+            nn.init.normal_(self.lora_embedding_B[adapter_name])
+
+    # ----- DoRA -----
+    def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
+        """The base weight with output channels first (transposed for Conv1D / Embedding)."""
+        return weight
+
+    def _dora_weight_norm(self, adapter_name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """||W + delta|| per output channel, in fp32, detached (DoRA treats it as a constant)."""
+        if weight is None:
+            weight = self.get_base_layer().weight
+        adapted = self._weight_out_in(weight.float() + self.get_delta_weight(adapter_name).float())
+        return dora.channel_norm(adapted.detach(), self._magnitude_shape())
+
+    def _magnitude_shape(self) -> tuple[int, ...]:
+        return (-1,)
+
+    def _dora_scale(self, adapter_name: str) -> torch.Tensor:
+        """m / ||W + s B A||, shaped to broadcast over this layer's output."""
+        magnitude = self.lora_magnitude_vector[adapter_name].weight
+        norm = self._dora_weight_norm(adapter_name).to(magnitude.dtype)
+        return magnitude / norm
+
+    def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        adapted = super()._merged_weight(adapter_name, weight)
+        if not self.use_dora.get(adapter_name, False):
+            return adapted
+        norm = self._dora_weight_norm(adapter_name, weight)
+        self._caches[f"{adapter_name}-weight_norm"] = norm
+        scale = self.lora_magnitude_vector[adapter_name].weight.float() / norm
+        return self._scale_out_channels(adapted, scale)
+
+    def _unmerged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        if not self.use_dora.get(adapter_name, False):
+            return super()._unmerged_weight(adapter_name, weight)
+        norm = self._caches.pop(f"{adapter_name}-weight_norm")
+        scale = self.lora_magnitude_vector[adapter_name].weight.float() / norm
+        return self._scale_out_channels(weight.float(), 1 / scale) - self.get_delta_weight(adapter_name).float()
+
+    def _scale_out_channels(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Multiply each output channel of a base-layout weight by `scale`."""
+        return self._weight_out_in(self._weight_out_in(weight) * scale.reshape(-1, *[1] * (weight.dim() - 1)))
+
+    def _bias_delta(self, adapter_name: str) -> torch.Tensor | None:
+        if not self.lora_bias.get(adapter_name, False):
+            return None
+        if self.get_base_layer().bias is None:
+            raise RuntimeError(
+                f"Impossible to merge LoRA adapter '{adapter_name}' with `lora_bias=True` because the base layer has "
+                "no bias to merge it into; keep this adapter unmerged."
+            )
+        return self.lora_B[adapter_name].bias * self.scaling[adapter_name]
+
+    # ----- scaling helpers used by rescale_adapter_scale -----
+    def set_scale(self, adapter: str, scale: float) -> None:
+        if adapter in self.scaling:
+            self.scaling[adapter] = scale * self.lora_alpha[adapter] / self.r[adapter]
+
+    def scale_layer(self, scale: float) -> None:
+        for adapter in self.active_adapters:
+            if adapter in self.scaling:
+                self.scaling[adapter] *= scale
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        for adapter in self.active_adapters:
+            if adapter in self.scaling:
+                if scale is None:
+                    self.scaling[adapter] = self.lora_alpha[adapter] / self.r[adapter]
+                else:
+                    self.scaling[adapter] /= scale
+
+    def __repr__(self) -> str:
+        return "lora." + super().__repr__()
+
+
+def _in_out_features(base_layer: nn.Module) -> tuple[int, int]:
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(base_layer, Conv1D):  # weight stored as (in, out)
+        return base_layer.weight.shape[0], base_layer.weight.shape[1]
+    if isinstance(base_layer, nn.Embedding):
+        return base_layer.num_embeddings, base_layer.embedding_dim
+    if isinstance(base_layer, nn.modules.conv._ConvNd):
+        return base_layer.in_channels, base_layer.out_channels
+    return base_layer.in_features, base_layer.out_features
+
+
+class Linear(LoraLayer, nn.Module):
+    """LoRA on `nn.Linear` or transformers' `Conv1D` (`fan_in_fan_out=True`: weight stored as (in, out))."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        r: int = 0,
+        lora_alpha: int = 1,
+        lora_dropout: float = 0.0,
+        fan_in_fan_out: bool = False,
+        is_target_conv_1d_layer: bool = False,
+        init_lora_weights: bool | str = True,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        lora_bias: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        nn.Module.__init__(self)
+        LoraLayer.__init__(self, base_layer, **kwargs)
+        self.fan_in_fan_out = fan_in_fan_out
+        self.is_target_conv_1d_layer = is_target_conv_1d_layer
+        self.in_features, self.out_features = _in_out_features(base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(
+            adapter_name,
+            r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            init_lora_weights=init_lora_weights,
+            use_rslora=use_rslora,
+            use_dora=use_dora,
+            lora_bias=lora_bias,
+        )
+
+    def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
+        self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
+        self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=lora_bias)
+
+    def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.T if self.fan_in_fan_out else weight
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """`s * B @ A`, transposed to (in, out) for Conv1D; fp32 when the factors are half precision."""
+        weight_A, weight_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
+            weight_A, weight_B = weight_A.float(), weight_B.float()
+        return self._weight_out_in(weight_B @ weight_A) * self.scaling[adapter]
+
+    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        dropout = self.lora_dropout[adapter_name]
+        scaling = self.scaling[adapter_name]
+        x = self._cast_input_dtype(x, lora_A.weight.dtype)
+        if not self.use_dora[adapter_name]:
+            return lora_B(lora_A(dropout(x))) * scaling
+        x_dropped = dropout(x)
+        base_out = None
+        if isinstance(dropout, nn.Identity) or not self.training:
+            base_out = base_result if self.bias is None else base_result - self.bias
+        else:
+            base_out = F.linear(x_dropped, self._weight_out_in(self.weight).to(x.dtype))
+        scale = self._dora_scale(adapter_name).view(1, -1)
+        return (scale - 1) * base_out + scale * lora_B(lora_A(x_dropped)) * scaling
+
+
+class Embedding(LoraLayer, nn.Module):
+    """LoRA on `nn.Embedding`: `y = E[x] + s * A.T[x] @ B.T` (A: (r, num_embeddings), B: (dim, r))."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        r: int = 0,
+        lora_alpha: int = 1,
+        lora_dropout: float = 0.0,
+        init_lora_weights: bool | str = True,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        lora_bias: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if lora_bias:
+            raise ValueError(f"lora_bias={lora_bias} is not supported for {type(self).__name__}.")
+        nn.Module.__init__(self)
+        LoraLayer.__init__(self, base_layer, **kwargs)
+        self.in_features, self.out_features = _in_out_features(base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(
+            adapter_name,
+            r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            init_lora_weights=init_lora_weights,
+            use_rslora=use_rslora,
+            use_dora=use_dora,
+            lora_bias=lora_bias,
+        )
+
+    def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
+        self.lora_embedding_A[adapter_name] = nn.Parameter(torch.randn(r, self.in_features))
+        self.lora_embedding_B[adapter_name] = nn.Parameter(torch.randn(self.out_features, r))
+
+    def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.T  # (num_embeddings, dim): the embedding dim plays the output channel
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        weight_A, weight_B = self.lora_embedding_A[adapter], self.lora_embedding_B[adapter]
+        if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
+            weight_A, weight_B = weight_A.float(), weight_B.float()
+        return (weight_B @ weight_A).T * self.scaling[adapter]
+
+    def _embed(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        return F.embedding(
+            x,
+            table,
+            padding_idx=base.padding_idx,
+            max_norm=base.max_norm,
+            norm_type=base.norm_type,
+            scale_grad_by_freq=base.scale_grad_by_freq,
+            sparse=base.sparse,
+        )
+
+    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        embedding_A = self.lora_embedding_A[adapter_name].T
+        embedding_B = self.lora_embedding_B[adapter_name].T
+        lora_out = (self._embed(x, embedding_A) @ embedding_B) * self.scaling[adapter_name]
+        if not self.use_dora[adapter_name]:
+            return lora_out
+        scale = self._dora_scale(adapter_name)
+        return (scale - 1) * base_result + scale * lora_out
+
+
+class _ConvNd(LoraLayer, nn.Module):
+    """LoRA on a convolution: A is a conv with the base kernel, B a 1x1 conv (grouped like the base)."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        r: int = 0,
+        lora_alpha: int = 1,
+        lora_dropout: float = 0.0,
+        init_lora_weights: bool | str = True,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        lora_bias: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        nn.Module.__init__(self)
+        LoraLayer.__init__(self, base_layer, **kwargs)
+        self.in_features, self.out_features = _in_out_features(base_layer)
+        self._kernel_dim = base_layer.weight.dim()
+        if base_layer.groups > 1:
+            warnings.warn("LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.", PeftWarning)
+        if r % base_layer.groups != 0:
+            raise ValueError(f"r={r} must be divisible by the conv layer's groups={base_layer.groups}.")
+        self._active_adapter = adapter_name
+        self.update_layer(
+            adapter_name,
+            r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            init_lora_weights=init_lora_weights,
+            use_rslora=use_rslora,
+            use_dora=use_dora,
+            lora_bias=lora_bias,
+        )
+
+    def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
+        base = self.get_base_layer()
+        conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[self._kernel_dim]
+        ones = (1,) * (self._kernel_dim - 2)
+        self.lora_A[adapter_name] = conv(
+            self.in_features, r, base.kernel_size, base.stride, base.padding, bias=False
+        )
+        self.lora_B[adapter_name] = conv(r, self.out_features, ones, ones, groups=base.groups, bias=lora_bias)
+
+    def _magnitude_shape(self) -> tuple[int, ...]:
+        return (1, -1) + (1,) * (self._kernel_dim - 2)
+
+    def _check_mergeable(self) -> None:
+        if self.get_base_layer().groups > 1:
+            raise NotImplementedError("Merging LoRA into a grouped convolution (groups > 1) is not supported.")
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        weight_A, weight_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
+            weight_A, weight_B = weight_A.float(), weight_B.float()
+        if all(k == 1 for k in self.get_base_layer().weight.shape[2:]):
+            delta = (weight_B.flatten(1) @ weight_A.flatten(1)).reshape(
+                weight_B.shape[0], weight_A.shape[1], *weight_A.shape[2:]
+            )
+        else:
+            conv_fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[self._kernel_dim]
+            delta = conv_fn(weight_A.transpose(0, 1), weight_B).transpose(0, 1)
+        return delta * self.scaling[adapter]
+
+    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        dropout = self.lora_dropout[adapter_name]
+        scaling = self.scaling[adapter_name]
+        x = self._cast_input_dtype(x, lora_A.weight.dtype)
+        if not self.use_dora[adapter_name]:
+            return lora_B(lora_A(dropout(x))) * scaling
+        x_dropped = dropout(x)
+        base = self.get_base_layer()
+        if isinstance(dropout, nn.Identity) or not self.training:
+            bias = base.bias
+            base_out = base_result if bias is None else base_result - bias.view(1, -1, *[1] * (self._kernel_dim - 2))
+        else:
+            base_out = base._conv_forward(x_dropped, base.weight.to(x.dtype), None)
+        scale = self._dora_scale(adapter_name)
+        return (scale - 1) * base_out + scale * lora_B(lora_A(x_dropped)) * scaling
+
+
+class Conv1d(_ConvNd):
+    """LoRA on `nn.Conv1d`."""
+
+
+class Conv2d(_ConvNd):
+    """LoRA on `nn.Conv2d`."""
+
+
+class Conv3d(_ConvNd):
+    """LoRA on `nn.Conv3d`."""

@@ -1,0 +1,104 @@
+"""LoraModel: the LoRA tuner (which layer kinds it adapts and with which settings)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+from torch import nn
+
+from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from ...utils.warnings import PeftWarning
+from ..tuners_utils import BaseTuner
+from .config import LoraConfig
+from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
+
+
+def get_pattern_key(pattern_keys, key: str) -> str:
+    """The first `rank_pattern`/`alpha_pattern` key that matches the end of module name `key`."""
+    for pattern in pattern_keys:
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return pattern
+    return key
+
+
+class LoraModel(BaseTuner):
+    """Adds LoRA adapters to `nn.Linear`, `nn.Embedding`, `nn.Conv1d/2d/3d` and transformers' `Conv1D`.
+
+    Example:
+        >>> from peftkit import LoraConfig, LoraModel
+        >>> lora_model = LoraModel(model, LoraConfig(target_modules=["q_proj", "v_proj"]), "default")
+    """
+
+    prefix = "lora_"
+    tuner_layer_cls = LoraLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _check_new_adapter_config(self, config: LoraConfig) -> None:
+        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
+        if len(with_bias) > 1:
+            raise ValueError(
+                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
+                "to 'none' for all adapters."
+            )
+
+    def _layer_kwargs(self, config: LoraConfig, key: str) -> dict[str, Any]:
+        rank_key = get_pattern_key(config.rank_pattern.keys(), key)
+        alpha_key = get_pattern_key(config.alpha_pattern.keys(), key)
+        return {
+            "r": config.rank_pattern.get(rank_key, config.r),
+            "lora_alpha": config.alpha_pattern.get(alpha_key, config.lora_alpha),
+            "lora_dropout": config.lora_dropout,
+            "fan_in_fan_out": config.fan_in_fan_out,
+            "init_lora_weights": config.init_lora_weights,
+            "use_rslora": config.use_rslora,
+            "use_dora": config.use_dora,
+            "lora_bias": config.lora_bias,
+        }
+
+    def _create_new_module(self, config: LoraConfig, adapter_name: str, target: nn.Module, **kwargs: Any) -> nn.Module:
+        from transformers.pytorch_utils import Conv1D
+
+        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
+        if isinstance(base, nn.Embedding):
+            kwargs.pop("fan_in_fan_out", None)
+            return Embedding(target, adapter_name, **kwargs)
+        if isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            kwargs.pop("fan_in_fan_out", None)
+            conv_cls = {3: Conv1d, 4: Conv2d, 5: Conv3d}[base.weight.dim()]
+            return conv_cls(target, adapter_name, **kwargs)
+        if isinstance(base, nn.Linear):
+            if kwargs["fan_in_fan_out"]:
+                warnings.warn(
+                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
+                    "Setting fan_in_fan_out to False.",
+                    PeftWarning,
+                )
+                kwargs["fan_in_fan_out"] = config.fan_in_fan_out = False
+            return Linear(target, adapter_name, **kwargs)
+        if isinstance(base, Conv1D):
+            if not kwargs["fan_in_fan_out"]:
+                warnings.warn(
+                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.",
+                    PeftWarning,
+                )
+                kwargs["fan_in_fan_out"] = config.fan_in_fan_out = True
+            return Linear(target, adapter_name, is_target_conv_1d_layer=True, **kwargs)
+        raise ValueError(
+            f"Target module {base} (type {type(base).__name__}) is not supported by LoRA. Currently, only the "
+            "following modules are supported: `torch.nn.Linear`, `torch.nn.Embedding`, `torch.nn.Conv1d`, "
+            "`torch.nn.Conv2d`, `torch.nn.Conv3d`, `transformers.pytorch_utils.Conv1D`."
+        )
+
+    def _set_adapter_layers(self, enabled: bool = True) -> None:
+        if not enabled:
+            for name in self.active_adapters:
+                if getattr(self.peft_config[name], "bias", "none") != "none":
+                    warnings.warn(
+                        f"Careful, disabling adapter layers with bias configured to be "
+                        f"'{self.peft_config[name].bias}' does not produce the same output as the base model "
+                        "would without adaption.",
+                        PeftWarning,
+                    )
+        super()._set_adapter_layers(enabled)

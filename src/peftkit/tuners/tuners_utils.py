@@ -1,0 +1,615 @@
+"""The tuner framework: what every layer-adapting method shares.
+
+`BaseTunerLayer` is mixed into each adapted layer. It owns the per-adapter bookkeeping (which adapters
+exist, which are active, which are merged, whether adapters are disabled), the forward loop over the
+active adapters, mixed-adapter batches, merging/unmerging, device/dtype placement and deletion. A method
+only says which attributes hold its per-adapter state, how to create it, what output an adapter adds
+(`_adapter_output`) and how it changes the weight (`get_delta_weight`, or the merge pair for
+non-additive methods).
+
+`BaseTuner` wraps a whole model: it finds the targeted modules, replaces them with tuner layers (keeping
+the original as `.base_layer`), and offers the model-level operations (set/delete adapters, merge,
+unload, trainable-parameter bookkeeping, `modules_to_save`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import PeftConfig
+from ..utils.modules_to_save import ModulesToSaveWrapper, set_modules_to_save
+from ..utils.other import get_submodules
+from ..utils.warnings import PeftWarning
+from ._targeting import (
+    expand_all_linear,
+    is_targeted,
+    no_match_error,
+    unmatched_list_entries,
+    warn_if_regex_in_list,
+)
+
+BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _as_list(names: str | Iterable[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+class BaseTunerLayer:
+    """Mixin for an adapted layer; the original layer is kept as `self.base_layer`.
+
+    The layer computes `base_layer(x) + sum(adapter_output(a, x) for a in active adapters)`, or only
+    `base_layer(x)` when adapters are disabled or merged into the base weight.
+    """
+
+    # Attributes (ModuleDict/ParameterDict) holding each adapter's trainable tensors, keyed by adapter name.
+    adapter_layer_names: tuple[str, ...] = ()
+    # Attributes (dicts or ModuleDicts) holding each adapter's other state (rank, scaling, dropout...).
+    other_param_names: tuple[str, ...] = ()
+
+    _active_adapter: str | list[str] = "default"
+    _disable_adapters: bool = False
+    merged_adapters: list[str]
+    cast_input_dtype_enabled: bool = True
+
+    def _init_tuner_layer(self, base_layer: nn.Module) -> None:
+        self.base_layer = base_layer
+        self.merged_adapters = []
+        self._disable_adapters = False
+        self._caches: dict[str, torch.Tensor] = {}
+
+    # ----- the wrapped layer -----
+    def get_base_layer(self) -> nn.Module:
+        """The original layer, unwrapping nested tuner layers."""
+        base = self
+        while hasattr(base, "base_layer"):
+            base = base.base_layer
+        return base
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.get_base_layer().weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.get_base_layer(), "bias", None)
+
+    # ----- adapter state -----
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self._active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return _as_list(self._active_adapter)
+
+    def _adapter_dicts(self) -> Iterator[Any]:
+        for attr in self.adapter_layer_names + self.other_param_names:
+            container = getattr(self, attr, None)
+            if container is not None:
+                yield container
+
+    def has_adapter(self, adapter_name: str) -> bool:
+        """Whether this layer holds trainable state for `adapter_name`."""
+        return any(adapter_name in getattr(self, attr) for attr in self.adapter_layer_names)
+
+    def _get_available_adapters(self) -> set[str]:
+        return {name for attr in self.adapter_layer_names for name in getattr(self, attr)}
+
+    def _adapter_tensors(self, adapter_name: str) -> Iterator[torch.Tensor]:
+        """Every parameter and buffer that belongs to `adapter_name` in this layer."""
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            if adapter_name not in container:
+                continue
+            item = container[adapter_name]
+            if isinstance(item, nn.Module):
+                yield from item.parameters()
+                yield from item.buffers()
+            else:
+                yield item
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Turn the adapters on (restoring the active ones' trainability) or off (freezing them)."""
+        if enabled:
+            self.set_adapter(self.active_adapters)
+            self._disable_adapters = False
+        else:
+            for attr in self.adapter_layer_names:
+                getattr(self, attr).requires_grad_(False)
+            self._disable_adapters = True
+
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        """Make `adapter_names` the active adapters; only they are trainable (unless inference_mode)."""
+        names = _as_list(adapter_names)
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            for key in container:
+                trainable = key in names and not inference_mode
+                container[key].requires_grad_(trainable)
+        self._active_adapter = adapter_names
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove every tensor and setting of `adapter_name`; if it was active, activate another one."""
+        for container in self._adapter_dicts():
+            if adapter_name in container:
+                del container[adapter_name]
+        if adapter_name in self.merged_adapters:
+            self.merged_adapters.remove(adapter_name)
+        active = [a for a in self.active_adapters if a != adapter_name]
+        if active != self.active_adapters and not active:
+            remaining = sorted(self._get_available_adapters())
+            if remaining:
+                warnings.warn(
+                    f"Adapter {adapter_name} was active and is deleted; setting {remaining[0]} active.",
+                    PeftWarning,
+                )
+                active = remaining[:1]
+        self.set_adapter(active[0] if len(active) == 1 else active)
+
+    def _finish_new_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Put the new adapter's tensors beside the base weight and re-apply the active set.
+
+        Floating adapter tensors take the base weight's float dtype (fp32 adapters on an fp16 base are
+        restored by the tuner's `autocast_adapter_dtype` step); quantized bases keep fp32 adapters.
+        """
+        base = self.get_base_layer()
+        weight = next((getattr(base, n) for n in ("weight", "qweight") if getattr(base, n, None) is not None), None)
+        if weight is not None and weight.device.type != "meta":
+            dtype = weight.dtype if weight.dtype.is_floating_point else None
+            for attr in self.adapter_layer_names:
+                container = getattr(self, attr)
+                if adapter_name not in container:
+                    continue
+                item = container[adapter_name]
+                if isinstance(item, nn.Module):
+                    item.to(weight.device, dtype=dtype)
+                else:
+                    item.data = item.data.to(weight.device, dtype=dtype or item.dtype)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def cast_adapter_dtype(self, adapter_name: str, dtype: torch.dtype = torch.float32) -> None:
+        """Cast the fp16/bf16 tensors of `adapter_name` to `dtype` (fp32 adapters train stably)."""
+        for tensor in self._adapter_tensors(adapter_name):
+            if tensor.dtype in _HALF_DTYPES:
+                tensor.data = tensor.data.to(dtype)
+
+    # ----- forward -----
+    def _cast_input_dtype(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if not self.cast_input_dtype_enabled or x.dtype == dtype or not x.is_floating_point():
+            return x
+        return x.to(dtype)
+
+    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        """What adapter `adapter_name` adds to the base layer's output `base_result` for input `x`."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if self._disable_adapters:
+            if self.merged_adapters:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged_adapters:
+            return result
+        base_result, dtype = result, result.dtype
+        for name in self.active_adapters:
+            if self.has_adapter(name):
+                result = result + self._adapter_output(name, x, base_result)
+        return result.to(dtype)
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        """Each sample i gets adapter `adapter_names[i]` ("__base__": none)."""
+        result = self.base_layer(x, *args, **kwargs)
+        dtype = result.dtype
+        groups: dict[str, list[int]] = {}
+        for index, name in enumerate(adapter_names):
+            groups.setdefault(name, []).append(index)
+        for name, indices in groups.items():
+            if name == BASE_ADAPTER_NAME or not self.has_adapter(name):
+                continue
+            rows = torch.tensor(indices, device=result.device)
+            sub_base = result[rows]
+            result = result.index_copy(0, rows, (sub_base + self._adapter_output(name, x[rows], sub_base)).to(dtype))
+        return result
+
+    # ----- merging -----
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The change adapter `adapter_name` makes to the base weight, in the base weight's layout."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged.")
+
+    def _bias_delta(self, adapter_name: str) -> torch.Tensor | None:
+        """The change to the base bias on merge (None: the adapter has no bias)."""
+        return None
+
+    def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The base weight with the adapter merged in; additive by default (computed in fp32)."""
+        return weight.float() + self.get_delta_weight(adapter_name).float()
+
+    def _unmerged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        """Inverse of `_merged_weight`."""
+        return weight.float() - self.get_delta_weight(adapter_name).float()
+
+    def _check_mergeable(self) -> None:
+        """Raise when this layer's adapters cannot be merged (a method may override)."""
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold the adapters into the base weight.
+
+        With `safe_merge`, the merged weight is computed aside and checked for NaN/inf first: a broken
+        adapter then raises and leaves the base weight untouched.
+        """
+        names = self._adapters_to_merge(adapter_names)
+        if not names:
+            return
+        self._check_mergeable()
+        base = self.get_base_layer()
+        for name in names:
+            if not self.has_adapter(name):
+                continue
+            weight = base.weight
+            merged = self._merged_weight(name, weight.data)
+            bias_delta = self._bias_delta(name)
+            merged_bias = None
+            if bias_delta is not None:
+                merged_bias = base.bias.data.float() + bias_delta.float()
+            if safe_merge and not (
+                torch.isfinite(merged).all() and (merged_bias is None or torch.isfinite(merged_bias).all())
+            ):
+                raise ValueError(
+                    f"NaNs or infs found in the merged weights of adapter '{name}': the adapter seems broken, "
+                    "so the base weights were left unchanged."
+                )
+            weight.data = merged.to(weight.dtype)
+            if merged_bias is not None:
+                base.bias.data = merged_bias.to(base.bias.dtype)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Take every merged adapter back out of the base weight (last merged first)."""
+        if not self.merged_adapters:
+            warnings.warn("Already unmerged. Nothing to do.", PeftWarning)
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if not self.has_adapter(name):
+                continue
+            base.weight.data = self._unmerged_weight(name, base.weight.data).to(base.weight.dtype)
+            bias_delta = self._bias_delta(name)
+            if bias_delta is not None:
+                base.bias.data = (base.bias.data.float() - bias_delta.float()).to(base.bias.dtype)
+
+    def _adapters_to_merge(self, adapter_names: list[str] | None) -> list[str]:
+        names = self.active_adapters if adapter_names is None else _as_list(adapter_names)
+        already = [n for n in names if n in self.merged_adapters]
+        if already:
+            warnings.warn(f"Already following adapters were merged {','.join(already)}. Skipping them.", PeftWarning)
+        return [n for n in names if n not in self.merged_adapters]
+
+
+class BaseTuner(nn.Module):
+    """Wraps a model and adapts the modules an adapter config targets.
+
+    A method subclass sets `prefix` (the start of its parameter names, e.g. "lora_"), `tuner_layer_cls`,
+    `target_module_mapping` (default targets per `model_type`), and implements `_create_new_module` and
+    `_layer_kwargs`. Everything else is shared.
+    """
+
+    prefix: str = ""
+    tuner_layer_cls: type[BaseTunerLayer] = BaseTunerLayer
+    target_module_mapping: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig | dict[str, PeftConfig],
+        adapter_name: str = "default",
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict | None = None,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.targeted_module_names: list[str] = []
+        self.targeted_parameter_names: list[str] = []
+        configs = peft_config if isinstance(peft_config, dict) else {adapter_name: peft_config}
+        self.peft_config: dict[str, PeftConfig] = dict(configs)
+        self.active_adapter: str | list[str] = adapter_name
+        self.inject_adapter(
+            self.model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
+        )
+        # transformers' integration reads the config off the wrapped model
+        self.model.peft_config = self.peft_config
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.forward(*args, **kwargs)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return _as_list(self.active_adapter)
+
+    # ----- hooks for methods -----
+    def _create_new_module(self, config: PeftConfig, adapter_name: str, target: nn.Module, **kwargs: Any):
+        raise NotImplementedError
+
+    def _layer_kwargs(self, config: PeftConfig, key: str) -> dict[str, Any]:
+        """The per-module keyword arguments for `update_layer` (e.g. rank from rank_pattern)."""
+        raise NotImplementedError
+
+    def _check_new_adapter_config(self, config: PeftConfig) -> None:
+        """Reject a config that cannot live beside the adapters already present."""
+
+    def _prepare_adapter_config(self, config: PeftConfig, model_config: dict) -> PeftConfig:
+        if config.target_modules is None:
+            model_type = model_config.get("model_type")
+            if model_type not in self.target_module_mapping:
+                raise ValueError(
+                    f"target_modules is None and peftkit has no default targets for model_type {model_type!r}: "
+                    "please specify target_modules in the config (e.g. ['q_proj', 'v_proj'] or 'all-linear')."
+                )
+            default = self.target_module_mapping[model_type]
+            config.target_modules = default if isinstance(default, str) else set(default)
+        return config
+
+    @staticmethod
+    def get_model_config(model: nn.Module) -> dict:
+        config = getattr(model, "config", None)
+        if config is None:
+            return {"model_type": "custom"}
+        return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+    # ----- injection -----
+    def _skip_keys(self, model: nn.Module) -> set[str]:
+        """Names of modules that belong to adapters or wrappers; nothing below them is targeted."""
+        return {
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
+        }
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict | None = None,
+    ) -> None:
+        """Create adapter `adapter_name` (its config already in `self.peft_config`) in every targeted module."""
+        config = self.peft_config[adapter_name]
+        self._check_new_adapter_config(config)
+        config = self._prepare_adapter_config(config, self.get_model_config(model))
+        modules_to_save = list(getattr(config, "modules_to_save", None) or [])
+        expand_all_linear(config, model, excluded_names=modules_to_save)
+        warn_if_regex_in_list(config.target_modules)
+
+        owners = self._skip_keys(model)
+        matched: list[str] = []
+        keys = [key for key, _ in model.named_modules() if key]
+        with _meta_init(low_cpu_mem_usage):
+            for key in keys:
+                if _has_ancestor_in(key, owners):
+                    continue
+                if not is_targeted(config, key):
+                    continue
+                if isinstance(model.get_submodule(key), ModulesToSaveWrapper):
+                    raise ValueError(
+                        f"Module '{key}' is both in modules_to_save and targeted by target_modules; a module can "
+                        "be fully trained (modules_to_save) or adapted, not both. Remove it from one of them."
+                    )
+                parent, target, target_name = get_submodules(model, key)
+                self._create_and_replace(config, adapter_name, target, target_name, parent, current_key=key)
+                matched.append(key)
+        if not matched:
+            raise no_match_error(config, model)
+        unmatched = unmatched_list_entries(config.target_modules, matched)
+        if unmatched:
+            warnings.warn(
+                f"target_modules entries {unmatched} of adapter '{adapter_name}' matched no module and were ignored.",
+                PeftWarning,
+            )
+        for key in matched:
+            if key not in self.targeted_module_names:
+                self.targeted_module_names.append(key)
+        overlap = [n for n in modules_to_save if any(k == n or k.endswith("." + n) for k in matched)]
+        if overlap:
+            raise ValueError(
+                f"modules_to_save {overlap} overlap the adapted target modules; a module can be fully trained "
+                "(modules_to_save) or adapted, not both. Remove it from one of them."
+            )
+
+        self._mark_only_adapters_as_trainable(model)
+        if modules_to_save:
+            set_modules_to_save(model, adapter_name, modules_to_save, skip=owners)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+        if config.inference_mode:
+            for module in self._tuner_layers(model):
+                for tensor in module._adapter_tensors(adapter_name):
+                    tensor.requires_grad_(False)
+        if autocast_adapter_dtype:
+            self._cast_adapter_dtype(adapter_name)
+
+    def _create_and_replace(
+        self,
+        config: PeftConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+    ) -> None:
+        kwargs = self._layer_kwargs(config, current_key)
+        if isinstance(target, self.tuner_layer_cls):
+            target.update_layer(adapter_name, **kwargs)
+            return
+        new_module = self._create_new_module(config, adapter_name, target, **kwargs)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        setattr(parent, target_name, new_module)
+
+    def _cast_adapter_dtype(self, adapter_name: str) -> None:
+        for module in self._tuner_layers(self.model):
+            module.cast_adapter_dtype(adapter_name)
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        """Freeze everything but adapter tensors; then open biases as the configs' `bias` asks."""
+        for name, param in model.named_parameters():
+            if self.prefix not in name:
+                param.requires_grad = False
+        for adapter in self.active_adapters:
+            bias = getattr(self.peft_config[adapter], "bias", "none")
+            if bias == "all":
+                for name, param in model.named_parameters():
+                    if "bias" in name:
+                        param.requires_grad = True
+            elif bias.endswith("_only"):
+                for module in self._tuner_layers(model):
+                    if module.bias is not None:
+                        module.bias.requires_grad = True
+
+    # ----- model-level operations -----
+    @staticmethod
+    def _tuner_layers(model: nn.Module) -> Iterator[BaseTunerLayer]:
+        return (m for m in model.modules() if isinstance(m, BaseTunerLayer))
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate `adapter_name` (or several) in every adapted layer and modules_to_save wrapper."""
+        missing = [n for n in _as_list(adapter_name) if n not in self.peft_config]
+        if missing:
+            raise ValueError(
+                f"Adapter(s) {missing} not found; available adapters: {sorted(self.peft_config)}."
+            )
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                if module.merged:
+                    warnings.warn("Adapters were merged; unmerging them before switching.", PeftWarning)
+                    module.unmerge()
+                module.set_adapter(adapter_name, inference_mode=inference_mode)
+            elif isinstance(module, ModulesToSaveWrapper):
+                module.set_adapter(adapter_name, inference_mode=inference_mode)
+        self.active_adapter = adapter_name
+
+    def _set_adapter_layers(self, enabled: bool) -> None:
+        for module in self.model.modules():
+            if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper)):
+                module.enable_adapters(enabled)
+
+    def enable_adapter_layers(self) -> None:
+        """Turn every adapter back on."""
+        self._set_adapter_layers(True)
+
+    def disable_adapter_layers(self) -> None:
+        """Turn every adapter off: the model computes the base model's outputs."""
+        self._set_adapter_layers(False)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove `adapter_name` from every layer and from `peft_config`."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"Adapter {adapter_name} does not exist; available: {sorted(self.peft_config)}.")
+        del self.peft_config[adapter_name]
+        new_active: list[str] | None = None
+        for module in self.model.modules():
+            if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper)):
+                module.delete_adapter(adapter_name)
+                if isinstance(module, BaseTunerLayer) and new_active is None:
+                    new_active = module.active_adapters
+        if new_active is None:
+            new_active = [a for a in self.active_adapters if a != adapter_name]
+        self.active_adapter = new_active[0] if len(new_active) == 1 else new_active
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Merge the active (or the named) adapters into the base weights, keeping the adapter layers."""
+        for module in self._tuner_layers(self.model):
+            module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def unmerge_adapter(self) -> None:
+        """Take every merged adapter back out of the base weights."""
+        for module in self._tuner_layers(self.model):
+            if module.merged:
+                module.unmerge()
+
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        """Merge the adapters into the base weights and return the plain base model (no adapter layers)."""
+        return self._unload_and_optionally_merge(True, progressbar, safe_merge, adapter_names)
+
+    def unload(self) -> nn.Module:
+        """Return the base model with every adapter layer removed and nothing merged."""
+        return self._unload_and_optionally_merge(False)
+
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
+        keys = [name for name, m in self.model.named_modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))]
+        # outermost first, so a wrapped wrapper is handled once
+        keys = [k for k in keys if not _has_ancestor_in(k, set(keys))]
+        for key in tqdm(keys, disable=not progressbar, desc="Unloading " + ("and merging " if merge else "") + "model"):
+            parent, target, target_name = get_submodules(self.model, key)
+            if isinstance(target, BaseTunerLayer):
+                if merge:
+                    target.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+                replacement = target.get_base_layer()
+            else:
+                replacement = target.unwrapped_module()
+            setattr(parent, target_name, replacement)
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
+
+    def get_nb_adapter_layers(self) -> int:
+        return sum(1 for _ in self._tuner_layers(self.model))
+
+
+def _has_ancestor_in(key: str, owners: set[str]) -> bool:
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in owners for i in range(1, len(parts)))
+
+
+@contextmanager
+def _meta_init(enabled: bool) -> Iterator[None]:
+    """With `enabled`, new adapter tensors are created on the meta device (filled later from a file)."""
+    if not enabled:
+        yield
+        return
+    with torch.device("meta"):
+        yield
+
+
+def check_target_module_exists(config: PeftConfig, key: str) -> bool:
+    """Whether module `key` is targeted by `config` (PEFT's name for `is_targeted`)."""
+    return is_targeted(config, key)
