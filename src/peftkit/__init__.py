@@ -1,14 +1,18 @@
 """peftkit: parameter-efficient fine-tuning for PyTorch and transformers, a drop-in for Hugging Face PEFT.
 
-    from peftkit import LoraConfig, get_peft_model
-    model = get_peft_model(base_model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+from peftkit import LoraConfig, get_peft_model
+model = get_peft_model(base_model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
 """
 
 __version__ = "0.1.0"
 
 from .config import PeftConfig, PeftConfigMixin
-from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_config, inject_adapter_in_model, register_peft_method
-from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .mapping import (
+    PEFT_TYPE_TO_CONFIG_MAPPING,
+    get_peft_config,
+    inject_adapter_in_model,
+    register_peft_method,
+)
 from .mapping_func import get_peft_model
 from .peft_model import (
     PeftModel,
@@ -21,6 +25,7 @@ from .peft_model import (
     get_layer_status,
     get_model_status,
 )
+from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .utils import (
     PeftType,
     PeftWarning,

@@ -42,7 +42,9 @@ def _to_json_value(value: Any) -> Any:
 class PeftConfigMixin:
     """The part of a config shared by every adapter kind: its type, and how it is written and read."""
 
-    task_type: str | TaskType | None = field(default=None, metadata={"help": "The task type, e.g. CAUSAL_LM."})
+    task_type: str | TaskType | None = field(
+        default=None, metadata={"help": "The task type, e.g. CAUSAL_LM."}
+    )
     peft_type: str | PeftType | None = field(default=None, metadata={"help": "The adapter method."})
     auto_mapping: dict | None = field(
         default=None, metadata={"help": "Set by AutoPeftModel; names the base model class (never imported)."}
@@ -118,7 +120,9 @@ class PeftConfigMixin:
             with open(path_json_file, encoding="utf-8") as f:
                 data = json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path_json_file} is not valid JSON ({err}); the adapter config is corrupt.") from err
+            raise ValueError(
+                f"{path_json_file} is not valid JSON ({err}); the adapter config is corrupt."
+            ) from err
         if not isinstance(data, dict):
             raise ValueError(f"{path_json_file} must hold a JSON object, got {type(data).__name__}.")
         return data
@@ -130,8 +134,12 @@ class PeftConfigMixin:
         """Load a config from a local folder or a Hub repo id (`adapter_config.json`)."""
         from .utils.hub import resolve_adapter_file
 
-        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
-        path = resolve_adapter_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder=subfolder, **hub_kwargs)
+        hub_kwargs = {
+            k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
+        }
+        path = resolve_adapter_file(
+            pretrained_model_name_or_path, CONFIG_NAME, subfolder=subfolder, **hub_kwargs
+        )
         if path is None:
             where = os.path.join(str(pretrained_model_name_or_path), subfolder or "")
             raise ValueError(

@@ -15,7 +15,11 @@ PEFT_TYPE_TO_PREFIX_MAPPING: dict[PeftType, str] = {}
 
 
 def register_peft_method(
-    *, peft_type: PeftType | str, config_cls: type[PeftConfig], model_cls: type | None, prefix: str | None = None
+    *,
+    peft_type: PeftType | str,
+    config_cls: type[PeftConfig],
+    model_cls: type | None,
+    prefix: str | None = None,
 ) -> None:
     """Make a method known by its PeftType: its config class, its tuner class, its parameter prefix."""
     peft_type = PeftType(peft_type)
@@ -40,7 +44,9 @@ def inject_adapter_in_model(
 ) -> nn.Module:
     """Add an adapter to `model` in place, without the PeftModel wrapper; returns the model."""
     if peft_config.is_prompt_learning or peft_config.is_adaption_prompt:
-        raise ValueError("`inject_adapter_in_model` does not support prompt learning and adaption prompt yet.")
+        raise ValueError(
+            "`inject_adapter_in_model` does not support prompt learning and adaption prompt yet."
+        )
     if peft_config.peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
         raise ValueError(f"`inject_adapter_in_model` does not support {peft_config.peft_type} yet.")
     tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]

@@ -29,7 +29,9 @@ def get_peft_model(
     if mixed:
         raise NotImplementedError("Mixed adapter models (mixed=True) are not implemented in peftkit yet.")
     if not isinstance(peft_config, PeftConfig):
-        raise TypeError(f"peft_config must be a PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
+        raise TypeError(
+            f"peft_config must be a PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}."
+        )
     base_config = getattr(model, "config", None)
     name_or_path = getattr(base_config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     if name_or_path:
@@ -43,9 +45,11 @@ def get_peft_model(
             )
         peft_config.revision = revision
     check_task_fits_model(peft_config.task_type, model)
-    cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(peft_config.task_type, PeftModel) if isinstance(
-        peft_config.task_type, TaskType
-    ) else PeftModel
+    cls = (
+        MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(peft_config.task_type, PeftModel)
+        if isinstance(peft_config.task_type, TaskType)
+        else PeftModel
+    )
     return cls(
         model,
         peft_config,

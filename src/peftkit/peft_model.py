@@ -170,7 +170,9 @@ class PeftModel(nn.Module):
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         missing = [n for n in names if n not in self.peft_config]
         if missing:
-            raise ValueError(f"Adapter {missing[0]} not found; available adapters: {sorted(self.peft_config)}.")
+            raise ValueError(
+                f"Adapter {missing[0]} not found; available adapters: {sorted(self.peft_config)}."
+            )
         frozen = inference_mode or any(self.peft_config[n].inference_mode for n in names)
         self.base_model.set_adapter(adapter_name, inference_mode=frozen)
 
@@ -197,7 +199,9 @@ class PeftModel(nn.Module):
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
     ) -> nn.Module:
         """Merge the adapters into the base weights and return the base model without adapter layers."""
-        return self.base_model.merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+        return self.base_model.merge_and_unload(
+            progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
 
     def unload(self) -> nn.Module:
         """Return the base model without adapter layers, nothing merged."""
@@ -220,7 +224,9 @@ class PeftModel(nn.Module):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
 
     def get_layer_status(self):
         return get_layer_status(self)
@@ -230,7 +236,9 @@ class PeftModel(nn.Module):
 
     # ----- forward -----
     @contextmanager
-    def _adapter_routing(self, adapter_names: list[str] | None, batch_size: int | None = None) -> Iterator[None]:
+    def _adapter_routing(
+        self, adapter_names: list[str] | None, batch_size: int | None = None
+    ) -> Iterator[None]:
         """With `adapter_names`, route each sample through its own adapter in every adapted layer."""
         if adapter_names is None:
             yield
@@ -267,7 +275,9 @@ class PeftModel(nn.Module):
         if self.training:
             raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
         if any(isinstance(m, BaseTunerLayer) and m.merged for m in self.modules()):
-            raise ValueError("Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first.")
+            raise ValueError(
+                "Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first."
+            )
         if batch_size is not None and batch_size != len(adapter_names):
             raise ValueError(
                 f"Length of `adapter_names` ({len(adapter_names)}) should be the same as the batch size ({batch_size})."
@@ -326,6 +336,7 @@ class PeftModel(nn.Module):
         autocast_adapter_dtype: bool = True,
         ephemeral_gpu_offload: bool = False,
         low_cpu_mem_usage: bool = False,
+        key_mapping: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> PeftModel:
         """Load an adapter (folder or Hub id) onto `model`; the task class follows the config's task_type."""
@@ -341,6 +352,7 @@ class PeftModel(nn.Module):
             autocast_adapter_dtype=autocast_adapter_dtype,
             ephemeral_gpu_offload=ephemeral_gpu_offload,
             low_cpu_mem_usage=low_cpu_mem_usage,
+            key_mapping=key_mapping,
             **kwargs,
         )
 
@@ -353,6 +365,7 @@ class PeftModel(nn.Module):
         autocast_adapter_dtype: bool = True,
         ephemeral_gpu_offload: bool = False,
         low_cpu_mem_usage: bool = False,
+        key_mapping: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Load a further adapter from a folder or Hub id; returns the missing/unexpected keys."""
@@ -366,6 +379,7 @@ class PeftModel(nn.Module):
             torch_device=torch_device,
             autocast_adapter_dtype=autocast_adapter_dtype,
             low_cpu_mem_usage=low_cpu_mem_usage,
+            key_mapping=key_mapping,
             **kwargs,
         )
 
@@ -455,7 +469,9 @@ class _WithTrainedHead(PeftModel):
 
     head_module_names: tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any
+    ) -> None:
         self._amend_modules_to_save(peft_config)
         super().__init__(model, peft_config, adapter_name, **kwargs)
 

@@ -70,7 +70,7 @@ def linear_like_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = ()) -> None:
+def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = ()) -> bool:
     """Replace `target_modules="all-linear"` by the full names of the model's linear layers.
 
     The output head (`get_output_embeddings()`), modules named in `excluded_names` (e.g. modules_to_save
@@ -78,7 +78,7 @@ def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = 
     """
     targets = config.target_modules
     if not (isinstance(targets, str) and targets.lower() == INCLUDE_LINEAR_LAYERS_SHORTHAND):
-        return
+        return False
     from .tuners_utils import BaseTunerLayer
 
     output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -100,7 +100,38 @@ def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = 
             names.add(name)
     # tuner layers themselves (already adapted) are targeted again for a second adapter
     names.update(adapter_owned)
+    if len(names) >= MIN_TARGETS_TO_SHORTEN:
+        names = shortest_unique_suffixes(names, [n for n, _ in model.named_modules() if n])
     config.target_modules = names
+    return True
+
+
+# From this many expanded targets on, the config stores short suffixes instead of full names (as PEFT
+# does), which keeps adapter_config.json readable for deep models.
+MIN_TARGETS_TO_SHORTEN = 20
+
+
+def shortest_unique_suffixes(targets: set[str], all_names: list[str]) -> set[str]:
+    """The shortest dotted suffixes that match exactly the `targets` among `all_names`."""
+    others = set(all_names) - set(targets)
+    taken: set[str] = set()
+    for name in others:
+        parts = name.split(".")
+        taken.update(".".join(parts[i:]) for i in range(len(parts)))
+    result: set[str] = set()
+    for name in targets:
+        parts = name.split(".")
+        result.add(
+            next(
+                (
+                    ".".join(parts[i:])
+                    for i in range(len(parts) - 1, -1, -1)
+                    if ".".join(parts[i:]) not in taken
+                ),
+                name,
+            )
+        )
+    return result
 
 
 def warn_if_regex_in_list(target_modules) -> None:

@@ -128,7 +128,7 @@ class BaseTunerLayer:
     def enable_adapters(self, enabled: bool) -> None:
         """Turn the adapters on (restoring the active ones' trainability) or off (freezing them)."""
         if enabled:
-            self.set_adapter(self.active_adapters)
+            self.set_adapter(self._active_adapter)
             self._disable_adapters = False
         else:
             for attr in self.adapter_layer_names:
@@ -170,7 +170,9 @@ class BaseTunerLayer:
         restored by the tuner's `autocast_adapter_dtype` step); quantized bases keep fp32 adapters.
         """
         base = self.get_base_layer()
-        weight = next((getattr(base, n) for n in ("weight", "qweight") if getattr(base, n, None) is not None), None)
+        weight = next(
+            (getattr(base, n) for n in ("weight", "qweight") if getattr(base, n, None) is not None), None
+        )
         if weight is not None and weight.device.type != "meta":
             dtype = weight.dtype if weight.dtype.is_floating_point else None
             for attr in self.adapter_layer_names:
@@ -182,7 +184,7 @@ class BaseTunerLayer:
                     item.to(weight.device, dtype=dtype)
                 else:
                     item.data = item.data.to(weight.device, dtype=dtype or item.dtype)
-        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+        self.set_adapter(self._active_adapter, inference_mode=inference_mode)
 
     def cast_adapter_dtype(self, adapter_name: str, dtype: torch.dtype = torch.float32) -> None:
         """Cast the fp16/bf16 tensors of `adapter_name` to `dtype` (fp32 adapters train stably)."""
@@ -231,7 +233,9 @@ class BaseTunerLayer:
                 continue
             rows = torch.tensor(indices, device=result.device)
             sub_base = result[rows]
-            result = result.index_copy(0, rows, (sub_base + self._adapter_output(name, x[rows], sub_base)).to(dtype))
+            result = result.index_copy(
+                0, rows, (sub_base + self._adapter_output(name, x[rows], sub_base)).to(dtype)
+            )
         return result
 
     # ----- merging -----
@@ -305,7 +309,9 @@ class BaseTunerLayer:
         names = self.active_adapters if adapter_names is None else _as_list(adapter_names)
         already = [n for n in names if n in self.merged_adapters]
         if already:
-            warnings.warn(f"Already following adapters were merged {','.join(already)}. Skipping them.", PeftWarning)
+            warnings.warn(
+                f"Already following adapters were merged {','.join(already)}. Skipping them.", PeftWarning
+            )
         return [n for n in names if n not in self.merged_adapters]
 
 
@@ -325,7 +331,7 @@ class BaseTuner(nn.Module):
         self,
         model: nn.Module,
         peft_config: PeftConfig | dict[str, PeftConfig],
-        adapter_name: str = "default",
+        adapter_name: str,
         low_cpu_mem_usage: bool = False,
         state_dict: dict | None = None,
         autocast_adapter_dtype: bool = True,
@@ -338,7 +344,10 @@ class BaseTuner(nn.Module):
         self.peft_config: dict[str, PeftConfig] = dict(configs)
         self.active_adapter: str | list[str] = adapter_name
         self.inject_adapter(
-            self.model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
+            self.model,
+            adapter_name,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
         )
         # transformers' integration reads the config off the wrapped model
         self.model.peft_config = self.peft_config
@@ -410,7 +419,7 @@ class BaseTuner(nn.Module):
         self._check_new_adapter_config(config)
         config = self._prepare_adapter_config(config, self.get_model_config(model))
         modules_to_save = list(getattr(config, "modules_to_save", None) or [])
-        expand_all_linear(config, model, excluded_names=modules_to_save)
+        expanded = expand_all_linear(config, model, excluded_names=modules_to_save)
         warn_if_regex_in_list(config.target_modules)
 
         owners = self._skip_keys(model)
@@ -432,7 +441,7 @@ class BaseTuner(nn.Module):
                 matched.append(key)
         if not matched:
             raise no_match_error(config, model)
-        unmatched = unmatched_list_entries(config.target_modules, matched)
+        unmatched = [] if expanded else unmatched_list_entries(config.target_modules, matched)
         if unmatched:
             warnings.warn(
                 f"target_modules entries {unmatched} of adapter '{adapter_name}' matched no module and were ignored.",
@@ -451,7 +460,7 @@ class BaseTuner(nn.Module):
         self._mark_only_adapters_as_trainable(model)
         if modules_to_save:
             set_modules_to_save(model, adapter_name, modules_to_save, skip=owners)
-        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+        self.set_adapter(self.active_adapter, inference_mode=config.inference_mode)
         if config.inference_mode:
             for module in self._tuner_layers(model):
                 for tensor in module._adapter_tensors(adapter_name):
@@ -575,10 +584,16 @@ class BaseTuner(nn.Module):
         safe_merge: bool = False,
         adapter_names: list[str] | None = None,
     ) -> nn.Module:
-        keys = [name for name, m in self.model.named_modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))]
+        keys = [
+            name
+            for name, m in self.model.named_modules()
+            if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))
+        ]
         # outermost first, so a wrapped wrapper is handled once
         keys = [k for k in keys if not _has_ancestor_in(k, set(keys))]
-        for key in tqdm(keys, disable=not progressbar, desc="Unloading " + ("and merging " if merge else "") + "model"):
+        for key in tqdm(
+            keys, disable=not progressbar, desc="Unloading " + ("and merging " if merge else "") + "model"
+        ):
             parent, target, target_name = get_submodules(self.model, key)
             if isinstance(target, BaseTunerLayer):
                 if merge:

@@ -51,7 +51,7 @@ class ModulesToSaveWrapper(nn.Module):
     def unwrapped_module(self) -> nn.Module:
         """The module that replaces the wrapper on unload: the active trained copy (as PEFT does)."""
         name = self.active_adapter
-        return self.modules_to_save[name] if name in self.modules_to_save else self.original_module
+        return self.modules_to_save[name] if name in self.modules_to_save else self.original_module  # noqa: SIM401
 
     def update(self, adapter_name: str) -> None:
         """Add a trainable copy of the original module for `adapter_name`."""
@@ -66,10 +66,12 @@ class ModulesToSaveWrapper(nn.Module):
             return self._current_module()(x, *args, **kwargs)
         return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
 
-    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any) -> Any:
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> Any:
         outputs = []
         for index, name in enumerate(adapter_names):
-            module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module
+            module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module  # noqa: SIM401
             outputs.append(module(x[index : index + 1], *args, **kwargs))
         return torch.cat(outputs, dim=0)
 

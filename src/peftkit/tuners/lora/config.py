@@ -39,9 +39,15 @@ class LoraConfig(PeftConfig):
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never adapted."})
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (scale numerator)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
-    fan_in_fan_out: bool = field(default=False, metadata={"help": "True for layers storing (in, out) weights."})
-    bias: Literal["none", "all", "lora_only"] = field(default="none", metadata={"help": "Which biases train."})
-    use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha/sqrt(r) (rank-stabilised LoRA)."})
+    fan_in_fan_out: bool = field(
+        default=False, metadata={"help": "True for layers storing (in, out) weights."}
+    )
+    bias: Literal["none", "all", "lora_only"] = field(
+        default="none", metadata={"help": "Which biases train."}
+    )
+    use_rslora: bool = field(
+        default=False, metadata={"help": "Scale by alpha/sqrt(r) (rank-stabilised LoRA)."}
+    )
     modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full."})
     init_lora_weights: bool | str = field(default=True, metadata={"help": "True, False or 'gaussian'."})
     layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer indices."})
@@ -63,7 +69,9 @@ class LoraConfig(PeftConfig):
     monteclora_config: Any = field(default=None)
     layer_replication: list[tuple[int, int]] | None = field(default=None)
     runtime_config: LoraRuntimeConfig = field(default_factory=LoraRuntimeConfig)
-    lora_bias: bool = field(default=False, metadata={"help": "Give lora_B a bias (merged into the base bias)."})
+    lora_bias: bool = field(
+        default=False, metadata={"help": "Give lora_B a bias (merged into the base bias)."}
+    )
     target_parameters: list[str] | None = field(default=None)
     use_bdlora: Any = field(default=None)
     arrow_config: Any = field(default=None)
@@ -89,7 +97,9 @@ class LoraConfig(PeftConfig):
         if self.bias not in _VALID_BIAS:
             raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
         if self.use_dora and self.lora_bias:
-            raise ValueError("lora_bias=True is not supported together with DoRA; pass use_dora=False or lora_bias=False.")
+            raise ValueError(
+                "lora_bias=True is not supported together with DoRA; pass use_dora=False or lora_bias=False."
+            )
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex).")
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
@@ -97,8 +107,10 @@ class LoraConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When layers_pattern is specified, layers_to_transform must also be specified.")
         init = self.init_lora_weights
-        valid_init = init in (True, False) or init in _KNOWN_INITS or (
-            isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init)
+        valid_init = (
+            init in (True, False)
+            or init in _KNOWN_INITS
+            or (isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init))
         )
         if not valid_init:
             raise ValueError(
@@ -109,4 +121,6 @@ class LoraConfig(PeftConfig):
             if not isinstance(name, str):
                 raise ValueError(f"rank_pattern/alpha_pattern keys must be strings, got {name!r}.")
             if isinstance(pattern, bool) or not isinstance(pattern, (int, float)) or pattern <= 0:
-                raise ValueError(f"rank_pattern/alpha_pattern value for {name!r} must be positive, got {pattern!r}.")
+                raise ValueError(
+                    f"rank_pattern/alpha_pattern value for {name!r} must be positive, got {pattern!r}."
+                )

@@ -25,7 +25,13 @@ from .config import IMPLEMENTED_INITS
 class LoraLayer(BaseTunerLayer):
     """State shared by every LoRA layer kind: ranks, alphas, scalings, dropouts, the A/B factors."""
 
-    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    adapter_layer_names = (
+        "lora_A",
+        "lora_B",
+        "lora_embedding_A",
+        "lora_embedding_B",
+        "lora_magnitude_vector",
+    )
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
@@ -75,9 +81,11 @@ class LoraLayer(BaseTunerLayer):
         self.reset_lora_parameters(adapter_name, init_lora_weights)
         self._finish_new_adapter(adapter_name)
         if use_dora:
-            self.lora_magnitude_vector[adapter_name] = dora.MagnitudeVector(self._dora_weight_norm(adapter_name))
+            self.lora_magnitude_vector[adapter_name] = dora.MagnitudeVector(
+                self._dora_weight_norm(adapter_name)
+            )
             self._finish_new_adapter(adapter_name)
-        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+        self.set_adapter(self._active_adapter, inference_mode=inference_mode)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         raise NotImplementedError
@@ -134,7 +142,9 @@ class LoraLayer(BaseTunerLayer):
             return super()._unmerged_weight(adapter_name, weight)
         norm = self._caches.pop(f"{adapter_name}-weight_norm")
         scale = self.lora_magnitude_vector[adapter_name].weight.float() / norm
-        return self._scale_out_channels(weight.float(), 1 / scale) - self.get_delta_weight(adapter_name).float()
+        return (
+            self._scale_out_channels(weight.float(), 1 / scale) - self.get_delta_weight(adapter_name).float()
+        )
 
     def _scale_out_channels(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Multiply each output channel of a base-layout weight by `scale`."""
@@ -339,7 +349,9 @@ class _ConvNd(LoraLayer, nn.Module):
         self.in_features, self.out_features = _in_out_features(base_layer)
         self._kernel_dim = base_layer.weight.dim()
         if base_layer.groups > 1:
-            warnings.warn("LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.", PeftWarning)
+            warnings.warn(
+                "LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.", PeftWarning
+            )
         if r % base_layer.groups != 0:
             raise ValueError(f"r={r} must be divisible by the conv layer's groups={base_layer.groups}.")
         self._active_adapter = adapter_name
@@ -368,7 +380,9 @@ class _ConvNd(LoraLayer, nn.Module):
 
     def _check_mergeable(self) -> None:
         if self.get_base_layer().groups > 1:
-            raise NotImplementedError("Merging LoRA into a grouped convolution (groups > 1) is not supported.")
+            raise NotImplementedError(
+                "Merging LoRA into a grouped convolution (groups > 1) is not supported."
+            )
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         weight_A, weight_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
@@ -394,7 +408,9 @@ class _ConvNd(LoraLayer, nn.Module):
         base = self.get_base_layer()
         if isinstance(dropout, nn.Identity) or not self.training:
             bias = base.bias
-            base_out = base_result if bias is None else base_result - bias.view(1, -1, *[1] * (self._kernel_dim - 2))
+            base_out = (
+                base_result if bias is None else base_result - bias.view(1, -1, *[1] * (self._kernel_dim - 2))
+            )
         else:
             base_out = base._conv_forward(x_dropped, base.weight.to(x.dtype), None)
         scale = self._dora_scale(adapter_name)

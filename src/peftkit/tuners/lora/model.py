@@ -57,7 +57,9 @@ class LoraModel(BaseTuner):
             "lora_bias": config.lora_bias,
         }
 
-    def _create_new_module(self, config: LoraConfig, adapter_name: str, target: nn.Module, **kwargs: Any) -> nn.Module:
+    def _create_new_module(
+        self, config: LoraConfig, adapter_name: str, target: nn.Module, **kwargs: Any
+    ) -> nn.Module:
         from transformers.pytorch_utils import Conv1D
 
         base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
