@@ -180,9 +180,11 @@ class BaseTunerLayer:
                 if adapter_name not in container:
                     continue
                 item = container[adapter_name]
+                # meta tensors (low_cpu_mem_usage) have no data to move: they are filled from a file later
                 if isinstance(item, nn.Module):
-                    item.to(weight.device, dtype=dtype)
-                else:
+                    if not any(t.is_meta for t in item.parameters()):
+                        item.to(weight.device, dtype=dtype)
+                elif not item.is_meta:
                     item.data = item.data.to(weight.device, dtype=dtype or item.dtype)
         self.set_adapter(self._active_adapter, inference_mode=inference_mode)
 
@@ -202,28 +204,44 @@ class BaseTunerLayer:
         """What adapter `adapter_name` adds to the base layer's output `base_result` for input `x`."""
         raise NotImplementedError
 
+    def _needs_base_result(self, adapter_name: str) -> bool:
+        """True when the adapter's output depends on the pure base output (e.g. DoRA)."""
+        return False
+
+    def _add_adapter_output(
+        self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
+    ) -> torch.Tensor:
+        """`result + adapter output`; a method may override this with a fused, in-place version.
+
+        In-place updates of `result` are allowed: the framework hands in a tensor that nothing else
+        reads (it keeps a separate `base_result` when an active adapter needs the pure base output).
+        """
+        return result + self._adapter_output(adapter_name, x, base_result)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_names = kwargs.pop("adapter_names", None)
         if self._disable_adapters:
             if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        if adapter_names is not None:
-            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._add_mixed_batch_outputs(x, result, adapter_names)
         if self.merged_adapters:
             return result
-        base_result, dtype = result, result.dtype
-        for name in self.active_adapters:
-            if self.has_adapter(name):
-                result = result + self._adapter_output(name, x, base_result)
-        return result.to(dtype)
+        active = [name for name in self.active_adapters if self.has_adapter(name)]
+        if not active:
+            return result
+        dtype = result.dtype
+        base_result = result.clone() if any(self._needs_base_result(a) for a in active) else result
+        for name in active:
+            result = self._add_adapter_output(name, x, result, base_result)
+        return result if result.dtype == dtype else result.to(dtype)
 
-    def _mixed_batch_forward(
-        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    def _add_mixed_batch_outputs(
+        self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
     ) -> torch.Tensor:
-        """Each sample i gets adapter `adapter_names[i]` ("__base__": none)."""
-        result = self.base_layer(x, *args, **kwargs)
+        """Sample i gets adapter `adapter_names[i]` ("__base__": none); one pass per adapter by default."""
         dtype = result.dtype
         groups: dict[str, list[int]] = {}
         for index, name in enumerate(adapter_names):
@@ -233,9 +251,8 @@ class BaseTunerLayer:
                 continue
             rows = torch.tensor(indices, device=result.device)
             sub_base = result[rows]
-            result = result.index_copy(
-                0, rows, (sub_base + self._adapter_output(name, x[rows], sub_base)).to(dtype)
-            )
+            updated = (sub_base + self._adapter_output(name, x[rows], sub_base)).to(dtype)
+            result = result.index_copy(0, rows, updated)
         return result
 
     # ----- merging -----

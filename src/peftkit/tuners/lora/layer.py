@@ -49,6 +49,9 @@ class LoraLayer(BaseTunerLayer):
         self.lora_bias: dict[str, bool] = {}
         self.kwargs = kwargs
 
+    def has_adapter(self, adapter_name: str) -> bool:
+        return adapter_name in self.lora_A or adapter_name in self.lora_embedding_A
+
     # ----- creation -----
     def update_layer(
         self,
@@ -116,7 +119,10 @@ class LoraLayer(BaseTunerLayer):
         """||W + delta|| per output channel, in fp32, detached (DoRA treats it as a constant)."""
         if weight is None:
             weight = self.get_base_layer().weight
-        adapted = self._weight_out_in(weight.float() + self.get_delta_weight(adapter_name).float())
+        delta = self.get_delta_weight(adapter_name)
+        if delta.is_meta:  # low_cpu_mem_usage: only the shape matters, the values come from the file
+            weight = weight.to("meta")
+        adapted = self._weight_out_in(weight.float() + delta.float())
         return dora.channel_norm(adapted.detach(), self._magnitude_shape())
 
     def _magnitude_shape(self) -> tuple[int, ...]:
@@ -242,6 +248,72 @@ class Linear(LoraLayer, nn.Module):
         if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
             weight_A, weight_B = weight_A.float(), weight_B.float()
         return self._weight_out_in(weight_B @ weight_A) * self.scaling[adapter]
+
+    def _add_adapter_output(
+        self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
+    ) -> torch.Tensor:
+        """Fused fast path: `result += s * (x A^T) B^T` as one in-place addmm (no extra full-size tensors)."""
+        scaling = self.scaling[adapter_name]
+        if self.use_dora[adapter_name] or torch.is_tensor(scaling):
+            return super()._add_adapter_output(adapter_name, x, result, base_result)
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        x = self._cast_input_dtype(x, lora_A.weight.dtype)
+        if self.training:  # dropout is a no-op in eval: skip even the call
+            x = self.lora_dropout[adapter_name](x)
+        hidden = F.linear(x, lora_A.weight)
+        if hidden.dtype != result.dtype or not result.is_contiguous():
+            # mixed precision: add in the adapter's precision, as the unfused formula does
+            return result + lora_B(hidden) * scaling
+        result.view(-1, result.shape[-1]).addmm_(
+            hidden.reshape(-1, hidden.shape[-1]), lora_B.weight.t(), alpha=scaling
+        )
+        if lora_B.bias is not None:
+            result.add_(lora_B.bias, alpha=scaling)
+        return result
+
+    def _needs_base_result(self, adapter_name: str) -> bool:
+        return self.use_dora.get(adapter_name, False)
+
+    def _add_mixed_batch_outputs(
+        self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
+    ) -> torch.Tensor:
+        """All adapters of the batch in one gathered matmul pair (S-LoRA/punica style), not one pass each.
+
+        The A and B factors of the batch's adapters are stacked (zero-padded to the largest rank, the
+        scaling folded into B, slot 0 all zeros for "__base__") and gathered per sample for two `bmm`s.
+        """
+        names = tuple(sorted({n for n in adapter_names if self.has_adapter(n)}))
+        plain = all(not self.use_dora[n] and self.lora_B[n].bias is None for n in names)
+        if not names or not plain or x.dim() < 2 or any(torch.is_tensor(self.scaling[n]) for n in names):
+            return super()._add_mixed_batch_outputs(x, result, adapter_names)
+        stack_A, stack_B = self._stacked_factors(names)
+        slots = {name: i + 1 for i, name in enumerate(names)}
+        index = torch.tensor([slots.get(n, 0) for n in adapter_names], device=stack_A.device)
+        inputs = self._cast_input_dtype(x, stack_A.dtype).reshape(x.shape[0], -1, x.shape[-1])
+        hidden = torch.bmm(inputs, stack_A[index].transpose(1, 2))
+        delta = torch.bmm(hidden, stack_B[index].transpose(1, 2)).reshape(result.shape)
+        if delta.dtype == result.dtype:
+            return result.add_(delta)
+        return (result + delta).to(result.dtype)
+
+    def _stacked_factors(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked (A, s*B) of `names`, cached until a factor or scaling changes."""
+        weights = [(self.lora_A[n].weight, self.lora_B[n].weight) for n in names]
+        key = (names, tuple((a._version, a.data_ptr(), b._version, b.data_ptr()) for a, b in weights))
+        key += (tuple(self.scaling[n] for n in names),)
+        cached = getattr(self, "_stack_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        rank = max(self.r[n] for n in names)
+        first_A = weights[0][0]
+        stack_A = first_A.new_zeros(len(names) + 1, rank, first_A.shape[1])
+        stack_B = first_A.new_zeros(len(names) + 1, weights[0][1].shape[0], rank)
+        with torch.no_grad():
+            for slot, (name, (weight_A, weight_B)) in enumerate(zip(names, weights), start=1):
+                stack_A[slot, : weight_A.shape[0]] = weight_A
+                stack_B[slot, :, : weight_B.shape[1]] = weight_B * self.scaling[name]
+        self._stack_cache = (key, stack_A, stack_B)
+        return stack_A, stack_B
 
     def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
         lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
