@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from tests.conftest import conv_net, llama_inputs, perturb_adapter_weights, tiny_llama, tiny_llama_seq_cls
 
 import peftkit
-from tests.conftest import conv_net, llama_inputs, perturb_adapter_weights, tiny_llama, tiny_llama_seq_cls
 
 ADAPTERS = {
     "one": {"target_modules": ["q_proj", "v_proj"], "r": 4},
@@ -46,7 +46,7 @@ NAMES = ["one", "__base__", "two", "three", "one", "four", "two", "__base__"]
 
 @torch.no_grad()
 def test_mixed_batch_equals_per_sample_and_peft(pair):
-    base, theirs, ours = pair
+    _, theirs, ours = pair
     inputs = llama_inputs(batch=len(NAMES), length=6)
     mixed = ours(**inputs, adapter_names=NAMES).logits
     for i, name in enumerate(NAMES):
