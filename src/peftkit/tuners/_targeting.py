@@ -70,11 +70,37 @@ def linear_like_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = ()) -> bool:
-    """Replace `target_modules="all-linear"` by the full names of the model's linear layers.
+def modules_outside_adapters(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) in `named_modules` order, not descending into adapter layers or modules_to_save
+    wrappers (they are listed themselves): nothing inside them is ever a target."""
+    from ..utils.modules_to_save import ModulesToSaveWrapper
+    from .tuners_utils import BaseTunerLayer
 
-    The output head (`get_output_embeddings()`), modules named in `excluded_names` (e.g. modules_to_save
-    heads) and layers that belong to an adapter are left out.
+    stop = (BaseTunerLayer, ModulesToSaveWrapper)
+    found: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        for name, child in module._modules.items():
+            if child is None or id(child) in seen:
+                continue
+            seen.add(id(child))
+            full = f"{prefix}.{name}" if prefix else name
+            found.append((full, child))
+            if not isinstance(child, stop):
+                walk(full, child)
+
+    walk("", model)
+    return found
+
+
+def expand_all_linear(
+    config, model: nn.Module, modules: list[tuple[str, nn.Module]], excluded_names: Iterable[str] = ()
+) -> bool:
+    """Replace `target_modules="all-linear"` by the names of the model's linear layers; True if it did.
+
+    The output head (`get_output_embeddings()`) and modules named in `excluded_names` (e.g.
+    modules_to_save heads) are left out; layers already adapted are kept (a further adapter goes on them).
     """
     targets = config.target_modules
     if not (isinstance(targets, str) and targets.lower() == INCLUDE_LINEAR_LAYERS_SHORTHAND):
@@ -82,26 +108,17 @@ def expand_all_linear(config, model: nn.Module, excluded_names: Iterable[str] = 
     from .tuners_utils import BaseTunerLayer
 
     output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    excluded = set(excluded_names)
-    names: set[str] = set()
-    adapter_owned: list[str] = []
+    excluded = list(excluded_names)
     linear_types = linear_like_types()
-    for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer):
-            adapter_owned.append(name)
+    names: set[str] = set()
+    for name, module in modules:
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        if base is output_head or module is output_head or matches_name(excluded, name):
             continue
-        if any(name.startswith(owner + ".") for owner in adapter_owned):
-            continue
-        if ".modules_to_save." in name or name.endswith(".original_module") or ".original_module." in name:
-            continue
-        if module is output_head or matches_name(excluded, name):
-            continue
-        if isinstance(module, linear_types):
+        if isinstance(base, linear_types):
             names.add(name)
-    # tuner layers themselves (already adapted) are targeted again for a second adapter
-    names.update(adapter_owned)
     if len(names) >= MIN_TARGETS_TO_SHORTEN:
-        names = shortest_unique_suffixes(names, [n for n, _ in model.named_modules() if n])
+        names = shortest_unique_suffixes(names, [n for n, _ in modules])
     config.target_modules = names
     return True
 

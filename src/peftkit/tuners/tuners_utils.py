@@ -29,6 +29,7 @@ from ..utils.other import get_submodules
 from ..utils.warnings import PeftWarning
 from ._targeting import (
     expand_all_linear,
+    modules_outside_adapters,
     is_targeted,
     no_match_error,
     unmatched_list_entries,
@@ -163,8 +164,8 @@ class BaseTunerLayer:
                 active = remaining[:1]
         self.set_adapter(active[0] if len(active) == 1 else active)
 
-    def _finish_new_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
-        """Put the new adapter's tensors beside the base weight and re-apply the active set.
+    def _finish_new_adapter(self, adapter_name: str) -> None:
+        """Put the new adapter's tensors beside the base weight.
 
         Floating adapter tensors take the base weight's float dtype (fp32 adapters on an fp16 base are
         restored by the tuner's `autocast_adapter_dtype` step); quantized bases keep fp32 adapters.
@@ -173,20 +174,21 @@ class BaseTunerLayer:
         weight = next(
             (getattr(base, n) for n in ("weight", "qweight") if getattr(base, n, None) is not None), None
         )
-        if weight is not None and weight.device.type != "meta":
-            dtype = weight.dtype if weight.dtype.is_floating_point else None
-            for attr in self.adapter_layer_names:
-                container = getattr(self, attr)
-                if adapter_name not in container:
-                    continue
-                item = container[adapter_name]
-                # meta tensors (low_cpu_mem_usage) have no data to move: they are filled from a file later
-                if isinstance(item, nn.Module):
-                    if not any(t.is_meta for t in item.parameters()):
-                        item.to(weight.device, dtype=dtype)
-                elif not item.is_meta:
-                    item.data = item.data.to(weight.device, dtype=dtype or item.dtype)
-        self.set_adapter(self._active_adapter, inference_mode=inference_mode)
+        if weight is None or weight.device.type == "meta":
+            return
+        dtype = weight.dtype if weight.dtype.is_floating_point else None
+        for tensor in self._adapter_tensors(adapter_name):
+            # meta tensors (low_cpu_mem_usage) have no data to move: they are filled from a file later
+            if tensor.is_meta:
+                continue
+            if tensor.device != weight.device or (dtype is not None and tensor.dtype != dtype):
+                tensor.data = tensor.data.to(weight.device, dtype=dtype or tensor.dtype)
+
+    def _mark_new_adapter_trainable(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """A new adapter trains only if it is active (O(1): the other adapters are left as they are)."""
+        trainable = adapter_name in self.active_adapters and not inference_mode
+        for tensor in self._adapter_tensors(adapter_name):
+            tensor.requires_grad_(trainable)
 
     def cast_adapter_dtype(self, adapter_name: str, dtype: torch.dtype = torch.float32) -> None:
         """Cast the fp16/bf16 tensors of `adapter_name` to `dtype` (fp32 adapters train stably)."""
@@ -436,54 +438,62 @@ class BaseTuner(nn.Module):
         self._check_new_adapter_config(config)
         config = self._prepare_adapter_config(config, self.get_model_config(model))
         modules_to_save = list(getattr(config, "modules_to_save", None) or [])
-        expanded = expand_all_linear(config, model, excluded_names=modules_to_save)
+        modules = modules_outside_adapters(model)
+        expanded = expand_all_linear(config, model, modules, excluded_names=modules_to_save)
         warn_if_regex_in_list(config.target_modules)
 
-        owners = self._skip_keys(model)
-        matched: list[str] = []
-        keys = [key for key, _ in model.named_modules() if key]
-        with _meta_init(low_cpu_mem_usage):
-            for key in keys:
-                if _has_ancestor_in(key, owners):
-                    continue
-                if not is_targeted(config, key):
-                    continue
-                if isinstance(model.get_submodule(key), ModulesToSaveWrapper):
-                    raise ValueError(
-                        f"Module '{key}' is both in modules_to_save and targeted by target_modules; a module can "
-                        "be fully trained (modules_to_save) or adapted, not both. Remove it from one of them."
-                    )
-                parent, target, target_name = get_submodules(model, key)
-                self._create_and_replace(config, adapter_name, target, target_name, parent, current_key=key)
-                matched.append(key)
+        matched = [key for key, _ in modules if is_targeted(config, key)]
         if not matched:
             raise no_match_error(config, model)
+        wrapped = [k for k, m in modules if k in matched and isinstance(m, ModulesToSaveWrapper)]
+        overlap = [
+            n for n in modules_to_save if any(k == n or k.endswith("." + n) for k in matched)
+        ] + wrapped
+        if overlap:
+            raise ValueError(
+                f"modules_to_save {overlap} overlap the adapted target modules; a module can be fully trained "
+                "(modules_to_save) or adapted, not both. Remove it from one of them."
+            )
+        try:
+            with _meta_init(low_cpu_mem_usage):
+                for key in matched:
+                    parent, target, target_name = get_submodules(model, key)
+                    self._create_and_replace(
+                        config, adapter_name, target, target_name, parent, current_key=key
+                    )
+        except BaseException:
+            self._remove_partial_adapter(model, adapter_name)
+            raise
         unmatched = [] if expanded else unmatched_list_entries(config.target_modules, matched)
         if unmatched:
             warnings.warn(
                 f"target_modules entries {unmatched} of adapter '{adapter_name}' matched no module and were ignored.",
                 PeftWarning,
             )
-        for key in matched:
-            if key not in self.targeted_module_names:
-                self.targeted_module_names.append(key)
-        overlap = [n for n in modules_to_save if any(k == n or k.endswith("." + n) for k in matched)]
-        if overlap:
-            raise ValueError(
-                f"modules_to_save {overlap} overlap the adapted target modules; a module can be fully trained "
-                "(modules_to_save) or adapted, not both. Remove it from one of them."
-            )
+        known = set(self.targeted_module_names)
+        self.targeted_module_names.extend(k for k in matched if k not in known)
 
         self._mark_only_adapters_as_trainable(model)
         if modules_to_save:
-            set_modules_to_save(model, adapter_name, modules_to_save, skip=owners)
-        self.set_adapter(self.active_adapter, inference_mode=config.inference_mode)
+            set_modules_to_save(model, adapter_name, modules_to_save, skip=self._skip_keys(model))
+            for module in model.modules():
+                if isinstance(module, ModulesToSaveWrapper):
+                    module.set_adapter(self.active_adapter)
         if config.inference_mode:
             for module in self._tuner_layers(model):
                 for tensor in module._adapter_tensors(adapter_name):
                     tensor.requires_grad_(False)
         if autocast_adapter_dtype:
-            self._cast_adapter_dtype(adapter_name)
+            self._cast_adapter_dtype(adapter_name, [model.get_submodule(k) for k in matched])
+
+    def _remove_partial_adapter(self, model: nn.Module, adapter_name: str) -> None:
+        """Undo a failed injection: drop `adapter_name` everywhere, unwrap layers left without adapters."""
+        for key, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer) and adapter_name in module._get_available_adapters():
+                module.delete_adapter(adapter_name)
+                if not module._get_available_adapters():
+                    parent, _, name = get_submodules(model, key)
+                    setattr(parent, name, module.get_base_layer())
 
     def _create_and_replace(
         self,
@@ -499,19 +509,27 @@ class BaseTuner(nn.Module):
             target.update_layer(adapter_name, **kwargs)
             return
         new_module = self._create_new_module(config, adapter_name, target, **kwargs)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
+        new_module.set_adapter(self.active_adapter)  # a new, inactive adapter starts frozen
         setattr(parent, target_name, new_module)
 
-    def _cast_adapter_dtype(self, adapter_name: str) -> None:
-        for module in self._tuner_layers(self.model):
-            module.cast_adapter_dtype(adapter_name)
+    def _cast_adapter_dtype(self, adapter_name: str, layers: list[nn.Module] | None = None) -> None:
+        """fp16/bf16 tensors of `adapter_name` become fp32 (in `layers`, default: every adapter layer)."""
+        for module in self._tuner_layers(self.model) if layers is None else layers:
+            if isinstance(module, BaseTunerLayer):
+                module.cast_adapter_dtype(adapter_name)
 
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
         """Freeze everything but adapter tensors; then open biases as the configs' `bias` asks."""
-        for name, param in model.named_parameters():
-            if self.prefix not in name:
+        for param in model._parameters.values():
+            if param is not None:
                 param.requires_grad = False
+        for _, module in modules_outside_adapters(model):
+            if isinstance(module, BaseTunerLayer):
+                module.get_base_layer().requires_grad_(False)
+            elif not isinstance(module, ModulesToSaveWrapper):
+                for param in module._parameters.values():
+                    if param is not None:
+                        param.requires_grad = False
         for adapter in self.active_adapters:
             bias = getattr(self.peft_config[adapter], "bias", "none")
             if bias == "all":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...utils.warnings import PeftWarning
+from ..._skip_init import empty_linear, skip_init
 from ..tuners_utils import BaseTunerLayer
 from . import dora
 from .config import IMPLEMENTED_INITS
@@ -88,14 +89,17 @@ class LoraLayer(BaseTunerLayer):
                 self._dora_weight_norm(adapter_name)
             )
             self._finish_new_adapter(adapter_name)
-        self.set_adapter(self._active_adapter, inference_mode=inference_mode)
+        self._mark_new_adapter_trainable(adapter_name, inference_mode)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         raise NotImplementedError
 
     def reset_lora_parameters(self, adapter_name: str, init_lora_weights: bool | str) -> None:
-        """Initialise A and B so that the adapter starts as a no-op (B = 0), unless init is False."""
+        """Initialise A and B so that the adapter starts as a no-op (B = 0); with False, both random."""
         if init_lora_weights is False:
+            if adapter_name in self.lora_A:  # the layer type's default initialisation for both factors
+                self.lora_A[adapter_name].reset_parameters()
+                self.lora_B[adapter_name].reset_parameters()
             return
         if adapter_name in self.lora_A:
             if init_lora_weights == "gaussian":
@@ -236,8 +240,9 @@ class Linear(LoraLayer, nn.Module):
         )
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
-        self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
-        self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=lora_bias)
+        # uninitialised: reset_lora_parameters initialises them right away
+        self.lora_A[adapter_name] = empty_linear(self.in_features, r, bias=False)
+        self.lora_B[adapter_name] = empty_linear(r, self.out_features, bias=lora_bias)
 
     def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.T if self.fan_in_fan_out else weight
@@ -264,12 +269,16 @@ class Linear(LoraLayer, nn.Module):
         if hidden.dtype != result.dtype or not result.is_contiguous():
             # mixed precision: add in the adapter's precision, as the unfused formula does
             return result + lora_B(hidden) * scaling
-        result.view(-1, result.shape[-1]).addmm_(
-            hidden.reshape(-1, hidden.shape[-1]), lora_B.weight.t(), alpha=scaling
-        )
+        flat_result, flat_hidden = result.view(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
+        if torch.is_grad_enabled() and (result.requires_grad or hidden.requires_grad):
+            # autograd: out of place (an in-place update of a view would cost a full copy in backward)
+            fused = torch.addmm(flat_result, flat_hidden, lora_B.weight.t(), alpha=scaling).view(result.shape)
+        else:
+            fused = result
+            flat_result.addmm_(flat_hidden, lora_B.weight.t(), alpha=scaling)
         if lora_B.bias is not None:
-            result.add_(lora_B.bias, alpha=scaling)
-        return result
+            fused = fused + lora_B.bias * scaling
+        return fused
 
     def _needs_base_result(self, adapter_name: str) -> bool:
         return self.use_dora.get(adapter_name, False)
@@ -442,10 +451,12 @@ class _ConvNd(LoraLayer, nn.Module):
         base = self.get_base_layer()
         conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[self._kernel_dim]
         ones = (1,) * (self._kernel_dim - 2)
-        self.lora_A[adapter_name] = conv(
-            self.in_features, r, base.kernel_size, base.stride, base.padding, bias=False
+        self.lora_A[adapter_name] = skip_init(
+            conv, self.in_features, r, base.kernel_size, base.stride, base.padding, bias=False
         )
-        self.lora_B[adapter_name] = conv(r, self.out_features, ones, ones, groups=base.groups, bias=lora_bias)
+        self.lora_B[adapter_name] = skip_init(
+            conv, r, self.out_features, ones, ones, groups=base.groups, bias=lora_bias
+        )
 
     def _magnitude_shape(self) -> tuple[int, ...]:
         return (1, -1) + (1,) * (self._kernel_dim - 2)

@@ -1,0 +1,212 @@
+"""Multi-adapter serving and training-step benchmark: peft vs peftkit, same process, same weights.
+
+On a random SmolLM2-shaped Llama (30 layers, hidden 576, LoRA r=16 on all linear layers):
+  (a) 16 different adapters in one batch of 16 sequences (`adapter_names=`)
+  (b) one unmerged adapter vs the plain base model
+  (c) `add_adapter` time for the 2nd..16th adapter
+  (d) a training step with lora_dropout 0 and 0.05 vs a frozen base with input gradients
+Each timing is the median of `--repeats` runs, peft and peftkit interleaved so that machine load hits
+both alike. Prints a table of seconds and ratios (peftkit / peft, and overhead over the base).
+
+    python bench/bench_serving.py            # full size (a few minutes on 2 cores)
+    python bench/bench_serving.py --layers 4 # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def smollm2_shaped(layers: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median time of each function, running them round-robin (one warm-up round first)."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def lora_config(lib, dropout: float = 0.0, init: bool = False):
+    """r=16 on all linear layers; init=False gives random (non-zero) B so outputs differ per adapter."""
+    return lib.LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=dropout, init_lora_weights=init
+    )
+
+
+def build(lib, base, n_adapters: int, dropout: float = 0.0):
+    model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout), adapter_name="adapter0")
+    for i in range(1, n_adapters):
+        model.add_adapter(f"adapter{i}", lora_config(lib, dropout))
+    return model
+
+
+def bench_inference(base, repeats: int, batch: int, length: int) -> list[tuple[str, float, float]]:
+    import peft
+
+    import peftkit
+
+    ids = torch.randint(0, 1000, (batch, length), generator=torch.Generator().manual_seed(0))
+    theirs, ours = build(peft, base, 16), build(peftkit, base, 16)
+    theirs.load_state_dict(ours.state_dict())  # same weights in both
+    theirs.eval()
+    ours.eval()
+    names = [f"adapter{i}" for i in range(batch)] if batch <= 16 else None
+
+    def run(model, **kwargs):
+        with torch.inference_mode():
+            return model(input_ids=ids, **kwargs).logits
+
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            run(ours, adapter_names=names), run(theirs, adapter_names=names), atol=1e-4, rtol=1e-4
+        )
+    times = interleaved(
+        {
+            "base": lambda: run(base),
+            "peft single": lambda: run(theirs),
+            "peftkit single": lambda: run(ours),
+            "peft mixed16": lambda: run(theirs, adapter_names=names),
+            "peftkit mixed16": lambda: run(ours, adapter_names=names),
+        },
+        repeats,
+    )
+    rows = [
+        ("(a) 16 adapters in one batch: peft", times["peft mixed16"], times["peft mixed16"] / times["base"]),
+        (
+            "(a) 16 adapters in one batch: peftkit",
+            times["peftkit mixed16"],
+            times["peftkit mixed16"] / times["base"],
+        ),
+        ("(a) throughput peftkit / peft", times["peft mixed16"] / times["peftkit mixed16"], float("nan")),
+        ("(b) base model", times["base"], 1.0),
+        ("(b) one unmerged adapter: peft", times["peft single"], times["peft single"] / times["base"]),
+        (
+            "(b) one unmerged adapter: peftkit",
+            times["peftkit single"],
+            times["peftkit single"] / times["base"],
+        ),
+    ]
+    return rows
+
+
+def bench_add_adapter(base) -> list[tuple[str, float, float]]:
+    import peft
+
+    import peftkit
+
+    results = {}
+    for name, lib in (("peft", peft), ("peftkit", peftkit)):
+        model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, init=True), adapter_name="adapter0")
+        start = time.perf_counter()
+        for i in range(1, 16):
+            model.add_adapter(f"adapter{i}", lora_config(lib, init=True))
+        results[name] = (time.perf_counter() - start) / 15
+        del model
+    return [
+        ("(c) add_adapter, per adapter: peft", results["peft"], float("nan")),
+        ("(c) add_adapter, per adapter: peftkit", results["peftkit"], float("nan")),
+        ("(c) speed-up peftkit vs peft", results["peft"] / results["peftkit"], float("nan")),
+    ]
+
+
+def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[str, float, float]]:
+    import peft
+
+    import peftkit
+
+    ids = torch.randint(0, 1000, (batch, length), generator=torch.Generator().manual_seed(1))
+
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+
+    frozen = copy.deepcopy(base).train()
+    frozen.requires_grad_(False)
+    frozen.enable_input_require_grads()  # what gradient flow through a frozen base costs
+    fns = {"frozen base": lambda: step(frozen)}
+    models = {}
+    for dropout in (0.0, 0.05):
+        for name, lib in (("peft", peft), ("peftkit", peftkit)):
+            model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout)).train()
+            models[(name, dropout)] = model
+            fns[f"{name} dropout={dropout}"] = lambda m=model: step(m)
+    times = interleaved(fns, repeats)
+    rows = [("(d) frozen base, input grads", times["frozen base"], 1.0)]
+    for key, value in times.items():
+        if key != "frozen base":
+            rows.append((f"(d) training step {key}", value, value / times["frozen base"]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c,d")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import peft
+
+    import peftkit
+
+    base = smollm2_shaped(args.layers)
+    print(
+        f"peft {peft.__version__} vs peftkit {peftkit.__version__}, torch {torch.__version__}, {args.threads} threads, "
+        f"{args.layers} layers, hidden 576, LoRA r=16 all-linear"
+    )
+    rows = []
+    skip = set(args.skip.split(","))
+    if not {"a", "b"} <= skip:
+        rows += bench_inference(base, args.repeats, batch=16, length=64)
+    if "c" not in skip:
+        rows += bench_add_adapter(base)
+    if "d" not in skip:
+        rows += bench_training(base, args.repeats, batch=4, length=256)
+    print(f"{'measurement':48s} {'seconds/ratio':>14s} {'vs base':>8s}")
+    for label, value, ratio in rows:
+        print(f"{label:48s} {value:14.3f} {ratio:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
