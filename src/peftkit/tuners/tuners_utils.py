@@ -29,8 +29,8 @@ from ..utils.other import get_submodules
 from ..utils.warnings import PeftWarning
 from ._targeting import (
     expand_all_linear,
-    modules_outside_adapters,
     is_targeted,
+    modules_outside_adapters,
     no_match_error,
     unmatched_list_entries,
     warn_if_regex_in_list,

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...utils.warnings import PeftWarning
 from ..._skip_init import empty_linear, skip_init
+from ...utils.warnings import PeftWarning
 from ..tuners_utils import BaseTunerLayer
 from . import dora
 from .config import IMPLEMENTED_INITS
