@@ -93,6 +93,40 @@ class LoraModel(BaseTuner):
             "`torch.nn.Conv2d`, `torch.nn.Conv3d`, `transformers.pytorch_utils.Conv1D`."
         )
 
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+        svd_clamp: float | None = None,
+        svd_full_matrices: bool = True,
+        svd_driver: str | None = None,
+        density: float | None = None,
+        majority_sign_method: str = "total",
+    ) -> None:
+        """Add adapter `adapter_name`: a weighted combination of `adapters` (see `lora.arithmetic`).
+
+        combination_type: "svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear",
+        "dare_ties_svd", "dare_linear_svd", "magnitude_prune" or "magnitude_prune_svd".
+        """
+        from .arithmetic import add_weighted_adapter
+
+        add_weighted_adapter(
+            self,
+            adapters,
+            weights,
+            adapter_name,
+            combination_type=combination_type,
+            svd_rank=svd_rank,
+            svd_clamp=svd_clamp,
+            svd_full_matrices=svd_full_matrices,
+            svd_driver=svd_driver,
+            density=density,
+            majority_sign_method=majority_sign_method,
+        )
+
     def _set_adapter_layers(self, enabled: bool = True) -> None:
         if not enabled:
             for name in self.active_adapters:
