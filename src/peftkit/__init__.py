@@ -6,6 +6,15 @@ model = get_peft_model(base_model, LoraConfig(r=16, target_modules="all-linear",
 
 __version__ = "0.1.0"
 
+from .auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
 from .config import PeftConfig, PeftConfigMixin
 from .mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
@@ -62,4 +71,11 @@ __all__ = [
     "load_peft_weights",
     "register_peft_method",
     "set_peft_model_state_dict",
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
 ]

@@ -383,11 +383,40 @@ class PeftModel(nn.Module):
             **kwargs,
         )
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Save the adapters to a temporary folder and upload it to the Hub repo `repo_id`."""
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        **save_kwargs: Any,
+    ) -> str:
+        """Save the adapters to a temporary folder and upload it to the Hub repo `repo_id`.
+
+        Returns the commit URL. `save_kwargs` (e.g. `selected_adapters`, `safe_serialization`) go to
+        `save_pretrained`; `tags` are added to the model card.
+        """
         from .utils.persistence import push_peft_model_to_hub
 
-        return push_peft_model_to_hub(self, repo_id, **kwargs)
+        return push_peft_model_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            max_shard_size=max_shard_size,
+            tags=tags,
+            **save_kwargs,
+        )
 
     def create_or_update_model_card(self, output_dir: str) -> None:
         from .utils.persistence import write_model_card

@@ -3,10 +3,11 @@
 Layout (PEFT's): the "default" adapter's `adapter_config.json` and `adapter_model.safetensors` at the
 top of the folder, every other adapter in a sub-folder named after it.
 
-A save never leaves a folder that loads as a valid but wrong adapter: the old config is removed first,
-the weights are written atomically and checked, and the new config is written last (atomically). A save
-interrupted at any point leaves either the old adapter, or a folder without `adapter_config.json`,
-which refuses to load with a clear error.
+A save never leaves a folder that loads as a valid but wrong adapter. Per adapter: the new weights are
+written completely to a temporary file and read back; only then is the old config removed, the weights
+renamed into place and the new config written (atomically). A save interrupted before the rename leaves
+the old adapter intact; one interrupted after it leaves a folder without `adapter_config.json`, which
+refuses to load with a clear error. Never old config + new weights, or new config + old weights.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -23,42 +23,95 @@ from torch import nn
 
 from ..config import PeftConfig
 from .constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from .hub import split_hub_kwargs
 from .save_and_load import get_peft_model_state_dict, set_peft_model_state_dict
 from .warnings import AdapterLoadError, PeftWarning
-from .weights_io import read_adapter_weights, write_adapter_weights
 
-_HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "local_files_only")
+# kwargs PeftConfig.from_pretrained understands (force_download only matters for weight files)
+_CONFIG_HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "local_files_only")
+# kwargs from_pretrained/load_adapter accept for PEFT compatibility without using them here
+_ACCEPTED_UNUSED = (
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_index",
+    "offload_dir",
+    "use_safetensors",
+)
 
 
 def _adapter_folder(save_directory: str, adapter_name: str) -> str:
     folder = save_directory if adapter_name == "default" else os.path.join(save_directory, adapter_name)
     root = os.path.realpath(save_directory)
     if os.path.commonpath([root, os.path.realpath(folder)]) != root:
-        raise ValueError(f"Adapter name {adapter_name!r} would write outside the save folder {save_directory!r}.")
+        raise ValueError(
+            f"Adapter name {adapter_name!r} would write outside the save folder {save_directory!r}."
+        )
     return folder
 
 
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _base_model_name(model: nn.Module) -> str | None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     name = getattr(base, "name_or_path", None)
     if not name and getattr(base, "config", None) is not None:
         name = getattr(base.config, "_name_or_path", None)
     return name or None
 
 
-def _verify_written(path: str, expected: dict[str, torch.Tensor], safe: bool) -> None:
-    """Read back what was written and compare keys and shapes with what the adapter holds."""
-    if safe:
-        from safetensors import safe_open
+def _config_to_save(model: nn.Module, adapter_name: str) -> PeftConfig:
+    """The config as PEFT writes it: inference mode, the base model's name, and `auto_mapping` (the
+    base class) when no task type says which class to load."""
+    config = copy.deepcopy(model.peft_config[adapter_name])
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = _base_model_name(model)
+    config.inference_mode = True
+    if config.task_type is None and getattr(config, "auto_mapping", None) is None:
+        base_cls = type(_base_model(model))
+        config.auto_mapping = {"base_model_class": base_cls.__name__, "parent_library": base_cls.__module__}
+    return config
 
-        with safe_open(path, framework="pt") as f:
-            written = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    else:
-        written = {k: tuple(v.shape) for k, v in torch.load(path, weights_only=True, map_location="meta").items()}
+
+def _check_written(path: str, expected: dict[str, torch.Tensor], safe: bool) -> None:
+    """Read back what was written and compare keys and shapes with what the adapter holds."""
+    from .weights_io import written_shapes
+
+    try:
+        written = written_shapes(path, safe)
+    except Exception as err:
+        raise OSError(f"The adapter weights just written to {path} cannot be read back: {err}") from err
     wanted = {k: tuple(v.shape) for k, v in expected.items()}
     if written != wanted:
         diff = sorted(set(written) ^ set(wanted)) or [k for k in wanted if wanted[k] != written.get(k)]
         raise OSError(f"The adapter file {path} does not hold what was saved (differing keys: {diff[:10]}).")
+
+
+def _save_adapter(
+    folder: str,
+    tensors: dict[str, torch.Tensor],
+    config: PeftConfig,
+    safe_serialization: bool,
+    metadata: dict,
+) -> None:
+    """Write one adapter's weights and config into `folder` in the crash-safe order (module docstring)."""
+    from .atomic_io import staged_file
+    from .weights_io import prepare_for_saving, weights_file_name, write_weights_file
+
+    prepared = prepare_for_saving(tensors)
+    path = os.path.join(folder, weights_file_name(safe_serialization))
+    with staged_file(path) as staged:
+        write_weights_file(staged.tmp, prepared, safe_serialization=safe_serialization, metadata=metadata)
+        _check_written(staged.tmp, prepared, safe_serialization)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, CONFIG_NAME))  # from here on, the folder refuses to load
+        staged.commit()
+    stale = os.path.join(folder, WEIGHTS_NAME if safe_serialization else SAFETENSORS_WEIGHTS_NAME)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(stale)  # a stale file of the other format could be loaded instead of this one
+    config.save_pretrained(folder)
 
 
 def save_peft_model(
@@ -80,45 +133,44 @@ def save_peft_model(
     names = list(model.peft_config) if selected_adapters is None else list(selected_adapters)
     unknown = [n for n in names if n not in model.peft_config]
     if unknown:
-        raise ValueError(f"You passed an invalid `selected_adapters` arguments, current supported adapter names are "
-                         f"{list(model.peft_config)} - got {unknown}.")
+        raise ValueError(
+            "You passed an invalid `selected_adapters` arguments, current supported adapter names are "
+            f"{list(model.peft_config)} - got {unknown}."
+        )
     if path_initial_model_for_weight_conversion is not None:
         raise NotImplementedError(
-            "path_initial_model_for_weight_conversion (PiSSA/OLoRA/CorDA conversion) is not implemented in peftkit yet."
+            "path_initial_model_for_weight_conversion (PiSSA/OLoRA/CorDA conversion) is not implemented in peftkit "
+            "yet; save without it."
         )
     if not is_main_process:
         return
     full_state_dict = kwargs.pop("state_dict", None)
     os.makedirs(save_directory, exist_ok=True)
+    # gather everything first: a failure here leaves the folder untouched
+    plans = []
     for adapter_name in names:
-        config = model.peft_config[adapter_name]
-        folder = _adapter_folder(save_directory, adapter_name)
-        os.makedirs(folder, exist_ok=True)
         tensors = get_peft_model_state_dict(
-            model, state_dict=full_state_dict, adapter_name=adapter_name, save_embedding_layers=save_embedding_layers
+            model,
+            state_dict=full_state_dict,
+            adapter_name=adapter_name,
+            save_embedding_layers=save_embedding_layers,
         )
         if not tensors:
-            raise ValueError(f"Adapter '{adapter_name}' has no tensors to save; nothing was written for it.")
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(folder, CONFIG_NAME))  # invalidate first: see the module docstring
-        path = write_adapter_weights(
-            folder, tensors, safe_serialization=safe_serialization, metadata={"peftkit_version": __version__}
+            raise ValueError(f"Adapter '{adapter_name}' has no tensors to save; nothing was written.")
+        plans.append(
+            (_adapter_folder(save_directory, adapter_name), tensors, _config_to_save(model, adapter_name))
         )
-        _verify_written(path, tensors, safe_serialization)
-        stale = os.path.join(folder, WEIGHTS_NAME if safe_serialization else SAFETENSORS_WEIGHTS_NAME)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(stale)  # a stale file of the other format would be loaded instead of this one
-        saved_config = copy.deepcopy(config)
-        if saved_config.base_model_name_or_path is None:
-            saved_config.base_model_name_or_path = _base_model_name(model)
-        saved_config.inference_mode = True
-        saved_config.save_pretrained(folder, **kwargs.get("config_overrides", {}))
+    for folder, tensors, config in plans:
+        os.makedirs(folder, exist_ok=True)
+        _save_adapter(folder, tensors, config, safe_serialization, {"peftkit_version": __version__})
     write_model_card(model, save_directory)
 
 
 def write_model_card(model: nn.Module, output_dir: str) -> None:
     """Write a model card README.md (library, base model, tags) unless the folder already has one."""
-    from ..utils.atomic_io import atomic_write_text
+    import json
+
+    from .atomic_io import atomic_write_text
 
     path = os.path.join(output_dir, "README.md")
     if os.path.exists(path):
@@ -128,21 +180,34 @@ def write_model_card(model: nn.Module, output_dir: str) -> None:
     method = getattr(config.peft_type, "value", str(config.peft_type)).lower()
     task = getattr(config.task_type, "value", None)
     pipeline = {"CAUSAL_LM": "text-generation", "SEQ_2_SEQ_LM": "text2text-generation"}.get(task or "")
-    lines = ["---", f"base_model: {base!r}" if base else "base_model: ''", "library_name: peft"]
+    # JSON strings are valid YAML scalars: paths and ids with ':' or quotes stay intact
+    lines = ["---", f"base_model: {json.dumps(base)}", "library_name: peft"]
     if pipeline:
         lines.append(f"pipeline_tag: {pipeline}")
-    lines += ["tags:", f"- 'base_model:adapter:{base}'", f"- {method}", "- peftkit", "- transformers", "---", ""]
     lines += [
-        f"# {method.upper()} adapter" + (f" for {base}" if base else ""),
-        "",
-        "Saved with peftkit in the PEFT adapter format: it loads with `peftkit` and with `peft`.",
-        "",
+        "tags:",
+        f"- {json.dumps('base_model:adapter:' + base)}",
+        f"- {method}",
+        "- peftkit",
+        "- transformers",
     ]
+    lines += ["---", "", f"# {method.upper()} adapter" + (f" for {base}" if base else ""), ""]
+    lines += ["Saved with peftkit in the PEFT adapter format: it loads with `peftkit` and with `peft`.", ""]
     atomic_write_text(path, "\n".join(lines))
 
 
-def _split_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+def _warn_unused(kwargs: dict[str, Any], where: str) -> None:
+    unused = sorted(k for k in kwargs if k not in _ACCEPTED_UNUSED)
+    if unused:
+        warnings.warn(f"{where} ignored unknown keyword arguments {unused}.", PeftWarning, stacklevel=4)
+
+
+def _default_device(model: nn.Module) -> torch.device:
+    """Load adapter tensors straight onto the base model's device (its first real parameter's)."""
+    for param in model.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
 
 
 def load_peft_model(
@@ -155,17 +220,30 @@ def load_peft_model(
     autocast_adapter_dtype: bool = True,
     ephemeral_gpu_offload: bool = False,
     low_cpu_mem_usage: bool = False,
+    key_mapping: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Implementation of `PeftModel.from_pretrained` (see there)."""
+    """Implementation of `PeftModel.from_pretrained` (see there).
+
+    The weights file is read before the model is touched, and a load that fails after the adapter
+    layers were injected takes them out again, so a failed call leaves `model` as it was.
+    """
     from ..peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel
+    from .weights_io import read_adapter_weights
 
     model_id = os.fspath(model_id)
-    hub_kwargs = _split_hub_kwargs(kwargs)
+    hub_kwargs = split_hub_kwargs(kwargs)
+    torch_device = kwargs.pop("torch_device", None)
+    _warn_unused(kwargs, "PeftModel.from_pretrained")
     if config is None:
-        config = PeftConfig.from_pretrained(model_id, **hub_kwargs)
+        config = PeftConfig.from_pretrained(
+            model_id, **{k: v for k, v in hub_kwargs.items() if k in _CONFIG_HUB_KWARGS}
+        )
     elif not isinstance(config, PeftConfig):
         raise ValueError(f"The input config must be a PeftConfig, got {type(config).__name__}.")
+    weights = read_adapter_weights(
+        model_id, device=torch_device or _default_device(model), key_mapping=key_mapping, **hub_kwargs
+    )
     if hasattr(config, "runtime_config"):
         config.runtime_config.ephemeral_gpu_offload = ephemeral_gpu_offload
     config.inference_mode = not is_trainable
@@ -178,16 +256,20 @@ def load_peft_model(
         autocast_adapter_dtype=autocast_adapter_dtype,
         low_cpu_mem_usage=low_cpu_mem_usage,
     )
-    load_adapter_into(
-        peft_model,
-        model_id,
-        adapter_name,
-        is_trainable=is_trainable,
-        autocast_adapter_dtype=autocast_adapter_dtype,
-        low_cpu_mem_usage=low_cpu_mem_usage,
-        **hub_kwargs,
-        **kwargs,
-    )
+    try:
+        _fill_adapter(
+            peft_model,
+            weights,
+            model_id,
+            adapter_name,
+            is_trainable,
+            autocast_adapter_dtype,
+            low_cpu_mem_usage,
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            peft_model.base_model.unload()  # give the caller's model back without adapter layers
+        raise
     return peft_model
 
 
@@ -199,92 +281,153 @@ def load_adapter_into(
     torch_device: str | None = None,
     autocast_adapter_dtype: bool = True,
     low_cpu_mem_usage: bool = False,
-    allow_missing_keys: bool = False,
-    allow_bin: bool = True,
-    ignore_mismatched_sizes: bool = False,
+    key_mapping: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Implementation of `PeftModel.load_adapter`: create the adapter if needed, then fill it from the file.
 
-    A load that fills no adapter tensor raises; missing adapter tensors raise unless
-    `allow_missing_keys=True` (then they are named in a warning, PEFT's behaviour).
+    Returns `set_peft_model_state_dict`'s missing/unexpected keys. A failed load removes the adapter it
+    had just created.
     """
+    from .weights_io import read_adapter_weights
+
     model_id = os.fspath(model_id)
-    hub_kwargs = _split_hub_kwargs(kwargs)
-    if adapter_name not in model.peft_config:
-        config = PeftConfig.from_pretrained(model_id, **hub_kwargs)
+    hub_kwargs = split_hub_kwargs(kwargs)
+    kwargs.pop("ephemeral_gpu_offload", None)
+    _warn_unused(kwargs, "PeftModel.load_adapter")
+    created = adapter_name not in model.peft_config
+    if created:
+        config = PeftConfig.from_pretrained(
+            model_id, **{k: v for k, v in hub_kwargs.items() if k in _CONFIG_HUB_KWARGS}
+        )
+    weights = read_adapter_weights(
+        model_id, device=torch_device or _default_device(model), key_mapping=key_mapping, **hub_kwargs
+    )
+    if created:
         config.inference_mode = not is_trainable
         model.add_adapter(
-            adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype
+            adapter_name,
+            config,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            autocast_adapter_dtype=autocast_adapter_dtype,
         )
-    weights = read_adapter_weights(model_id, device=torch_device, allow_bin=allow_bin, **hub_kwargs)
-    result = set_peft_model_state_dict(
-        model,
-        weights,
-        adapter_name=adapter_name,
-        ignore_mismatched_sizes=ignore_mismatched_sizes,
-        low_cpu_mem_usage=low_cpu_mem_usage,
-    )
-    adapter_keys = list(result.missing_keys)
-    loaded_any = len(weights) > len(result.unexpected_keys)
-    if not loaded_any:
-        raise AdapterLoadError(
-            f"No adapter weights of '{model_id}' matched the model: the file's keys (e.g. "
-            f"{sorted(weights)[:3]}) do not fit adapter '{adapter_name}'. Is this adapter for another base model?"
+    try:
+        return _fill_adapter(
+            model, weights, model_id, adapter_name, is_trainable, autocast_adapter_dtype, low_cpu_mem_usage
         )
-    if adapter_keys:
-        message = (
-            f"Loading adapter '{adapter_name}' from '{model_id}' left {len(adapter_keys)} adapter tensors "
-            f"unfilled (e.g. {adapter_keys[:5]}); they keep their initial values."
+    except BaseException:
+        if created:
+            with contextlib.suppress(Exception):
+                model.delete_adapter(adapter_name)
+        raise
+
+
+def _fill_adapter(
+    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    model_id: str,
+    adapter_name: str,
+    is_trainable: bool,
+    autocast_adapter_dtype: bool,
+    low_cpu_mem_usage: bool,
+) -> Any:
+    """Copy `weights` into adapter `adapter_name`, then settle device, dtype and trainability."""
+    try:
+        result = set_peft_model_state_dict(
+            model, weights, adapter_name=adapter_name, low_cpu_mem_usage=low_cpu_mem_usage
         )
-        if not allow_missing_keys:
-            raise AdapterLoadError(message + " Pass allow_missing_keys=True to accept this (PEFT only warns).")
-        warnings.warn(message, PeftWarning)
-    if result.unexpected_keys:
-        warnings.warn(
-            f"Found unexpected keys in the adapter file of '{model_id}', they were ignored: {result.unexpected_keys[:10]}",
-            PeftWarning,
-        )
+    except AdapterLoadError as err:
+        raise AdapterLoadError(f"Loading '{model_id}': {err}") from err
     tuner = model.base_model
+    if low_cpu_mem_usage:
+        _place_beside_base(tuner, adapter_name)
     if autocast_adapter_dtype:
         tuner._cast_adapter_dtype(adapter_name)
-    tuner.set_adapter(tuner.active_adapters)
+    # as PEFT: the loaded adapter is trainable or frozen as asked, whether active or not; others keep theirs
+    set_adapter_trainable(model, adapter_name, is_trainable)
     if not is_trainable:
-        freeze_adapter(model, adapter_name)
         model.eval()
     return result
 
 
-def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Make every tensor of `adapter_name` (adapter layers and modules_to_save copies) non-trainable."""
+def _place_beside_base(tuner: nn.Module, adapter_name: str) -> None:
+    """Assigned tensors (low_cpu_mem_usage) keep the file's device and dtype: move them to the base layer's,
+    as freshly created adapter tensors would be."""
+    from ..tuners.tuners_utils import BaseTunerLayer
+
+    for module in tuner.model.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        weight = getattr(module.get_base_layer(), "weight", None)
+        if weight is None or weight.is_meta:
+            continue
+        dtype = weight.dtype if weight.dtype.is_floating_point else None
+        for tensor in module._adapter_tensors(adapter_name):
+            target_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+            if tensor.device != weight.device or tensor.dtype != target_dtype:
+                tensor.data = tensor.data.to(weight.device, dtype=target_dtype)
+
+
+def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) -> None:
+    """Set `requires_grad` of every tensor of `adapter_name` (adapter layers and modules_to_save copies)."""
     from ..tuners.tuners_utils import BaseTunerLayer
     from .modules_to_save import ModulesToSaveWrapper
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             for tensor in module._adapter_tensors(adapter_name):
-                tensor.requires_grad_(False)
+                if tensor.is_floating_point():
+                    tensor.requires_grad_(trainable)
         elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
-            module.modules_to_save[adapter_name].requires_grad_(False)
+            module.modules_to_save[adapter_name].requires_grad_(trainable)
 
 
 def push_peft_model_to_hub(
     model: nn.Module,
     repo_id: str,
-    commit_message: str = "Upload adapter with peftkit",
+    commit_message: str | None = None,
+    commit_description: str | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    max_shard_size: int | str | None = "50GB",
+    tags: list[str] | None = None,
     **save_kwargs: Any,
 ) -> Any:
-    """Save the adapters to a temporary folder, then upload it with `HfApi.upload_folder`."""
+    """Save the adapters to a temporary folder, then upload it with `HfApi.upload_folder`.
+
+    Returns the commit URL (as a string, like PEFT's `push_to_hub`).
+    """
+    import tempfile
+
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+    repo_id = getattr(repo_url, "repo_id", None) or repo_id
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, **save_kwargs)
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision, create_pr=create_pr
+        if tags:
+            _add_card_tags(os.path.join(folder, "README.md"), tags)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or "Upload model",
+            commit_description=commit_description,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
         )
+    return str(getattr(info, "commit_url", info))
+
+
+def _add_card_tags(path: str, tags: list[str]) -> None:
+    """Append `tags` to the model card's tag list (the card was just written by save_pretrained)."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    extra = "".join(f"- {json.dumps(t)}\n" for t in tags)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace("tags:\n", "tags:\n" + extra, 1))

@@ -43,19 +43,33 @@ def _file_key(model_key: str, adapter_name: str, prefix: str) -> str | None:
     return None
 
 
-def _embedding_layers_to_save(model: nn.Module, config, save_embedding_layers: str | bool) -> list[str]:
-    if save_embedding_layers is True:
-        return list(EMBEDDING_LAYER_NAMES)
-    if save_embedding_layers != "auto":
-        return []
+def _embedding_names_in_targets(config) -> list[str]:
+    """Embedding layer names that `target_modules` names (PEFT's test: list membership, or a substring
+    of a regex string)."""
     targets = getattr(config, "target_modules", None) or []
-    if isinstance(targets, str):
-        hits = [n for n in EMBEDDING_LAYER_NAMES if n in targets]
-    else:
-        hits = [n for n in EMBEDDING_LAYER_NAMES if any(t == n or t.endswith("." + n) for t in targets)]
-    if hits:
-        warnings.warn("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.")
-        return list(EMBEDDING_LAYER_NAMES)
+    return [n for n in EMBEDDING_LAYER_NAMES if n in targets]
+
+
+def _embedding_layers_to_save(model: nn.Module, config, save_embedding_layers: str | bool) -> list[str]:
+    """Which embedding layers' full weights go into the file, as PEFT decides it.
+
+    The targeted embedding layers when `target_modules` names some, else all of `EMBEDDING_LAYER_NAMES`;
+    with "auto", only when an embedding layer is targeted or the vocabulary was resized.
+    """
+    if save_embedding_layers is False:
+        return []
+    targeted = _embedding_names_in_targets(config)
+    if save_embedding_layers is True:
+        return targeted or list(EMBEDDING_LAYER_NAMES)
+    if save_embedding_layers != "auto":
+        raise ValueError(
+            f"save_embedding_layers must be True, False or 'auto', got {save_embedding_layers!r}."
+        )
+    if targeted:
+        warnings.warn(
+            "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`."
+        )
+        return targeted
     if _vocab_was_resized(model, config):
         warnings.warn(
             "Setting `save_embedding_layers` to `True` as the embedding vocabulary size differs from the base "
@@ -65,20 +79,39 @@ def _embedding_layers_to_save(model: nn.Module, config, save_embedding_layers: s
     return []
 
 
+def _base_config_file(base_path: str) -> str | None:
+    """The base checkpoint's config.json: in its local folder, or already in the Hub cache (saving never
+    goes to the network)."""
+    local = os.path.join(base_path, "config.json")
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(base_path) or base_path.count("/") > 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base_path, "config.json")
+    except Exception:  # an invalid repo id: there is nothing to compare with
+        return None
+    return cached if isinstance(cached, str) else None
+
+
 def _vocab_was_resized(model: nn.Module, config) -> bool:
     """True when the model's input embedding has another size than its base checkpoint's config says."""
-    base_path = getattr(config, "base_model_name_or_path", None)
-    get_emb = getattr(model, "get_input_embeddings", None)
-    if not base_path or get_emb is None or not os.path.isfile(os.path.join(str(base_path), "config.json")):
-        return False
     import json
 
+    base_path = getattr(config, "base_model_name_or_path", None)
+    get_emb = getattr(model, "get_input_embeddings", None)
+    path = _base_config_file(str(base_path)) if base_path else None
+    if path is None or get_emb is None:
+        return False
     try:
-        with open(os.path.join(str(base_path), "config.json"), encoding="utf-8") as f:
-            base_vocab = json.load(f).get("vocab_size")
+        with open(path, encoding="utf-8") as f:
+            base_config = json.load(f)
         emb = get_emb()
     except (OSError, ValueError, NotImplementedError):
         return False
+    base_vocab = base_config.get("vocab_size") or (base_config.get("text_config") or {}).get("vocab_size")
     weight = getattr(emb, "weight", None)
     return base_vocab is not None and weight is not None and weight.shape[0] != base_vocab
 
@@ -100,7 +133,9 @@ def adapter_key_map(
             mapping[key] = file_key
     bias = getattr(config, "bias", "none")
     if bias == "all":
-        mapping.update({k: k for k in keys if k.endswith("bias") and k not in mapping and not _belongs_to_other(k)})
+        mapping.update(
+            {k: k for k in keys if k.endswith("bias") and k not in mapping and not _belongs_to_other(k)}
+        )
     elif bias.endswith("_only"):
         adapted = {k.split("." + prefix)[0] for k in mapping if prefix and "." + prefix in k}
         for module in adapted:
@@ -185,10 +220,61 @@ def set_peft_model_state_dict(
             "made for, or pass ignore_mismatched_sizes=True to skip these tensors."
         )
     if mismatched:
-        warnings.warn(f"Skipped {len(mismatched)} tensors with mismatched sizes: {[m[0] for m in mismatched]}.", PeftWarning)
+        warnings.warn(
+            f"Skipped {len(mismatched)} tensors with mismatched sizes: {[m[0] for m in mismatched]}.",
+            PeftWarning,
+        )
+    adapter_keys = [k for k in mapping if k in model_state and _file_key_is_adapter(mapping[k], k)]
+    missing = [k for k in adapter_keys if k not in to_load]
+    _check_coverage(adapter_name, adapter_keys, missing, unexpected, peft_model_state_dict, low_cpu_mem_usage)
     result = model.load_state_dict(to_load, strict=False, assign=low_cpu_mem_usage)
-    missing = [k for k in mapping if k not in to_load and k in model_state and _file_key_is_adapter(mapping[k], k)]
     return torch.nn.modules.module._IncompatibleKeys(missing, unexpected + list(result.unexpected_keys))
+
+
+def _check_coverage(
+    adapter_name: str,
+    adapter_keys: list[str],
+    missing: list[str],
+    unexpected: list[str],
+    state_dict: dict[str, torch.Tensor],
+    low_cpu_mem_usage: bool,
+) -> None:
+    """Never load silently wrong: no adapter tensor filled is an error, some left unfilled a loud warning.
+
+    With `low_cpu_mem_usage` the unfilled tensors are still on the meta device (no data), so any gap is
+    an error there.
+    """
+    if adapter_keys and len(missing) == len(adapter_keys):
+        raise AdapterLoadError(
+            f"None of the {len(state_dict)} tensors given fit adapter '{adapter_name}': e.g. {sorted(state_dict)[:3]} "
+            f"while the adapter expects keys like {[_strip(k, adapter_name) for k in adapter_keys[:2]]}. The "
+            "adapter was made for another model (other module names), or the keys lack the "
+            "'base_model.model.' prefix or still contain the adapter name."
+        )
+    if missing and low_cpu_mem_usage:
+        raise AdapterLoadError(
+            f"With low_cpu_mem_usage=True, {len(missing)} tensors of adapter '{adapter_name}' were not in the "
+            f"file and have no data (they are on the meta device): {missing[:10]}. Load with "
+            "low_cpu_mem_usage=False to keep their initial values."
+        )
+    if missing:
+        warnings.warn(
+            f"Loading adapter '{adapter_name}' left {len(missing)} of its {len(adapter_keys)} tensors unfilled "
+            f"(they keep their initial values): {missing[:10]}{' ...' if len(missing) > 10 else ''}",
+            PeftWarning,
+            stacklevel=3,
+        )
+    if unexpected:
+        warnings.warn(
+            f"{len(unexpected)} tensors do not belong to adapter '{adapter_name}' or the model and were ignored: "
+            f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}",
+            PeftWarning,
+            stacklevel=3,
+        )
+
+
+def _strip(model_key: str, adapter_name: str) -> str:
+    return model_key.replace(f".{adapter_name}.", ".")
 
 
 def _file_key_is_adapter(file_key: str, model_key: str) -> bool:
@@ -202,8 +288,29 @@ def _wrapped_key(file_key: str, adapter_name: str, model_state: dict[str, torch.
     return candidate if candidate in model_state else None
 
 
-def load_peft_weights(model_id: str, device: str | None = None, **hf_hub_download_kwargs: Any) -> dict[str, torch.Tensor]:
-    """Read an adapter's weights file (safetensors preferred; `.bin` only with weights_only=True)."""
+def load_peft_weights(
+    model_id: str,
+    device: str | None = None,
+    key_mapping: dict[str, str] | None = None,
+    **hf_hub_download_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Read an adapter's weights from a folder or Hub repo (safetensors preferred; `.bin` only with
+    `torch.load(weights_only=True)`).
+
+    Args:
+        model_id: a local adapter folder or a Hub repo id.
+        device: where the tensors go (CPU by default).
+        key_mapping: regex `pattern -> replacement` renames applied to the keys without their
+            `base_model.model.` prefix (first match wins), as in PEFT.
+        hf_hub_download_kwargs: `subfolder`, `revision`, `cache_dir`, `token`, `local_files_only`,
+            `force_download`.
+    """
+    from .hub import HUB_KWARGS
     from .weights_io import read_adapter_weights
 
-    return read_adapter_weights(model_id, device=device, **hf_hub_download_kwargs)
+    unknown = sorted(set(hf_hub_download_kwargs) - set(HUB_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"load_peft_weights() got unexpected keyword arguments {unknown}; it accepts {list(HUB_KWARGS)}."
+        )
+    return read_adapter_weights(model_id, device=device, key_mapping=key_mapping, **hf_hub_download_kwargs)

@@ -2,25 +2,28 @@
 
 Reading never runs code from a file: safetensors is preferred, and a `.bin` file is read only with
 `torch.load(weights_only=True)`, only when no safetensors file exists (and never when refused).
-Writing is atomic (temporary file, then rename) and refuses tensors that cannot be right.
+Writing goes to a staged temporary file that the caller commits (see `persistence.save_peft_model`),
+and refuses tensors that cannot be right.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
 
-from .atomic_io import atomic_target
 from .constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .hub import resolve_adapter_file
+from .hub import AdapterNotCachedError, resolve_adapter_file
 from .warnings import AdapterLoadError
 
+_PEFT_PREFIX = "base_model.model."
 
-def _prepare_for_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors that share no storage (safetensors refuses shared memory)."""
-    seen: set[tuple[int, int]] = set()
+
+def prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors that share no storage (safetensors refuses shared memory)."""
+    seen: set[int] = set()
     prepared: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         tensor = tensor.detach()
@@ -31,39 +34,65 @@ def _prepare_for_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torc
                 f"Refusing to save '{key}' with shape {tuple(tensor.shape)}: a zero-size tensor usually means a "
                 "sharded parameter (FSDP/DeepSpeed ZeRO-3) that was not gathered before saving."
             )
-        storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        tensor = tensor.contiguous()
+        storage = tensor.untyped_storage().data_ptr()
         if storage in seen or not tensor.is_contiguous():
-            tensor = tensor.clone()
+            tensor = tensor.clone(memory_format=torch.contiguous_format)  # tied or strided: an own copy
         seen.add(storage)
         prepared[key] = tensor.cpu()
     return prepared
 
 
-def write_adapter_weights(
-    folder: str, tensors: dict[str, torch.Tensor], safe_serialization: bool = True, metadata: dict | None = None
-) -> str:
-    """Write `tensors` to the adapter weights file in `folder`, atomically; return the file's path."""
-    prepared = _prepare_for_safetensors(tensors)
-    if safe_serialization:
-        from safetensors.torch import save_file
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """The safetensors writer (a seam: tests replace it to simulate a crash mid-write)."""
+    from safetensors.torch import save_file
 
-        path = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
-        with atomic_target(path) as tmp:
-            save_file(prepared, tmp, metadata={"format": "pt", **(metadata or {})})
+    save_file(tensors, path, metadata=metadata)
+
+
+def _save_bin(tensors: dict[str, torch.Tensor], path: str) -> None:
+    torch.save(tensors, path)
+
+
+def write_weights_file(
+    path: str, tensors: dict[str, torch.Tensor], safe_serialization: bool = True, metadata: dict | None = None
+) -> None:
+    """Write `tensors` (already prepared) to `path` in the chosen format (not atomic by itself)."""
+    if safe_serialization:
+        _save_safetensors(tensors, path, {"format": "pt", **(metadata or {})})
     else:
-        path = os.path.join(folder, WEIGHTS_NAME)
-        with atomic_target(path) as tmp:
-            torch.save(prepared, tmp)
-    return path
+        _save_bin(tensors, path)
+
+
+def written_shapes(path: str, safe: bool) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a weights file, read back from its header (safetensors) or its tensors (.bin)."""
+    if safe:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    loaded = torch.load(path, weights_only=True, map_location="cpu")
+    return {k: tuple(v.shape) for k, v in loaded.items()}
+
+
+def weights_file_name(safe_serialization: bool) -> str:
+    return SAFETENSORS_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
 
 
 def find_weights_file(model_id: str, allow_bin: bool = True, **hub_kwargs: Any) -> tuple[str, bool]:
-    """Locate the weights file of an adapter: (path, is_safetensors)."""
-    path = resolve_adapter_file(model_id, SAFETENSORS_WEIGHTS_NAME, **hub_kwargs)
+    """Locate the weights file of an adapter: (path, is_safetensors). Safetensors wins when both exist."""
+    not_cached: AdapterNotCachedError | None = None
+    try:
+        path = resolve_adapter_file(model_id, SAFETENSORS_WEIGHTS_NAME, **hub_kwargs)
+    except AdapterNotCachedError as err:  # offline: a cached .bin of the same revision still serves
+        path, not_cached = None, err
     if path is not None:
         return path, True
-    path = resolve_adapter_file(model_id, WEIGHTS_NAME, **hub_kwargs)
+    try:
+        path = resolve_adapter_file(model_id, WEIGHTS_NAME, **hub_kwargs)
+    except AdapterNotCachedError:
+        if not_cached is not None:
+            raise not_cached from None
+        raise
     if path is not None:
         if not allow_bin:
             raise AdapterLoadError(
@@ -71,27 +100,65 @@ def find_weights_file(model_id: str, allow_bin: bool = True, **hub_kwargs: Any) 
                 "(allow_bin=False). Convert it to safetensors, or allow .bin (read with weights_only=True)."
             )
         return path, False
+    if not_cached is not None:
+        raise not_cached
     where = os.path.join(str(model_id), hub_kwargs.get("subfolder") or "")
     raise AdapterLoadError(
         f"Can't find weights for '{where}': neither '{SAFETENSORS_WEIGHTS_NAME}' nor '{WEIGHTS_NAME}' is there."
     )
 
 
-def read_adapter_weights(
-    model_id: str, device: str | None = None, allow_bin: bool = True, **hub_kwargs: Any
+def load_weights_file(
+    path: str, is_safetensors: bool, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Load the adapter weights of `model_id` (a folder or Hub id) onto `device` (CPU by default)."""
-    hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in ("subfolder", "revision", "cache_dir", "token", "local_files_only")}
-    path, is_safetensors = find_weights_file(str(model_id), allow_bin=allow_bin, **hub_kwargs)
-    device = device or "cpu"
+    """Read a weights file; a truncated or corrupt file is an `AdapterLoadError` naming it."""
     try:
         if is_safetensors:
             from safetensors.torch import load_file
 
-            return load_file(path, device=device)
-        return torch.load(path, map_location=device, weights_only=True)
+            tensors = load_file(path, device=str(device))
+        else:
+            tensors = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise AdapterLoadError(
-            f"Could not read adapter weights from '{path}': {err}. The file is truncated or corrupt; save or "
-            "download the adapter again."
+            f"Could not read adapter weights from '{path}' ({type(err).__name__}: {err}). The file is truncated "
+            "or corrupt; save or download the adapter again."
         ) from err
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise AdapterLoadError(
+            f"'{path}' does not hold a flat dict of tensors, so it is not an adapter weights file."
+        )
+    return tensors
+
+
+def apply_key_mapping(
+    tensors: dict[str, torch.Tensor], key_mapping: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """Rename keys with regex `pattern -> replacement` pairs (the first pattern that matches wins).
+
+    As in PEFT, the patterns see keys without the `base_model.model.` prefix, which is put back after.
+    """
+    compiled = [(re.compile(pattern), repl) for pattern, repl in key_mapping.items()]
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        has_prefix = key.startswith(_PEFT_PREFIX)
+        name = key[len(_PEFT_PREFIX) :] if has_prefix else key
+        for pattern, repl in compiled:
+            name, count = pattern.subn(repl, name)
+            if count:
+                break
+        renamed[_PEFT_PREFIX + name if has_prefix else name] = tensor
+    return renamed
+
+
+def read_adapter_weights(
+    model_id: str | os.PathLike,
+    device: str | torch.device | None = None,
+    allow_bin: bool = True,
+    key_mapping: dict[str, str] | None = None,
+    **hub_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Load the adapter weights of `model_id` (a folder or Hub id) onto `device` (CPU by default)."""
+    path, is_safetensors = find_weights_file(os.fspath(model_id), allow_bin=allow_bin, **hub_kwargs)
+    tensors = load_weights_file(path, is_safetensors, device or "cpu")
+    return apply_key_mapping(tensors, key_mapping) if key_mapping else tensors
