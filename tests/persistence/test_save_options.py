@@ -284,3 +284,37 @@ def test_low_cpu_mem_usage_places_adapter_beside_base_in_its_dtype(tmp_path):
         )
         dtypes = {n: p.dtype for n, p in ours.named_parameters() if "lora_" in n}
         assert dtypes == {n: p.dtype for n, p in theirs.named_parameters() if "lora_" in n}
+
+
+def test_low_cpu_mem_usage_adopts_the_file_tensors_without_copying(tmp_path, monkeypatch):
+    from peftkit.utils import weights_io
+
+    base, theirs, _, peft_dir, _ = save_both(
+        tmp_path, tiny_llama, {"target_modules": "all-linear"}, "CAUSAL_LM"
+    )
+    read = {}
+    real = weights_io.load_weights_file
+
+    def capture(*args, **kwargs):
+        read.update(real(*args, **kwargs))
+        return read
+
+    monkeypatch.setattr(weights_io, "load_weights_file", capture)
+    ours = peftkit.PeftModel.from_pretrained(fresh(base), peft_dir, low_cpu_mem_usage=True)
+    file_ptrs = {t.data_ptr() for t in read.values()}
+    adapter = {n: p for n, p in ours.named_parameters() if "lora_" in n}
+    assert len(adapter) == len(read)
+    # each adapter parameter IS a tensor read from the file: one copy of the adapter in memory
+    assert all(p.data_ptr() in file_ptrs for p in adapter.values())
+    assert max_diff(_logits(ours), _logits(theirs)) <= ATOL
+
+
+def test_load_adapter_with_low_cpu_mem_usage(tmp_path):
+    base, theirs, _, peft_dir, _ = save_both(
+        tmp_path, tiny_llama, {"target_modules": ["q_proj"], "use_dora": True}, "CAUSAL_LM"
+    )
+    ours = peftkit.get_peft_model(fresh(base), peftkit.LoraConfig(target_modules=["q_proj"], use_dora=True))
+    ours.load_adapter(peft_dir, "second", low_cpu_mem_usage=True)
+    assert not [n for n, p in ours.named_parameters() if p.is_meta]
+    ours.set_adapter("second")
+    assert max_diff(_logits(ours.eval()), _logits(theirs)) <= ATOL

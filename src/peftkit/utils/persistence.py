@@ -29,15 +29,6 @@ from .warnings import AdapterLoadError, PeftWarning
 
 # kwargs PeftConfig.from_pretrained understands (force_download only matters for weight files)
 _CONFIG_HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "local_files_only")
-# kwargs from_pretrained/load_adapter accept for PEFT compatibility without using them here
-_ACCEPTED_UNUSED = (
-    "device_map",
-    "max_memory",
-    "offload_folder",
-    "offload_index",
-    "offload_dir",
-    "use_safetensors",
-)
 
 
 def _adapter_folder(save_directory: str, adapter_name: str) -> str:
@@ -197,9 +188,10 @@ def write_model_card(model: nn.Module, output_dir: str) -> None:
 
 
 def _warn_unused(kwargs: dict[str, Any], where: str) -> None:
-    unused = sorted(k for k in kwargs if k not in _ACCEPTED_UNUSED)
-    if unused:
-        warnings.warn(f"{where} ignored unknown keyword arguments {unused}.", PeftWarning, stacklevel=4)
+    """Name keyword arguments nothing here uses (a typo, or a PEFT option peftkit does not implement,
+    such as accelerate's `device_map`/`offload_folder` dispatch) instead of dropping them silently."""
+    if kwargs:
+        warnings.warn(f"{where} ignored keyword arguments {sorted(kwargs)}.", PeftWarning, stacklevel=4)
 
 
 def _default_device(model: nn.Module) -> torch.device:
