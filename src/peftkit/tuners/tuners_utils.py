@@ -210,13 +210,22 @@ class BaseTunerLayer:
         """True when the adapter's output depends on the pure base output (e.g. DoRA)."""
         return False
 
-    def _add_adapter_output(
+    # Methods that change the base layer's *input* (IA3 on feed-forward layers, OFT-style rotations) set
+    # this and implement `_transform_input`; the framework then feeds the transformed input to the base.
+    transforms_input: bool = False
+
+    def _transform_input(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """The input the base layer sees under adapter `adapter_name` (identity by default)."""
+        return x
+
+    def _apply_adapter(
         self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
     ) -> torch.Tensor:
-        """`result + adapter output`; a method may override this with a fused, in-place version.
+        """The layer output with adapter `adapter_name` applied to `result` (default: add its output).
 
-        In-place updates of `result` are allowed: the framework hands in a tensor that nothing else
-        reads (it keeps a separate `base_result` when an active adapter needs the pure base output).
+        A method may override this with a fused, in-place version, or a multiplicative one (output
+        scaling). In-place updates of `result` are allowed: the framework hands in a tensor that nothing
+        else reads (it keeps a separate `base_result` when an active adapter needs the pure base output).
         """
         return result + self._adapter_output(adapter_name, x, base_result)
 
@@ -226,29 +235,51 @@ class BaseTunerLayer:
             if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         if adapter_names is not None:
-            return self._add_mixed_batch_outputs(x, result, adapter_names)
+            return self._mixed_batch_forward(x, adapter_names, *args, **kwargs)
         if self.merged_adapters:
-            return result
+            return self.base_layer(x, *args, **kwargs)
         active = [name for name in self.active_adapters if self.has_adapter(name)]
+        return self._forward_with(active, x, *args, **kwargs)
+
+    def _forward_with(self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The layer's output with the adapters `active` applied (unmerged)."""
+        base_input = x
+        if self.transforms_input:
+            for name in active:
+                base_input = self._transform_input(name, base_input)
+        result = self.base_layer(base_input, *args, **kwargs)
         if not active:
             return result
         dtype = result.dtype
         base_result = result.clone() if any(self._needs_base_result(a) for a in active) else result
         for name in active:
-            result = self._add_adapter_output(name, x, result, base_result)
+            result = self._apply_adapter(name, x, result, base_result)
         return result if result.dtype == dtype else result.to(dtype)
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Sample i gets adapter `adapter_names[i]` ("__base__": none)."""
+        if not self.transforms_input:
+            return self._add_mixed_batch_outputs(x, self.base_layer(x, *args, **kwargs), adapter_names)
+        # the base layer sees a different input per adapter: one full pass per group of samples
+        result = None
+        for name, indices in _group_by_name(adapter_names).items():
+            rows = torch.tensor(indices, device=x.device)
+            active = [name] if name != BASE_ADAPTER_NAME and self.has_adapter(name) else []
+            part = self._forward_with(active, x[rows], *args, **kwargs)
+            if result is None:
+                result = part.new_empty((x.shape[0], *part.shape[1:]))
+            result[rows] = part
+        return result
 
     def _add_mixed_batch_outputs(
         self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
     ) -> torch.Tensor:
         """Sample i gets adapter `adapter_names[i]` ("__base__": none); one pass per adapter by default."""
         dtype = result.dtype
-        groups: dict[str, list[int]] = {}
-        for index, name in enumerate(adapter_names):
-            groups.setdefault(name, []).append(index)
-        for name, indices in groups.items():
+        for name, indices in _group_by_name(adapter_names).items():
             if name == BASE_ADAPTER_NAME or not self.has_adapter(name):
                 continue
             rows = torch.tensor(indices, device=result.device)
@@ -643,6 +674,14 @@ class BaseTuner(nn.Module):
 
     def get_nb_adapter_layers(self) -> int:
         return sum(1 for _ in self._tuner_layers(self.model))
+
+
+def _group_by_name(adapter_names: list[str]) -> dict[str, list[int]]:
+    """Sample indices per adapter name, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(adapter_names):
+        groups.setdefault(name, []).append(index)
+    return groups
 
 
 def _has_ancestor_in(key: str, owners: set[str]) -> bool:

@@ -254,13 +254,13 @@ class Linear(LoraLayer, nn.Module):
             weight_A, weight_B = weight_A.float(), weight_B.float()
         return self._weight_out_in(weight_B @ weight_A) * self.scaling[adapter]
 
-    def _add_adapter_output(
+    def _apply_adapter(
         self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
     ) -> torch.Tensor:
         """Fused fast path: `result += s * (x A^T) B^T` as one in-place addmm (no extra full-size tensors)."""
         scaling = self.scaling[adapter_name]
         if self.use_dora[adapter_name] or torch.is_tensor(scaling):
-            return super()._add_adapter_output(adapter_name, x, result, base_result)
+            return super()._apply_adapter(adapter_name, x, result, base_result)
         lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
         x = self._cast_input_dtype(x, lora_A.weight.dtype)
         if self.training:  # dropout is a no-op in eval: skip even the call
