@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import os
 
+from .utils.adapter_contexts import disable_input_dtype_casting, rescale_adapter_scale
+from .utils.signatures import update_forward_signature, update_generate_signature, update_signature
+
+__all__ = [
+    "check_if_peft_model",
+    "disable_input_dtype_casting",
+    "rescale_adapter_scale",
+    "update_forward_signature",
+    "update_generate_signature",
+    "update_signature",
+]
+
 
 def check_if_peft_model(model_name_or_path: str | os.PathLike) -> bool:
     """Whether `model_name_or_path` (a local folder or a Hub repo id) holds a loadable adapter config.

@@ -78,3 +78,20 @@ def test_disable_input_dtype_casting_keeps_input_dtype():
     assert layer.cast_input_dtype_enabled
     with disable_input_dtype_casting(model, active=False):
         assert layer.cast_input_dtype_enabled
+
+
+def test_helpers_module_exposes_peft_names():
+    import peft.helpers
+
+    import peftkit.helpers
+
+    for name in (
+        "check_if_peft_model",
+        "rescale_adapter_scale",
+        "disable_input_dtype_casting",
+        "update_forward_signature",
+        "update_generate_signature",
+        "update_signature",
+    ):
+        assert hasattr(peft.helpers, name)
+        assert callable(getattr(peftkit.helpers, name))
