@@ -71,7 +71,7 @@ def test_adapter_with_other_module_names_is_an_error(saved, tmp_path):
         peftkit.PeftModel.from_pretrained(fresh(base), folder)
 
 
-def test_partially_matching_adapter_warns_naming_missing_keys(saved):
+def test_partially_matching_adapter_is_an_error_naming_missing_keys(saved):
     base, folder = saved
     tensors = file_tensors(folder)
     dropped = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
@@ -79,8 +79,10 @@ def test_partially_matching_adapter_warns_naming_missing_keys(saved):
     from safetensors.torch import save_file
 
     save_file(tensors, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(AdapterLoadError, match=r"layers\.1\.self_attn\.v_proj\.lora_B\.default\.weight"):
+        peftkit.PeftModel.from_pretrained(fresh(base), folder)  # stricter than peft: an error by default
     with pytest.warns(PeftWarning, match=r"layers\.1\.self_attn\.v_proj\.lora_B\.default\.weight"):
-        peftkit.PeftModel.from_pretrained(fresh(base), folder)
+        peftkit.PeftModel.from_pretrained(fresh(base), folder, allow_missing_keys=True)  # peft's behaviour
     with pytest.raises(AdapterLoadError, match="low_cpu_mem_usage"):  # meta tensors cannot stay unfilled
         peftkit.PeftModel.from_pretrained(fresh(base), folder, low_cpu_mem_usage=True)
 

@@ -1,6 +1,6 @@
 """The persistence API has peft 0.21's signatures: same parameter names, order, kinds and defaults.
 
-A trailing `**kwargs` of ours may follow peft's parameters where peft has none (documented extensions).
+A trailing `**kwargs` or keyword-only extras of ours may follow peft's parameters (documented extensions).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _shape(fn):
 def test_signature_matches_peft(name):
     ours, theirs = (_shape(f) for f in PAIRS[name])
     assert ours[: len(theirs)] == theirs
-    assert all(kind == inspect.Parameter.VAR_KEYWORD for _, kind, _ in ours[len(theirs) :])
+    extensions = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    assert all(kind in extensions for _, kind, _ in ours[len(theirs) :])
 
 
 @pytest.mark.parametrize("name", sorted(n for n in dir(peft.auto) if n.startswith("AutoPeftModel")))

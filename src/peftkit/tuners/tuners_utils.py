@@ -35,6 +35,7 @@ from ._targeting import (
     unmatched_list_entries,
     warn_if_regex_in_list,
 )
+from ._tied_weights import warn_about_tied_weights
 
 BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -218,6 +219,17 @@ class BaseTunerLayer:
         """The input the base layer sees under adapter `adapter_name` (identity by default)."""
         return x
 
+    # Methods whose adapted layer is the base layer run with an adapted weight that is no cheaper to apply
+    # to the input (HRA/OFT-style rotations of a convolution kernel) set this: the framework then runs the
+    # base layer with `_merged_weight` applied for each active adapter, in merge order, so the unmerged
+    # forward is the merged one by construction.
+    adapts_weight_in_forward: bool = False
+
+    def _mixed_batch_by_group(self) -> bool:
+        """True when an adapter changes what the base layer computes (its input, its weight, or the layer
+        itself): a mixed batch then runs one full pass per group of samples sharing an adapter."""
+        return self.transforms_input or self.adapts_weight_in_forward
+
     def _apply_adapter(
         self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
     ) -> torch.Tensor:
@@ -244,6 +256,8 @@ class BaseTunerLayer:
 
     def _forward_with(self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The layer's output with the adapters `active` applied (unmerged)."""
+        if self.adapts_weight_in_forward and active:
+            return self._forward_with_adapted_weight(active, x, *args, **kwargs)
         base_input = x
         if self.transforms_input:
             for name in active:
@@ -257,11 +271,23 @@ class BaseTunerLayer:
             result = self._apply_adapter(name, x, result, base_result)
         return result if result.dtype == dtype else result.to(dtype)
 
+    def _forward_with_adapted_weight(
+        self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """`base_layer` called with its weight replaced by the weight with `active` merged in (not in place)."""
+        base = self.get_base_layer()
+        weight = base.weight
+        adapted = weight
+        for name in active:
+            adapted = self._merged_weight(name, adapted)
+        adapted = adapted.to(weight.dtype)
+        return torch.func.functional_call(base, {"weight": adapted}, (x, *args), kwargs)
+
     def _mixed_batch_forward(
         self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         """Sample i gets adapter `adapter_names[i]` ("__base__": none)."""
-        if not self.transforms_input:
+        if not self._mixed_batch_by_group():
             return self._add_mixed_batch_outputs(x, self.base_layer(x, *args, **kwargs), adapter_names)
         # the base layer sees a different input per adapter: one full pass per group of samples
         result = None
@@ -305,6 +331,19 @@ class BaseTunerLayer:
         """Inverse of `_merged_weight`."""
         return weight.float() - self.get_delta_weight(adapter_name).float()
 
+    def _merged_bias(self, adapter_name: str) -> torch.Tensor | None:
+        """The base bias with the adapter merged in (fp32), or None when the adapter leaves it alone.
+
+        Additive by default (`bias + _bias_delta`); a method that scales outputs (IA3) overrides this pair.
+        """
+        delta = self._bias_delta(adapter_name)
+        return None if delta is None else self.get_base_layer().bias.data.float() + delta.float()
+
+    def _unmerged_bias(self, adapter_name: str) -> torch.Tensor | None:
+        """Inverse of `_merged_bias`."""
+        delta = self._bias_delta(adapter_name)
+        return None if delta is None else self.get_base_layer().bias.data.float() - delta.float()
+
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
 
@@ -324,10 +363,7 @@ class BaseTunerLayer:
                 continue
             weight = base.weight
             merged = self._merged_weight(name, weight.data)
-            bias_delta = self._bias_delta(name)
-            merged_bias = None
-            if bias_delta is not None:
-                merged_bias = base.bias.data.float() + bias_delta.float()
+            merged_bias = self._merged_bias(name)
             if safe_merge and not (
                 torch.isfinite(merged).all() and (merged_bias is None or torch.isfinite(merged_bias).all())
             ):
@@ -351,9 +387,9 @@ class BaseTunerLayer:
             if not self.has_adapter(name):
                 continue
             base.weight.data = self._unmerged_weight(name, base.weight.data).to(base.weight.dtype)
-            bias_delta = self._bias_delta(name)
-            if bias_delta is not None:
-                base.bias.data = (base.bias.data.float() - bias_delta.float()).to(base.bias.dtype)
+            unmerged_bias = self._unmerged_bias(name)
+            if unmerged_bias is not None:
+                base.bias.data = unmerged_bias.to(base.bias.dtype)
 
     def _adapters_to_merge(self, adapter_names: list[str] | None) -> list[str]:
         names = self.active_adapters if adapter_names is None else _as_list(adapter_names)
@@ -503,6 +539,8 @@ class BaseTuner(nn.Module):
             )
         known = set(self.targeted_module_names)
         self.targeted_module_names.extend(k for k in matched if k not in known)
+        saved = [k for k, _ in modules if any(k == n or k.endswith("." + n) for n in modules_to_save)]
+        warn_about_tied_weights(modules, matched, saved)
 
         self._mark_only_adapters_as_trainable(model)
         if modules_to_save:

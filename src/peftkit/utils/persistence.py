@@ -87,11 +87,11 @@ def _save_adapter(
     safe_serialization: bool,
     metadata: dict,
 ) -> None:
-    """Write one adapter's weights and config into `folder` in the crash-safe order (module docstring)."""
+    """Write one adapter's (prepared) weights and config into `folder` in the crash-safe order."""
     from .atomic_io import staged_file
-    from .weights_io import prepare_for_saving, weights_file_name, write_weights_file
+    from .weights_io import weights_file_name, write_weights_file
 
-    prepared = prepare_for_saving(tensors)
+    prepared = tensors
     path = os.path.join(folder, weights_file_name(safe_serialization))
     with staged_file(path) as staged:
         write_weights_file(staged.tmp, prepared, safe_serialization=safe_serialization, metadata=metadata)
@@ -137,9 +137,12 @@ def save_peft_model(
         return
     full_state_dict = kwargs.pop("state_dict", None)
     os.makedirs(save_directory, exist_ok=True)
-    # gather everything first: a failure here leaves the folder untouched
+    from .weights_io import prepare_for_saving
+
+    # gather and check everything first: a failure here leaves the folder untouched
     plans = []
     for adapter_name in names:
+        folder = _adapter_folder(save_directory, adapter_name)
         tensors = get_peft_model_state_dict(
             model,
             state_dict=full_state_dict,
@@ -148,9 +151,7 @@ def save_peft_model(
         )
         if not tensors:
             raise ValueError(f"Adapter '{adapter_name}' has no tensors to save; nothing was written.")
-        plans.append(
-            (_adapter_folder(save_directory, adapter_name), tensors, _config_to_save(model, adapter_name))
-        )
+        plans.append((folder, prepare_for_saving(tensors), _config_to_save(model, adapter_name)))
     for folder, tensors, config in plans:
         os.makedirs(folder, exist_ok=True)
         _save_adapter(folder, tensors, config, safe_serialization, {"peftkit_version": __version__})
@@ -226,6 +227,8 @@ def load_peft_model(
     model_id = os.fspath(model_id)
     hub_kwargs = split_hub_kwargs(kwargs)
     torch_device = kwargs.pop("torch_device", None)
+    allow_missing_keys = kwargs.pop("allow_missing_keys", False)
+    allow_bin = kwargs.pop("allow_bin", True)
     _warn_unused(kwargs, "PeftModel.from_pretrained")
     if config is None:
         config = PeftConfig.from_pretrained(
@@ -234,10 +237,15 @@ def load_peft_model(
     elif not isinstance(config, PeftConfig):
         raise ValueError(f"The input config must be a PeftConfig, got {type(config).__name__}.")
     weights = read_adapter_weights(
-        model_id, device=torch_device or _default_device(model), key_mapping=key_mapping, **hub_kwargs
+        model_id,
+        device=torch_device or _default_device(model),
+        allow_bin=allow_bin,
+        key_mapping=key_mapping,
+        **hub_kwargs,
     )
     if hasattr(config, "runtime_config"):
         config.runtime_config.ephemeral_gpu_offload = ephemeral_gpu_offload
+    _warn_if_other_base(config, model, model_id)
     config.inference_mode = not is_trainable
     if cls is PeftModel and config.task_type in MODEL_TYPE_TO_PEFT_MODEL_MAPPING:
         cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[config.task_type]
@@ -257,12 +265,34 @@ def load_peft_model(
             is_trainable,
             autocast_adapter_dtype,
             low_cpu_mem_usage,
+            allow_missing_keys,
         )
     except BaseException:
         with contextlib.suppress(Exception):
             peft_model.base_model.unload()  # give the caller's model back without adapter layers
         raise
     return peft_model
+
+
+def _warn_if_other_base(config: PeftConfig, model: nn.Module, model_id: str) -> None:
+    """Say so when the adapter records a base model whose name differs from the model's (peft is silent).
+
+    Only the last path component is compared, so a local copy of the same checkpoint does not warn.
+    """
+    recorded, actual = config.base_model_name_or_path, _base_model_name(model)
+    if not recorded or not actual:
+        return
+
+    def last(name: str) -> str:
+        return os.path.basename(os.path.normpath(str(name))).lower()
+
+    if last(recorded) != last(actual):
+        warnings.warn(
+            f"Adapter '{model_id}' was trained on base model '{recorded}', but it is being loaded onto "
+            f"'{actual}'. If the outputs look wrong, load the base model the adapter was made for.",
+            PeftWarning,
+            stacklevel=4,
+        )
 
 
 def load_adapter_into(
@@ -274,18 +304,21 @@ def load_adapter_into(
     autocast_adapter_dtype: bool = True,
     low_cpu_mem_usage: bool = False,
     key_mapping: dict[str, str] | None = None,
+    allow_missing_keys: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Implementation of `PeftModel.load_adapter`: create the adapter if needed, then fill it from the file.
 
-    Returns `set_peft_model_state_dict`'s missing/unexpected keys. A failed load removes the adapter it
-    had just created.
+    Returns `set_peft_model_state_dict`'s missing/unexpected keys. Adapter tensors missing from the file
+    are an error unless `allow_missing_keys=True` (then a warning names them, as PEFT does). A failed load
+    removes the adapter it had just created.
     """
     from .weights_io import read_adapter_weights
 
     model_id = os.fspath(model_id)
     hub_kwargs = split_hub_kwargs(kwargs)
     kwargs.pop("ephemeral_gpu_offload", None)
+    allow_bin = kwargs.pop("allow_bin", True)
     _warn_unused(kwargs, "PeftModel.load_adapter")
     created = adapter_name not in model.peft_config
     if created:
@@ -293,7 +326,11 @@ def load_adapter_into(
             model_id, **{k: v for k, v in hub_kwargs.items() if k in _CONFIG_HUB_KWARGS}
         )
     weights = read_adapter_weights(
-        model_id, device=torch_device or _default_device(model), key_mapping=key_mapping, **hub_kwargs
+        model_id,
+        device=torch_device or _default_device(model),
+        allow_bin=allow_bin,
+        key_mapping=key_mapping,
+        **hub_kwargs,
     )
     if created:
         config.inference_mode = not is_trainable
@@ -305,7 +342,14 @@ def load_adapter_into(
         )
     try:
         return _fill_adapter(
-            model, weights, model_id, adapter_name, is_trainable, autocast_adapter_dtype, low_cpu_mem_usage
+            model,
+            weights,
+            model_id,
+            adapter_name,
+            is_trainable,
+            autocast_adapter_dtype,
+            low_cpu_mem_usage,
+            allow_missing_keys,
         )
     except BaseException:
         if created:
@@ -322,11 +366,16 @@ def _fill_adapter(
     is_trainable: bool,
     autocast_adapter_dtype: bool,
     low_cpu_mem_usage: bool,
+    allow_missing_keys: bool = False,
 ) -> Any:
     """Copy `weights` into adapter `adapter_name`, then settle device, dtype and trainability."""
     try:
         result = set_peft_model_state_dict(
-            model, weights, adapter_name=adapter_name, low_cpu_mem_usage=low_cpu_mem_usage
+            model,
+            weights,
+            adapter_name=adapter_name,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            missing_keys_are_errors=not allow_missing_keys,
         )
     except AdapterLoadError as err:
         raise AdapterLoadError(f"Loading '{model_id}': {err}") from err

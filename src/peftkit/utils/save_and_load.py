@@ -185,12 +185,15 @@ def set_peft_model_state_dict(
     adapter_name: str = "default",
     ignore_mismatched_sizes: bool = False,
     low_cpu_mem_usage: bool = False,
+    *,
+    missing_keys_are_errors: bool = False,
 ) -> Any:
     """Load adapter tensors (file keys) into adapter `adapter_name` of `model`.
 
     Returns torch's `_IncompatibleKeys(missing_keys, unexpected_keys)`; missing keys are the adapter's
-    own tensors that the file did not provide. Shapes are checked before anything is copied, and a
-    mismatch names the key, both shapes and the likely cause.
+    own tensors that the file did not provide (a warning names them, or an error with
+    `missing_keys_are_errors`). Shapes are checked before anything is copied, and a mismatch names the
+    key, both shapes and the likely cause.
     """
     model_state = model.state_dict()
     mapping = adapter_key_map(model, adapter_name, list(model_state.keys()), save_embedding_layers=False)
@@ -226,7 +229,14 @@ def set_peft_model_state_dict(
         )
     adapter_keys = [k for k in mapping if k in model_state and _file_key_is_adapter(mapping[k], k)]
     missing = [k for k in adapter_keys if k not in to_load]
-    _check_coverage(adapter_name, adapter_keys, missing, unexpected, peft_model_state_dict, low_cpu_mem_usage)
+    _check_coverage(
+        adapter_name,
+        adapter_keys,
+        missing,
+        unexpected,
+        peft_model_state_dict,
+        low_cpu_mem_usage or missing_keys_are_errors,
+    )
     result = model.load_state_dict(to_load, strict=False, assign=low_cpu_mem_usage)
     return torch.nn.modules.module._IncompatibleKeys(missing, unexpected + list(result.unexpected_keys))
 
@@ -237,12 +247,10 @@ def _check_coverage(
     missing: list[str],
     unexpected: list[str],
     state_dict: dict[str, torch.Tensor],
-    low_cpu_mem_usage: bool,
+    missing_is_error: bool,
 ) -> None:
-    """Never load silently wrong: no adapter tensor filled is an error, some left unfilled a loud warning.
-
-    With `low_cpu_mem_usage` the unfilled tensors are still on the meta device (no data), so any gap is
-    an error there.
+    """Never load silently wrong: no adapter tensor filled is an error; some left unfilled is an error
+    when `missing_is_error` (always with low_cpu_mem_usage: they would have no data), else a loud warning.
     """
     if adapter_keys and len(missing) == len(adapter_keys):
         raise AdapterLoadError(
@@ -251,11 +259,12 @@ def _check_coverage(
             "adapter was made for another model (other module names), or the keys lack the "
             "'base_model.model.' prefix or still contain the adapter name."
         )
-    if missing and low_cpu_mem_usage:
+    if missing and missing_is_error:
         raise AdapterLoadError(
-            f"With low_cpu_mem_usage=True, {len(missing)} tensors of adapter '{adapter_name}' were not in the "
-            f"file and have no data (they are on the meta device): {missing[:10]}. Load with "
-            "low_cpu_mem_usage=False to keep their initial values."
+            f"The file has no values for {len(missing)} of the {len(adapter_keys)} tensors of adapter "
+            f"'{adapter_name}': {missing[:10]}{' ...' if len(missing) > 10 else ''}. The file is incomplete or "
+            "was saved with another config. Pass allow_missing_keys=True (and low_cpu_mem_usage=False) to load "
+            "anyway, keeping their initial values (PEFT's behaviour)."
         )
     if missing:
         warnings.warn(
