@@ -700,8 +700,11 @@ class BaseTuner(nn.Module):
         ):
             parent, target, target_name = get_submodules(self.model, key)
             if isinstance(target, BaseTunerLayer):
-                if merge:
-                    target.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+                if merge:  # every tuner layer of a nested chain (mixed models) merges its own adapters
+                    layer = target
+                    while isinstance(layer, BaseTunerLayer):
+                        layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+                        layer = layer.base_layer
                 replacement = target.get_base_layer()
             else:
                 replacement = target.unwrapped_module()
