@@ -21,13 +21,11 @@ def get_peft_model(
     revision: str | None = None,
     low_cpu_mem_usage: bool = False,
 ) -> PeftModel:
-    """Wrap `model` with a new adapter described by `peft_config`.
+    """Wrap `model` with a new adapter described by `peft_config` (`mixed=True`: a PeftMixedModel).
 
     The returned class follows `peft_config.task_type` (PeftModelForCausalLM for CAUSAL_LM, ...); with no
     task type it is a plain PeftModel. Only the adapter's parameters (and `modules_to_save`) train.
     """
-    if mixed:
-        raise NotImplementedError("Mixed adapter models (mixed=True) are not implemented in peftkit yet.")
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(
             f"peft_config must be a PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}."
@@ -44,6 +42,10 @@ def get_peft_model(
                 PeftWarning,
             )
         peft_config.revision = revision
+    if mixed:  # adapters of several methods on one model
+        from .mixed_model import PeftMixedModel
+
+        return PeftMixedModel(model, peft_config, adapter_name=adapter_name)
     check_task_fits_model(peft_config.task_type, model)
     cls = (
         MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(peft_config.task_type, PeftModel)

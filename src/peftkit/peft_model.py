@@ -74,9 +74,7 @@ class PeftModel(nn.Module):
         self.modules_to_save: set[str] | None = None
         self.special_peft_forward_args = {"adapter_names"}
         self.peft_type = peft_config.peft_type
-        if peft_config.peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
-            raise ValueError(f"peftkit does not support peft_type {peft_config.peft_type!r} yet.")
-        tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]
+        tuner_cls = self._tuner_class(peft_config)
         self.base_model = tuner_cls(
             model,
             {adapter_name: peft_config},
@@ -89,6 +87,12 @@ class PeftModel(nn.Module):
             self.base_model.config.pretraining_tp = 1
         # transformers' Trainer and quantized-training guards look for this flag
         self._hf_peft_config_loaded = True
+
+    def _tuner_class(self, peft_config: PeftConfig) -> type:
+        """The tuner that implements `peft_config`'s method (PeftMixedModel: one for every method)."""
+        if peft_config.peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
+            raise ValueError(f"peftkit does not support peft_type {peft_config.peft_type!r} yet.")
+        return PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]
 
     # ----- configuration and state -----
     @property
@@ -142,11 +146,7 @@ class PeftModel(nn.Module):
             raise ValueError(
                 f"An adapter named '{adapter_name}' already exists; delete it first or choose another name."
             )
-        if peft_config.peft_type != self.peft_type:
-            raise ValueError(
-                f"Cannot combine adapters with different peft types ({self.peft_type.value} and "
-                f"{peft_config.peft_type.value}) in one PeftModel; use get_peft_model(..., mixed=True)."
-            )
+        self._check_adapter_type(peft_config)
         self._prepare_config_for_task(peft_config)
         self.peft_config[adapter_name] = peft_config
         try:
@@ -161,6 +161,14 @@ class PeftModel(nn.Module):
                 del self.peft_config[adapter_name]
             raise
         self._track_modules_to_save(peft_config)
+
+    def _check_adapter_type(self, peft_config: PeftConfig) -> None:
+        """A PeftModel holds adapters of one method (PeftMixedModel relaxes this)."""
+        if peft_config.peft_type != self.peft_type:
+            raise ValueError(
+                f"Cannot combine adapters with different peft types ({self.peft_type.value} and "
+                f"{peft_config.peft_type.value}) in one PeftModel; use get_peft_model(..., mixed=True)."
+            )
 
     def _prepare_config_for_task(self, peft_config: PeftConfig) -> None:
         """Task classes amend a config before injection (e.g. add the classifier to modules_to_save)."""

@@ -464,15 +464,20 @@ class BaseTuner(nn.Module):
     def _check_new_adapter_config(self, config: PeftConfig) -> None:
         """Reject a config that cannot live beside the adapters already present."""
 
+    def _default_targets_for(self, config: PeftConfig) -> dict[str, Any]:
+        """Default target modules per `model_type` for `config`'s method (mixed models ask each method)."""
+        return self.target_module_mapping
+
     def _prepare_adapter_config(self, config: PeftConfig, model_config: dict) -> PeftConfig:
         if config.target_modules is None:
             model_type = model_config.get("model_type")
-            if model_type not in self.target_module_mapping:
+            mapping = self._default_targets_for(config)
+            if model_type not in mapping:
                 raise ValueError(
                     f"target_modules is None and peftkit has no default targets for model_type {model_type!r}: "
                     "please specify target_modules in the config (e.g. ['q_proj', 'v_proj'] or 'all-linear')."
                 )
-            default = self.target_module_mapping[model_type]
+            default = mapping[model_type]
             config.target_modules = default if isinstance(default, str) else set(default)
         return config
 
