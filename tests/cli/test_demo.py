@@ -82,3 +82,16 @@ def test_demo_end_to_end(tmp_path):
     assert before <= 10 and after >= 80
     assert re.search(r"merged model agrees on (\d+)/\1 answers", done.stdout)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_gguf_file_path_is_a_model(tmp_path):
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    if importlib.util.find_spec("gguf") is None:  # the test extra does not install the demo extra
+        with pytest.raises(CliError, match=re.escape("pip install 'peftkit[demo]'")):
+            resolve_model(str(model))
+        return
+    source = resolve_model(str(model))
+    assert (source.location, source.gguf_file) == (str(tmp_path.resolve()), "tiny.gguf")
+    assert source.from_pretrained_kwargs() == {"gguf_file": "tiny.gguf"}
+    assert source.base_model_name == str(model.resolve())

@@ -248,3 +248,15 @@ def test_metrics_file_is_jsonl_of_known_fields(tmp_path, tiny_model_dir, prompt_
     records = _metrics(out)
     assert set(records[0]) == {"step", "epoch", "loss", "lr", "tokens", "grad_norm"}
     assert records[-1].keys() == {"step", "epoch", "eval_loss"} and records[-1]["step"] == 2
+
+
+def test_qlora_trains_on_a_4bit_base(tmp_path, tiny_model_dir, prompt_data, cli):
+    pytest.importorskip("bitsandbytes")  # the quant extra; without it the error test above applies
+    out = tmp_path / "qlora"
+    code, _, err = cli("train", "--model", tiny_model_dir, "--data", prompt_data, "-o", out, "--max-steps", 2,
+                       "--load-in-4bit", "--gradient-checkpointing", "--lr", 5e-2, *TRAIN)  # fmt: skip
+    assert code == 0, err
+    assert all(math.isfinite(r["loss"]) for r in _metrics(out))
+    weights = _adapter_tensors(out)
+    assert weights and all(v.dtype == torch.float32 for v in weights.values())
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)

@@ -464,14 +464,16 @@ class BaseTuner(nn.Module):
     def _check_new_adapter_config(self, config: PeftConfig) -> None:
         """Reject a config that cannot live beside the adapters already present."""
 
-    def _default_targets_for(self, config: PeftConfig) -> dict[str, Any]:
-        """Default target modules per `model_type` for `config`'s method (mixed models ask each method)."""
-        return self.target_module_mapping
+    def _method_for(self, config: PeftConfig) -> type[BaseTuner]:
+        """The tuner class whose layer rules (`_layer_kwargs`, `_create_new_module`, `tuner_layer_cls`,
+        `target_module_mapping`) apply to `config`: this tuner's own class, or, in a mixed model, the
+        class of `config`'s method."""
+        return type(self)
 
     def _prepare_adapter_config(self, config: PeftConfig, model_config: dict) -> PeftConfig:
         if config.target_modules is None:
             model_type = model_config.get("model_type")
-            mapping = self._default_targets_for(config)
+            mapping = self._method_for(config).target_module_mapping
             if model_type not in mapping:
                 raise ValueError(
                     f"target_modules is None and peftkit has no default targets for model_type {model_type!r}: "
@@ -578,11 +580,12 @@ class BaseTuner(nn.Module):
         parent: nn.Module,
         current_key: str,
     ) -> None:
-        kwargs = self._layer_kwargs(config, current_key)
-        if isinstance(target, self.tuner_layer_cls):
+        method = self._method_for(config)
+        kwargs = method._layer_kwargs(self, config, current_key)
+        if isinstance(target, method.tuner_layer_cls):
             target.update_layer(adapter_name, **kwargs)
             return
-        new_module = self._create_new_module(config, adapter_name, target, **kwargs)
+        new_module = method._create_new_module(self, config, adapter_name, target, **kwargs)
         new_module.set_adapter(self.active_adapter)  # a new, inactive adapter starts frozen
         setattr(parent, target_name, new_module)
 
