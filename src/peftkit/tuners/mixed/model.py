@@ -7,10 +7,6 @@ tree and keys as PEFT's mixed model). Several adapters, of any of these types, c
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
 from ...config import PeftConfig
 from ...utils.peft_types import PeftType
 from ..tuners_utils import BaseTuner
@@ -59,23 +55,5 @@ class MixedModel(BaseTuner):
                 "A mixed model supports only 1 adapter with bias; set bias='none' for the other adapters."
             )
 
-    def _default_targets_for(self, config: PeftConfig) -> dict[str, Any]:
-        return _method_tuner(config).target_module_mapping
-
-    def _create_and_replace(
-        self,
-        config: PeftConfig,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-    ) -> None:
-        tuner_cls = _method_tuner(config)
-        kwargs = tuner_cls._layer_kwargs(self, config, current_key)
-        if isinstance(target, tuner_cls.tuner_layer_cls):
-            target.update_layer(adapter_name, **kwargs)
-            return
-        new_module = tuner_cls._create_new_module(self, config, adapter_name, target, **kwargs)
-        new_module.set_adapter(self.active_adapter)
-        setattr(parent, target_name, new_module)
+    def _method_for(self, config: PeftConfig) -> type[BaseTuner]:
+        return _method_tuner(config)
