@@ -36,12 +36,6 @@ class PeftMixedModel(PeftModel):
     def _check_adapter_type(self, peft_config: PeftConfig) -> None:
         check_mixable(peft_config)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        adapter_names = kwargs.pop("adapter_names", None)
-        batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
-        with self._adapter_routing(adapter_names, batch):
-            return self.get_base_model()(*args, **kwargs)
-
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.get_base_model().generate(*args, **kwargs)
 
