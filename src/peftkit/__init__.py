@@ -35,6 +35,8 @@ from .peft_model import (
     get_model_status,
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .tuners.ia3 import IA3Config, IA3Model
+from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -45,6 +47,10 @@ from .utils import (
 )
 
 __all__ = [
+    "IA3Config",
+    "IA3Model",
+    "LNTuningConfig",
+    "LNTuningModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",

@@ -1,5 +1,15 @@
 """The adapter methods. Importing this package registers each of them."""
 
+from .ia3 import IA3Config, IA3Model
+from .ln_tuning import LNTuningConfig, LNTuningModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
 
-__all__ = ["LoraConfig", "LoraModel", "LoraRuntimeConfig"]
+__all__ = [
+    "IA3Config",
+    "IA3Model",
+    "LNTuningConfig",
+    "LNTuningModel",
+    "LoraConfig",
+    "LoraModel",
+    "LoraRuntimeConfig",
+]

@@ -38,6 +38,8 @@ from ._targeting import (
 from ._tied_weights import warn_about_tied_weights
 
 BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
+# Tuner methods that only some methods have; asking another tuner for them names the method in the error.
+_TUNER_ONLY_METHODS = ("add_weighted_adapter",)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -309,8 +311,9 @@ class BaseTunerLayer:
             if name == BASE_ADAPTER_NAME or not self.has_adapter(name):
                 continue
             rows = torch.tensor(indices, device=result.device)
-            sub_base = result[rows]
-            updated = (sub_base + self._adapter_output(name, x[rows], sub_base)).to(dtype)
+            sub_base = result[rows]  # a copy: `_apply_adapter` may update it in place
+            pure = sub_base.clone() if self._needs_base_result(name) else sub_base
+            updated = self._apply_adapter(name, x[rows], sub_base, pure).to(dtype)
             result = result.index_copy(0, rows, updated)
         return result
 
@@ -444,6 +447,14 @@ class BaseTuner(nn.Module):
         except AttributeError:
             if name == "model":
                 raise
+            if name in _TUNER_ONLY_METHODS:  # not delegated to the model: say which method lacks it
+                types = sorted(
+                    {getattr(c.peft_type, "value", str(c.peft_type)) for c in self.peft_config.values()}
+                )
+                raise AttributeError(
+                    f"{type(self).__name__} ({', '.join(types)}) has no `{name}`: combining adapters is implemented "
+                    "for LoRA and IA3 only. Combine these adapters' outputs another way, or use LoRA/IA3."
+                ) from None
             return getattr(self.model, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -463,6 +474,18 @@ class BaseTuner(nn.Module):
 
     def _check_new_adapter_config(self, config: PeftConfig) -> None:
         """Reject a config that cannot live beside the adapters already present."""
+
+    def _pre_injection_hook(
+        self, model: nn.Module, config: PeftConfig, adapter_name: str, matched: list[str]
+    ) -> None:
+        """Runs once per new adapter, after its targets (`matched` module names) are known and before any
+        layer is created: a method builds state shared by all its layers here (VeRA's projections).
+        A failure here or later rolls back through `_remove_partial_adapter`."""
+
+    def _tuner_state_keys(self, adapter_name: str) -> dict[str, str]:
+        """Tensors the tuner itself holds for `adapter_name` (shared by its layers) that are saved with the
+        adapter: state-dict keys relative to the tuner -> file keys relative to it (default: none)."""
+        return {}
 
     def _method_for(self, config: PeftConfig) -> type[BaseTuner]:
         """The tuner class whose layer rules (`_layer_kwargs`, `_create_new_module`, `tuner_layer_cls`,
@@ -529,6 +552,7 @@ class BaseTuner(nn.Module):
                 "(modules_to_save) or adapted, not both. Remove it from one of them."
             )
         try:
+            self._pre_injection_hook(model, config, adapter_name, matched)
             with _meta_init(low_cpu_mem_usage):
                 for key in matched:
                     parent, target, target_name = get_submodules(model, key)

@@ -131,6 +131,7 @@ def adapter_key_map(
         file_key = _file_key(key, adapter_name, prefix)
         if file_key is not None:
             mapping[key] = file_key
+    mapping.update(_tuner_level_keys(model, adapter_name, keys))
     bias = getattr(config, "bias", "none")
     if bias == "all":
         mapping.update(
@@ -150,6 +151,24 @@ def adapter_key_map(
             if layer in parts and not any(p.startswith(prefix) for p in parts if prefix):
                 mapping[key] = key.replace(f".{_MODULES_TO_SAVE}.{adapter_name}", "")
     return mapping
+
+
+def _tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:
+    """Keys of tensors held by the tuner itself rather than by a layer (VeRA's shared projections), as
+    the tuner's `_tuner_state_keys` names them; `base_model.` in front when `model` is a PeftModel."""
+    from ..tuners.tuners_utils import BaseTuner
+
+    tuner, path = model, ""
+    if not isinstance(tuner, BaseTuner):
+        tuner, path = model._modules.get("base_model"), "base_model."
+    if not isinstance(tuner, BaseTuner):
+        return {}
+    present = set(keys)
+    return {
+        path + rel: path + file_rel
+        for rel, file_rel in tuner._tuner_state_keys(adapter_name).items()
+        if path + rel in present
+    }
 
 
 def _belongs_to_other(key: str) -> bool:
