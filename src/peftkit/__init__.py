@@ -23,6 +23,7 @@ from .mapping import (
     register_peft_method,
 )
 from .mapping_func import get_peft_model
+from .mixed_model import PeftMixedModel
 from .peft_model import (
     PeftModel,
     PeftModelForCausalLM,
@@ -37,6 +38,7 @@ from .peft_model import (
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
+from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -51,12 +53,15 @@ __all__ = [
     "IA3Model",
     "LNTuningConfig",
     "LNTuningModel",
+    "VeraConfig",
+    "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",
     "LoraRuntimeConfig",
     "PeftConfig",
     "PeftConfigMixin",
+    "PeftMixedModel",
     "PeftModel",
     "PeftModelForCausalLM",
     "PeftModelForFeatureExtraction",

@@ -280,9 +280,6 @@ class Linear(LoraLayer, nn.Module):
             fused = fused + lora_B.bias * scaling
         return fused
 
-    def _needs_base_result(self, adapter_name: str) -> bool:
-        return self.use_dora.get(adapter_name, False)
-
     def _add_mixed_batch_outputs(
         self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
     ) -> torch.Tensor:
@@ -334,6 +331,7 @@ class Linear(LoraLayer, nn.Module):
         x_dropped = dropout(x)
         base_out = None
         if isinstance(dropout, nn.Identity) or not self.training:
+            # with several adapters active, `base_result` is the output accumulated so far (as in PEFT)
             base_out = base_result if self.bias is None else base_result - self.bias
         else:
             base_out = F.linear(x_dropped, self._weight_out_in(self.weight).to(x.dtype))
