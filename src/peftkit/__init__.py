@@ -38,6 +38,7 @@ from .peft_model import (
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
+from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -52,6 +53,8 @@ __all__ = [
     "IA3Model",
     "LNTuningConfig",
     "LNTuningModel",
+    "VeraConfig",
+    "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",

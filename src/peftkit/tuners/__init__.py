@@ -3,6 +3,7 @@
 from .ia3 import IA3Config, IA3Model
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
+from .vera import VeraConfig, VeraModel
 
 __all__ = [
     "IA3Config",
@@ -12,4 +13,6 @@ __all__ = [
     "LoraConfig",
     "LoraModel",
     "LoraRuntimeConfig",
+    "VeraConfig",
+    "VeraModel",
 ]

@@ -1,0 +1,164 @@
+"""VeraModel: the VeRA tuner. It owns the shared random projections (one pair per adapter)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...utils.constants import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
+from ...utils.warnings import PeftWarning
+from .._buffer_dict import BufferDict
+from ..tuners_utils import BaseTuner
+from .config import VeraConfig
+from .layer import Linear, VeraLayer
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def draw_projections(
+    key: int, r: int, in_features: int, out_features: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VeRA's frozen projections: A (r x in), then B (out x r), Kaiming-uniform from one CPU generator
+    seeded with `key` (so the same key gives the same matrices, bit for bit)."""
+    generator = torch.Generator(device="cpu").manual_seed(key)
+    vera_A = torch.empty(r, in_features, device="cpu")
+    vera_B = torch.empty(out_features, r, device="cpu")
+    nn.init.kaiming_uniform_(vera_A, generator=generator)
+    nn.init.kaiming_uniform_(vera_B, generator=generator)
+    return vera_A, vera_B
+
+
+def _linear_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a Linear or Conv1D base layer; None for layer kinds VeRA does not adapt."""
+    from transformers.pytorch_utils import Conv1D
+
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1]
+    return None
+
+
+class VeraModel(BaseTuner):
+    """Adds VeRA to `nn.Linear` and transformers' `Conv1D` layers.
+
+    `vera_A` / `vera_B` (BufferDicts on this tuner, referenced by every layer) hold each adapter's
+    projections, sized for the largest targeted layer. With `save_projection=True` they are saved as
+    `base_model.vera_A` / `base_model.vera_B`; otherwise they are re-drawn from `projection_prng_key`.
+
+    Example:
+        >>> from peftkit import VeraConfig, get_peft_model
+        >>> model = get_peft_model(model, VeraConfig(r=128, target_modules=["q_proj", "v_proj"]))
+    """
+
+    prefix = "vera_lambda_"
+    tuner_layer_cls = VeraLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
+
+    def _check_new_adapter_config(self, config: VeraConfig) -> None:
+        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
+        if len(with_bias) > 1:
+            raise ValueError(
+                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
+                "to 'none' for all adapters."
+            )
+        others = [c for c in self.peft_config.values() if c is not config]
+        keys = {c.projection_prng_key for c in others}
+        if keys and config.projection_prng_key not in keys:
+            raise ValueError(
+                f"Vera PRNG initialisation key must be the same for all adapters. Got "
+                f"config.projection_prng_key={config.projection_prng_key} but previous config had {keys.pop()}."
+            )
+        saves = {c.save_projection for c in self.peft_config.values()}
+        if len(saves) > 1:
+            raise ValueError(
+                "VeRA projection weights must be saved for all adapters or none, but got multiple different values: "
+                f"{sorted(saves)}"
+            )
+
+    def _pre_injection_hook(
+        self, model: nn.Module, config: VeraConfig, adapter_name: str, matched: list[str]
+    ) -> None:
+        """Draw this adapter's projections, sized for the largest targeted layer, in the base dtype."""
+        modules = [model.get_submodule(key) for key in matched]
+        dims = [d for d in map(_linear_dims, modules) if d is not None]
+        if not dims:
+            raise ValueError(
+                "No layers types compatible with VeRA were found. Please check `peft_config.target_modules`: VeRA "
+                "adapts `torch.nn.Linear` and `transformers.pytorch_utils.Conv1D` layers only."
+            )
+        vera_A, vera_B = draw_projections(
+            config.projection_prng_key, config.r, max(d[0] for d in dims), max(d[1] for d in dims)
+        )
+        weight = next(m.weight for m in modules if _linear_dims(m) is not None)
+        dtype = weight.dtype if weight.dtype.is_floating_point else vera_A.dtype
+        device = weight.device if weight.device.type != "meta" else vera_A.device
+        if "vera_A" not in self._modules:
+            self.vera_A = BufferDict(persistent=config.save_projection)
+            self.vera_B = BufferDict(persistent=config.save_projection)
+        self.vera_A[adapter_name] = vera_A.to(device, dtype)
+        self.vera_B[adapter_name] = vera_B.to(device, dtype)
+
+    def _layer_kwargs(self, config: VeraConfig, key: str) -> dict[str, Any]:
+        return {"vera_A": self.vera_A, "vera_B": self.vera_B, "r": config.r, "config": config}
+
+    def _create_new_module(
+        self, vera_config: VeraConfig, adapter_name: str, target: nn.Module, **kwargs: Any
+    ) -> nn.Module:
+        from transformers.pytorch_utils import Conv1D
+
+        config = vera_config
+        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
+        is_conv1d = isinstance(base, Conv1D)
+        if not isinstance(base, nn.Linear) and not is_conv1d:
+            raise ValueError(
+                f"Target module {base} (type {type(base).__name__}) is not supported by VeRA. Currently, only "
+                "`torch.nn.Linear` and `transformers.pytorch_utils.Conv1D` are supported; remove it from "
+                "target_modules."
+            )
+        if is_conv1d != config.fan_in_fan_out:
+            layer_kind = "`Conv1D`" if is_conv1d else "`torch.nn.Linear`"
+            warnings.warn(
+                f"fan_in_fan_out is set to {config.fan_in_fan_out} but the target module is {layer_kind}. "
+                f"Setting fan_in_fan_out to {is_conv1d}.",
+                PeftWarning,
+            )
+            config.fan_in_fan_out = is_conv1d
+        return Linear(
+            target,
+            kwargs["vera_A"],
+            kwargs["vera_B"],
+            adapter_name,
+            config,
+            r=kwargs["r"],
+            is_target_conv_1d_layer=is_conv1d,
+        )
+
+    def _cast_adapter_dtype(self, adapter_name: str, layers: list[nn.Module] | None = None) -> None:
+        super()._cast_adapter_dtype(adapter_name, layers)
+        for projections in (self.vera_A, self.vera_B):
+            if projections[adapter_name].dtype in _HALF:  # fp32 like the vectors they multiply
+                projections[adapter_name] = projections[adapter_name].float()
+
+    def _tuner_state_keys(self, adapter_name: str) -> dict[str, str]:
+        if not self.peft_config[adapter_name].save_projection:
+            return {}
+        return {f"vera_A.{adapter_name}": "vera_A", f"vera_B.{adapter_name}": "vera_B"}
+
+    def _drop_projections(self, adapter_name: str) -> None:
+        for name in ("vera_A", "vera_B"):
+            projections = self._modules.get(name)
+            if projections is not None and adapter_name in projections:
+                del projections[adapter_name]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._drop_projections(adapter_name)
+
+    def _remove_partial_adapter(self, model: nn.Module, adapter_name: str) -> None:
+        super()._remove_partial_adapter(model, adapter_name)
+        self._drop_projections(adapter_name)
