@@ -74,6 +74,45 @@ TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING = _with_overrides(
 TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, gpt2=["mlp.c_proj"], gpt_bigcode=["mlp.c_proj"]
 )
+TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+
+# AdaLoRA: its own table (more projections per architecture for some models, fewer architectures).
+TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = {
+    "t5": ["q", "k", "v", "o", "wi", "wo"],
+    "mt5": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "gpt2": ["c_attn"],
+    "bloom": ["query_key_value"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "gptj": ["q_proj", "v_proj"],
+    "gpt_neox": ["query_key_value"],
+    "gpt_neo": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "llama4": ["q_proj", "v_proj"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "gpt_bigcode": ["c_attn"],
+    "deberta": ["in_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "gemma3_text": ["q_proj", "v_proj"],
+    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
 
 # IA3: the attention keys/values and the MLP output projection; the feed-forward ones scale their input.
 TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
