@@ -36,6 +36,7 @@ from .peft_model import (
     get_model_status,
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.vera import VeraConfig, VeraModel
@@ -49,6 +50,8 @@ from .utils import (
 )
 
 __all__ = [
+    "FourierFTConfig",
+    "FourierFTModel",
     "IA3Config",
     "IA3Model",
     "LNTuningConfig",

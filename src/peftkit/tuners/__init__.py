@@ -1,11 +1,14 @@
 """The adapter methods. Importing this package registers each of them."""
 
+from .fourierft import FourierFTConfig, FourierFTModel
 from .ia3 import IA3Config, IA3Model
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
+    "FourierFTConfig",
+    "FourierFTModel",
     "IA3Config",
     "IA3Model",
     "LNTuningConfig",

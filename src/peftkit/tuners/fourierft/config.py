@@ -1,0 +1,73 @@
+"""FourierFTConfig: the fields PEFT 0.21 writes for FourierFT, with the same names and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...config import PeftConfig
+from ...utils.peft_types import PeftType
+
+
+@dataclass
+class FourierFTConfig(PeftConfig):
+    """Configuration of FourierFT (Gao et al., 2024, "Parameter-Efficient Fine-Tuning with Discrete Fourier
+    Transform"): the weight change is the real part of the inverse 2-D DFT of a sparse spectrum.
+
+    `delta_W = scaling * Re(IDFT2(S))`, where S (out x in) is zero except at `n_frequency` entries drawn
+    once from `random_loc_seed`; only those `n_frequency` coefficients train.
+    """
+
+    n_frequency: int = field(
+        default=1000, metadata={"help": "Trained spectral coefficients per layer (at most in * out)."}
+    )
+    scaling: float = field(
+        default=150.0, metadata={"help": "Scale of the weight change (like LoRA's alpha)."}
+    )
+    random_loc_seed: int | None = field(
+        default=777,
+        metadata={"help": "Seed of the frequency locations (None: drawn from torch's global RNG)."},
+    )
+    fan_in_fan_out: bool = field(
+        default=False, metadata={"help": "True for layers storing (in, out) weights."}
+    )
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Module names (exact or dotted suffix), one regex string, or 'all-linear'."},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never adapted."})
+    bias: str = field(
+        default="none", metadata={"help": "Which biases train: 'none', 'all' or 'fourier_only'."}
+    )
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full."})
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer indices."})
+    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Name of the layer list."})
+    n_frequency_pattern: dict = field(
+        default_factory=dict, metadata={"help": "Regex -> n_frequency overrides per module."}
+    )
+    init_weights: bool = field(
+        default=False, metadata={"help": "False: spectrum ~ N(0, 1) (as the paper); True: zeros (a no-op)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.FOURIERFT
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, (list, tuple)):
+            self.exclude_modules = set(self.exclude_modules)
+        if (
+            isinstance(self.n_frequency, bool)
+            or not isinstance(self.n_frequency, int)
+            or self.n_frequency <= 0
+        ):
+            raise ValueError(f"`n_frequency` should be a positive integer value, got {self.n_frequency!r}.")
+        if self.bias not in ("none", "all", "fourier_only"):
+            raise ValueError(f"bias must be one of ('none', 'all', 'fourier_only'), got {self.bias!r}.")
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError(
+                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
+            )
