@@ -188,9 +188,10 @@ def test_is_main_process_false_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_weight_conversion_not_implemented(tmp_path):
+def test_weight_conversion_needs_the_initial_folder(tmp_path):
+    # the conversion itself is tested in tests/lora_family/test_conversion.py
     ours = peftkit.get_peft_model(tiny_llama(), peftkit.LoraConfig(target_modules=["q_proj"]))
-    with pytest.raises(NotImplementedError, match="path_initial_model_for_weight_conversion"):
+    with pytest.raises(ValueError, match="path_initial_model_for_weight_conversion"):
         ours.save_pretrained(tmp_path, path_initial_model_for_weight_conversion=str(tmp_path / "init"))
 
 

@@ -128,10 +128,10 @@ def save_peft_model(
             "You passed an invalid `selected_adapters` arguments, current supported adapter names are "
             f"{list(model.peft_config)} - got {unknown}."
         )
-    if path_initial_model_for_weight_conversion is not None:
-        raise NotImplementedError(
-            "path_initial_model_for_weight_conversion (PiSSA/OLoRA/CorDA conversion) is not implemented in peftkit "
-            "yet; save without it."
+    if path_initial_model_for_weight_conversion is not None and len(names) != 1:
+        raise ValueError(
+            "path_initial_model_for_weight_conversion holds the initial state of one adapter, but this save writes "
+            f"{names}: pass selected_adapters=[<the PiSSA/OLoRA/CorDA adapter>]."
         )
     if not is_main_process:
         return
@@ -151,7 +151,14 @@ def save_peft_model(
         )
         if not tensors:
             raise ValueError(f"Adapter '{adapter_name}' has no tensors to save; nothing was written.")
-        plans.append((folder, prepare_for_saving(tensors), _config_to_save(model, adapter_name)))
+        config = _config_to_save(model, adapter_name)
+        if path_initial_model_for_weight_conversion is not None:  # PiSSA/OLoRA/CorDA -> plain LoRA, rank 2r
+            from ..tuners.lora.conversion import convert_to_lora
+
+            tensors, config = convert_to_lora(
+                tensors, config, os.fspath(path_initial_model_for_weight_conversion)
+            )
+        plans.append((folder, prepare_for_saving(tensors), config))
     for folder, tensors, config in plans:
         os.makedirs(folder, exist_ok=True)
         _save_adapter(folder, tensors, config, safe_serialization, {"peftkit_version": __version__})

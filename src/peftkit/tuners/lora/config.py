@@ -12,8 +12,15 @@ from ...utils.peft_types import PeftType
 _VALID_BIAS = ("none", "all", "lora_only")
 # Initialisations peftkit implements today; the others are accepted by the config (so files from peft
 # load) but raise a clear error when an adapter would be created with them.
-IMPLEMENTED_INITS = (True, False, "gaussian")
+IMPLEMENTED_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal")
 _KNOWN_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
+
+
+def init_is_implemented(init: bool | str) -> bool:
+    """Whether peftkit can create an adapter with `init_lora_weights=init` (`pissa_niter_K` included)."""
+    return init in IMPLEMENTED_INITS or (
+        isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init) is not None
+    )
 
 
 @dataclass

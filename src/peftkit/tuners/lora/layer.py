@@ -20,7 +20,7 @@ from ..._skip_init import empty_linear, skip_init
 from ...utils.warnings import PeftWarning
 from ..tuners_utils import BaseTunerLayer
 from . import dora
-from .config import IMPLEMENTED_INITS
+from .config import init_is_implemented
 
 
 class LoraLayer(BaseTunerLayer):
@@ -70,10 +70,10 @@ class LoraLayer(BaseTunerLayer):
         """Create (or re-create) adapter `adapter_name` on this layer."""
         if r <= 0:
             raise ValueError(f"`r` should be a positive integer value but the value passed is {r}")
-        if init_lora_weights not in IMPLEMENTED_INITS:
+        if not init_is_implemented(init_lora_weights):
             raise NotImplementedError(
-                f"init_lora_weights={init_lora_weights!r} is not implemented in peftkit yet; use True, False or "
-                "'gaussian'."
+                f"init_lora_weights={init_lora_weights!r} is not implemented in peftkit yet; use True, False, "
+                "'gaussian', 'pissa', 'pissa_niter_K', 'olora', 'orthogonal', 'corda', 'eva' or 'loftq'."
             )
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
@@ -109,6 +109,10 @@ class LoraLayer(BaseTunerLayer):
             nn.init.zeros_(self.lora_B[adapter_name].weight)
             if self.lora_bias[adapter_name]:
                 nn.init.zeros_(self.lora_B[adapter_name].bias)
+            if isinstance(init_lora_weights, str) and init_lora_weights != "gaussian":
+                from .inits import apply_init  # PiSSA, OLoRA, orthogonal, CorDA, EVA, LoftQ
+
+                apply_init(self, adapter_name, init_lora_weights)
         if adapter_name in self.lora_embedding_A:
             # A is read as a lookup table, so it starts at zero and B is random (the product is still 0)
             nn.init.zeros_(self.lora_embedding_A[adapter_name])
