@@ -37,6 +37,7 @@ from .peft_model import (
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
+from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.vera import VeraConfig, VeraModel
@@ -52,6 +53,8 @@ from .utils import (
 __all__ = [
     "FourierFTConfig",
     "FourierFTModel",
+    "HRAConfig",
+    "HRAModel",
     "IA3Config",
     "IA3Model",
     "LNTuningConfig",

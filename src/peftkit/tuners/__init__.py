@@ -1,6 +1,7 @@
 """The adapter methods. Importing this package registers each of them."""
 
 from .fourierft import FourierFTConfig, FourierFTModel
+from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
@@ -9,6 +10,8 @@ from .vera import VeraConfig, VeraModel
 __all__ = [
     "FourierFTConfig",
     "FourierFTModel",
+    "HRAConfig",
+    "HRAModel",
     "IA3Config",
     "IA3Model",
     "LNTuningConfig",

@@ -276,14 +276,20 @@ class BaseTunerLayer:
     def _forward_with_adapted_weight(
         self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """`base_layer` called with its weight replaced by the weight with `active` merged in (not in place)."""
+        """`base_layer` called with its weight replaced by the weight with `active` merged in (not in place).
+
+        The layer runs in the precision the adapted weight was computed in (fp32 for half-precision bases,
+        as PEFT does), and the output returns to the input's dtype.
+        """
         base = self.get_base_layer()
-        weight = base.weight
-        adapted = weight
+        adapted = base.weight
         for name in active:
             adapted = self._merged_weight(name, adapted)
-        adapted = adapted.to(weight.dtype)
-        return torch.func.functional_call(base, {"weight": adapted}, (x, *args), kwargs)
+        params = {"weight": adapted}
+        if getattr(base, "bias", None) is not None:
+            params["bias"] = base.bias.to(adapted.dtype)
+        inputs = (self._cast_input_dtype(x, adapted.dtype), *args)
+        return torch.func.functional_call(base, params, inputs, kwargs).to(x.dtype)
 
     def _mixed_batch_forward(
         self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any

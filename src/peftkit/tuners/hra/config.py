@@ -1,0 +1,58 @@
+"""HRAConfig: the fields PEFT 0.21 writes for HRA, with the same names and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...config import PeftConfig
+from ...utils.peft_types import PeftType
+
+
+@dataclass
+class HRAConfig(PeftConfig):
+    """Configuration of HRA (Yuan et al., 2024, "Bridging the Gap Between Low-rank and Orthogonal
+    Adaptation via Householder Reflection Adaptation").
+
+    The adapted weight is `W H_1 H_2 ... H_r` with Householder reflections `H_i = I - 2 u_i u_i^T / |u_i|^2`;
+    with `apply_GS` the u_i are first orthonormalised (Gram-Schmidt) and the product is `I - 2 U U^T`.
+    """
+
+    r: int = field(
+        default=8, metadata={"help": "Number of Householder reflections (an even r starts at identity)."}
+    )
+    apply_GS: bool = field(
+        default=False, metadata={"help": "Orthonormalise the reflection vectors (Gram-Schmidt)."}
+    )
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Module names (exact or dotted suffix), one regex string, or 'all-linear'."},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never adapted."})
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "Pairs of equal vectors (the product is the identity); False: random."},
+    )
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer indices."})
+    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Name of the layer list."})
+    bias: str = field(default="none", metadata={"help": "Which biases train: 'none', 'all' or 'hra_only'."})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.HRA
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, (list, tuple)):
+            self.exclude_modules = set(self.exclude_modules)
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"`r` should be a positive integer value, got r={self.r!r}.")
+        if self.bias not in ("none", "all", "hra_only"):
+            raise ValueError(f"bias must be one of ('none', 'all', 'hra_only'), got {self.bias!r}.")
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError(
+                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
+            )
