@@ -40,6 +40,8 @@ from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
+from .tuners.loha import LoHaConfig, LoHaModel
+from .tuners.lokr import LoKrConfig, LoKrModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
@@ -59,6 +61,10 @@ __all__ = [
     "IA3Model",
     "LNTuningConfig",
     "LNTuningModel",
+    "LoHaConfig",
+    "LoHaModel",
+    "LoKrConfig",
+    "LoKrModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

@@ -4,6 +4,8 @@ from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
 from .ln_tuning import LNTuningConfig, LNTuningModel
+from .loha import LoHaConfig, LoHaModel
+from .lokr import LoKrConfig, LoKrModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
 from .vera import VeraConfig, VeraModel
 
@@ -16,6 +18,10 @@ __all__ = [
     "IA3Model",
     "LNTuningConfig",
     "LNTuningModel",
+    "LoHaConfig",
+    "LoHaModel",
+    "LoKrConfig",
+    "LoKrModel",
     "LoraConfig",
     "LoraModel",
     "LoraRuntimeConfig",
