@@ -42,6 +42,7 @@ from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
+from .tuners.oft import OFTConfig, OFTModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
@@ -65,6 +66,8 @@ __all__ = [
     "LoHaModel",
     "LoKrConfig",
     "LoKrModel",
+    "OFTConfig",
+    "OFTModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

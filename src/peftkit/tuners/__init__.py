@@ -7,6 +7,7 @@ from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
+from .oft import OFTConfig, OFTModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "LoraConfig",
     "LoraModel",
     "LoraRuntimeConfig",
+    "OFTConfig",
+    "OFTModel",
     "VeraConfig",
     "VeraModel",
 ]
