@@ -246,3 +246,16 @@ def check_mixed_batch(method: str, case: Case) -> None:
                 rows.append(case.out_fn(model, inputs)[row])
     assert (rows[0] - rows[2]).abs().max() > 1e-3, "the two adapters must differ"
     assert_close(mixed, torch.stack(rows), BASE_ATOL, "mixed batch")
+
+
+def check_low_cpu_mem_usage_load(method: str, case: Case, folder: str) -> None:
+    """Loading with low_cpu_mem_usage=True (adapter tensors created on meta, filled from the file) gives
+    the same outputs as the saved model (exactly: the same tensors)."""
+    base = case.model_fn()
+    model = peftkit_model(method, case, base)
+    model.save_pretrained(folder)
+    loaded = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), folder, low_cpu_mem_usage=True).eval()
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+    inputs = case.inputs_fn()
+    with torch.no_grad():
+        assert_close(case.out_fn(loaded, inputs), case.out_fn(model, inputs), 0.0, "low_cpu_mem_usage load")

@@ -99,3 +99,16 @@ def test_too_many_frequencies_and_unsupported_layers():
         peftkit.get_peft_model(conv_net(), peftkit.FourierFTConfig(n_frequency=4, target_modules=["conv2d"]))
     with pytest.raises(ValueError, match="positive integer"):
         peftkit.FourierFTConfig(n_frequency=0)
+
+
+def test_low_cpu_mem_usage_load(tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)

@@ -137,3 +137,16 @@ def test_unsupported_layers():
         peftkit.get_peft_model(tiny_gpt2(), peftkit.HRAConfig(r=2, target_modules=["c_attn"]))
     with pytest.raises(TypeError, match="not supported by HRA"):
         peftkit.get_peft_model(conv_net(), peftkit.HRAConfig(r=2, target_modules=["conv3d"]))
+
+
+def test_low_cpu_mem_usage_load(tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES["conv_layers"], str(tmp_path))
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)

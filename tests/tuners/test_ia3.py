@@ -177,3 +177,18 @@ def test_mixed_batch_gives_each_sample_its_adapter():
 
 def test_bf16_base_equals_peft():
     checks.check_bf16_equals_peft(METHOD, CASES["llama_k_v_ff"])
+
+
+def test_low_cpu_mem_usage_load(tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_k_v_ff"], str(tmp_path))
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)
+    name = "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)

@@ -88,10 +88,14 @@ def test_merging_another_adapter_unmerges_the_first():
         model.merge_adapter(["second"])
         norm = model.base_model.model.model.norm
         assert norm.merged_adapters == ["second"]
-        checks.assert_close(model(**inputs).logits, second, 0.0, "merged second adapter")  # the copy itself runs
+        checks.assert_close(
+            model(**inputs).logits, second, 0.0, "merged second adapter"
+        )  # the copy itself runs
         model.unmerge_adapter()
         with model.disable_adapter():
-            checks.assert_close(model(**inputs).logits, base(**inputs).logits, 0.0, "original module restored")
+            checks.assert_close(
+                model(**inputs).logits, base(**inputs).logits, 0.0, "original module restored"
+            )
 
 
 def test_deleting_a_merged_adapter_is_refused():
@@ -113,3 +117,16 @@ def test_mixed_batch_gives_each_sample_its_adapter():
         row2 = model(**inputs).logits[2]
         row1 = base(**inputs).logits[1]
     checks.assert_close(mixed, torch.stack([row0, row1, row2]), checks.BASE_ATOL, "mixed batch")
+
+
+def test_low_cpu_mem_usage_load(tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_defaults"], str(tmp_path))
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)

@@ -170,3 +170,16 @@ def test_mixed_batch_gives_each_sample_its_adapter():
         with model.disable_adapter():
             row1 = model(**inputs).logits[1]
     checks.assert_close(mixed, torch.stack([row0, row1, row2]), checks.BASE_ATOL, "mixed batch")
+
+
+def test_low_cpu_mem_usage_load(tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)

@@ -26,7 +26,8 @@ def frequency_locations(
     """(2, n) row/column indices of the trained coefficients: the first n of a random permutation of the
     out*in positions (row-major), from a CPU generator seeded with `seed` (global RNG when None)."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    flat = torch.randperm(out_features * in_features, generator=generator)[:n_frequency]
+    # on the CPU explicitly: also under low_cpu_mem_usage's meta-device context, they are real numbers
+    flat = torch.randperm(out_features * in_features, generator=generator, device="cpu")[:n_frequency]
     return torch.stack([flat // in_features, flat % in_features])
 
 
