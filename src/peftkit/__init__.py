@@ -43,6 +43,7 @@ from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
 from .tuners.oft import OFTConfig, OFTModel
+from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
@@ -54,6 +55,8 @@ from .utils import (
 )
 
 __all__ = [
+    "TrainableTokensConfig",
+    "TrainableTokensModel",
     "FourierFTConfig",
     "FourierFTModel",
     "HRAConfig",

@@ -65,7 +65,8 @@ def _embedding_layers_to_save(model: nn.Module, config, save_embedding_layers: s
         raise ValueError(
             f"save_embedding_layers must be True, False or 'auto', got {save_embedding_layers!r}."
         )
-    if targeted:
+    # trainable tokens target the embedding, but their trained rows are the adapter (peft adds no matrix)
+    if targeted and getattr(config, "peft_type", None) != "TRAINABLE_TOKENS":
         warnings.warn(
             "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`."
         )

@@ -127,6 +127,31 @@ class LoraModel(BaseTuner):
             majority_sign_method=majority_sign_method,
         )
 
+    # ----- trainable_token_indices (see tuners/trainable_tokens/wrapper.py) -----
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        super().inject_adapter(model, adapter_name, **kwargs)
+        config = self.peft_config[adapter_name]
+        if config.trainable_token_indices:
+            from ..trainable_tokens.wrapper import inject_trainable_tokens
+
+            indices, active = config.trainable_token_indices, self.active_adapters
+            layers = inject_trainable_tokens(model, adapter_name, indices, active, config.inference_mode)
+            if kwargs.get("autocast_adapter_dtype", True):
+                for layer in layers:
+                    layer.cast_adapter_dtype(adapter_name)
+
+    def _tuner_state_keys(self, adapter_name: str) -> dict[str, str]:
+        from ..trainable_tokens.wrapper import token_state_keys
+
+        return token_state_keys(self.model, adapter_name)
+
+    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
+        from ..trainable_tokens.wrapper import drop_token_wrappers
+
+        model = super()._unload_and_optionally_merge(*args, **kwargs)
+        drop_token_wrappers(model)
+        return model
+
     def _set_adapter_layers(self, enabled: bool = True) -> None:
         if not enabled:
             for name in self.active_adapters:
