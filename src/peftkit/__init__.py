@@ -15,7 +15,7 @@ from .auto import (
     AutoPeftModelForSequenceClassification,
     AutoPeftModelForTokenClassification,
 )
-from .config import PeftConfig, PeftConfigMixin
+from .config import PeftConfig, PeftConfigMixin, PromptLearningConfig
 from .mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
     get_peft_config,
@@ -43,6 +43,9 @@ from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
 from .tuners.oft import OFTConfig, OFTModel
+from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
+from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
@@ -89,6 +92,15 @@ __all__ = [
     "PeftModelForTokenClassification",
     "PeftType",
     "PeftWarning",
+    "PrefixEncoder",
+    "PrefixTuningConfig",
+    "PromptEmbedding",
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptLearningConfig",
+    "PromptTuningConfig",
+    "PromptTuningInit",
     "TaskType",
     "__version__",
     "get_layer_status",

@@ -172,3 +172,31 @@ class PeftConfig(PeftConfigMixin):
     )
     revision: str | None = field(default=None, metadata={"help": "The base model's revision."})
     inference_mode: bool = field(default=False, metadata={"help": "Freeze the adapter (no training)."})
+
+
+@dataclass
+class PromptLearningConfig(PeftConfig):
+    """The base config of the prompt-learning methods (prompt tuning, prefix tuning, P-tuning, multitask
+    prompt tuning): trained virtual tokens, or key/value prefixes, in front of the input.
+
+    `token_dim`, `num_layers`, `num_attention_heads` and `num_transformer_submodules` describe the base
+    model; left as None, they are read from the model's config when the adapter is created.
+    """
+
+    num_virtual_tokens: int = field(default=None, metadata={"help": "Number of virtual tokens."})
+    token_dim: int = field(
+        default=None, metadata={"help": "The hidden embedding dimension of the base transformer model."}
+    )
+    num_transformer_submodules: int | None = field(
+        default=None, metadata={"help": "Number of transformer submodules (2 for encoder-decoder models)."}
+    )
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Number of attention heads."})
+    num_layers: int | None = field(default=None, metadata={"help": "Number of transformer layers."})
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules besides the prompt encoder trained and saved (e.g. a classifier head)."},
+    )
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return True

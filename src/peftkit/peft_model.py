@@ -74,6 +74,13 @@ class PeftModel(nn.Module):
         self.modules_to_save: set[str] | None = None
         self.special_peft_forward_args = {"adapter_names"}
         self.peft_type = peft_config.peft_type
+        if peft_config.is_prompt_learning:  # no tuner: base_model is the model itself (see prompt_learning)
+            from .prompt_learning import setup_prompt_learning
+
+            setup_prompt_learning(self, model, peft_config, adapter_name)
+            self._track_modules_to_save(peft_config)
+            self._hf_peft_config_loaded = True
+            return
         tuner_cls = self._tuner_class(peft_config)
         self.base_model = tuner_cls(
             model,
@@ -95,20 +102,35 @@ class PeftModel(nn.Module):
         return PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]
 
     # ----- configuration and state -----
+    _prompt_learning = None  # a PromptLearningState for prompt-learning methods
+
+    @property
+    def _is_prompt_learning(self) -> bool:
+        return self._prompt_learning is not None
+
     @property
     def peft_config(self) -> dict[str, PeftConfig]:
+        if self._is_prompt_learning:
+            return self._prompt_learning.peft_config
         return self.base_model.peft_config
 
     @peft_config.setter
     def peft_config(self, value: dict[str, PeftConfig]) -> None:
-        self.base_model.peft_config = value
+        if self._is_prompt_learning:
+            self._prompt_learning.peft_config = value
+        else:
+            self.base_model.peft_config = value
 
     @property
     def active_adapter(self) -> str | list[str]:
+        if self._is_prompt_learning:
+            return self._prompt_learning.active_adapter
         return self.base_model.active_adapter
 
     @property
     def active_adapters(self) -> list[str]:
+        if self._is_prompt_learning:
+            return [self._prompt_learning.active_adapter]
         return self.base_model.active_adapters
 
     @property
@@ -125,7 +147,7 @@ class PeftModel(nn.Module):
 
     def get_base_model(self) -> nn.Module:
         """The original model (with adapter layers still inside it)."""
-        return self.base_model.model
+        return self.base_model if self._is_prompt_learning else self.base_model.model
 
     def _track_modules_to_save(self, config: PeftConfig) -> None:
         names = getattr(config, "modules_to_save", None)
@@ -148,6 +170,12 @@ class PeftModel(nn.Module):
             )
         self._check_adapter_type(peft_config)
         self._prepare_config_for_task(peft_config)
+        if self._is_prompt_learning:
+            from .prompt_learning import add_prompt_adapter
+
+            add_prompt_adapter(self, adapter_name, peft_config)
+            self._track_modules_to_save(peft_config)
+            return
         self.peft_config[adapter_name] = peft_config
         try:
             self.base_model.inject_adapter(
@@ -181,39 +209,86 @@ class PeftModel(nn.Module):
             raise ValueError(
                 f"Adapter {missing[0]} not found; available adapters: {sorted(self.peft_config)}."
             )
+        if self._is_prompt_learning:
+            from .prompt_learning import set_prompt_adapter
+
+            if len(names) != 1:
+                raise ValueError(f"A prompt-learning model has one active adapter at a time, got {names}.")
+            set_prompt_adapter(self, names[0])
+            return
         frozen = inference_mode or any(self.peft_config[n].inference_mode for n in names)
         self.base_model.set_adapter(adapter_name, inference_mode=frozen)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; if it was active, another one becomes active."""
+        if self._is_prompt_learning:
+            from .prompt_learning import delete_prompt_adapter
+
+            delete_prompt_adapter(self, adapter_name)
+            return
         self.base_model.delete_adapter(adapter_name)
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Context manager in which the model computes the base model's outputs."""
+        if self._is_prompt_learning:
+            self._prompt_learning.disabled = True
+            try:
+                yield
+            finally:
+                self._prompt_learning.disabled = False
+            return
         self.base_model.disable_adapter_layers()
         try:
             yield
         finally:
             self.base_model.enable_adapter_layers()
 
+    def _refuse_for_prompt_learning(self, method: str) -> None:
+        if self._is_prompt_learning:
+            raise ValueError(
+                f"{method}() does not apply to prompt-learning adapters ({self.peft_type.value}): they add virtual "
+                "tokens and change no weight. Use get_base_model() for the model without them."
+            )
+
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._refuse_for_prompt_learning("merge_adapter")
         self.base_model.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
+        self._refuse_for_prompt_learning("unmerge_adapter")
         self.base_model.unmerge_adapter()
 
     def merge_and_unload(
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
     ) -> nn.Module:
         """Merge the adapters into the base weights and return the base model without adapter layers."""
+        self._refuse_for_prompt_learning("merge_and_unload")
         return self.base_model.merge_and_unload(
             progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )
 
     def unload(self) -> nn.Module:
         """Return the base model without adapter layers, nothing merged."""
+        self._refuse_for_prompt_learning("unload")
         return self.base_model.unload()
+
+    # ----- prompt learning -----
+    def get_prompt(
+        self, batch_size: int, task_ids: torch.Tensor | None = None, max_cache_len: int | None = None
+    ) -> Any:
+        """The active prompt-learning adapter's virtual tokens for a batch (prefix tuning: a `Cache`)."""
+        from .prompt_learning import get_prompt
+
+        if max_cache_len is not None:
+            raise NotImplementedError("max_cache_len (static-cache prefixes) is not implemented in peftkit.")
+        return get_prompt(self, batch_size, task_ids=task_ids)
+
+    def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
+        """What is saved as `prompt_embeddings` for prompt-learning adapter `adapter_name`."""
+        from .prompt_learning import get_prompt_embedding_to_save
+
+        return get_prompt_embedding_to_save(self, adapter_name)
 
     # ----- parameters -----
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -303,6 +378,11 @@ class PeftModel(nn.Module):
 
     def _forward_task(self, **kwargs: Any) -> Any:
         """Call the base model with the task's named inputs, dropping the ones left as None."""
+        if self._is_prompt_learning:
+            from .prompt_learning import prompt_learning_forward
+
+            return prompt_learning_forward(self, **kwargs)
+        kwargs.pop("task_ids", None)
         adapter_names = kwargs.pop("adapter_names", None)
         batch = self._batch_size(kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
         with self._adapter_routing(adapter_names, batch):
@@ -455,10 +535,16 @@ class PeftModelForCausalLM(PeftModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
+            task_ids=task_ids,
             **kwargs,
         )
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
+        if self._is_prompt_learning:
+            from .prompt_learning import causal_lm_generate, seq2seq_generate
+
+            generate = seq2seq_generate if isinstance(self, PeftModelForSeq2SeqLM) else causal_lm_generate
+            return generate(self, *args, **kwargs)
         adapter_names = kwargs.pop("adapter_names", None)
         batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
         with self._adapter_routing(adapter_names, batch):
@@ -497,6 +583,7 @@ class PeftModelForSeq2SeqLM(PeftModelForCausalLM):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
+            task_ids=task_ids,
             **kwargs,
         )
 
@@ -551,6 +638,7 @@ class PeftModelForSequenceClassification(_WithTrainedHead):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
+            task_ids=task_ids,
             **kwargs,
         )
 
@@ -590,6 +678,7 @@ class PeftModelForQuestionAnswering(_WithTrainedHead):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
+            task_ids=task_ids,
             **kwargs,
         )
 
@@ -615,6 +704,7 @@ class PeftModelForFeatureExtraction(PeftModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
+            task_ids=task_ids,
             **kwargs,
         )
 

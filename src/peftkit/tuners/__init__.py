@@ -8,6 +8,9 @@ from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
 from .oft import OFTConfig, OFTModel
+from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
+from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -28,6 +31,14 @@ __all__ = [
     "LoraRuntimeConfig",
     "OFTConfig",
     "OFTModel",
+    "PrefixEncoder",
+    "PrefixTuningConfig",
+    "PromptEmbedding",
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptTuningConfig",
+    "PromptTuningInit",
     "VeraConfig",
     "VeraModel",
 ]

@@ -253,6 +253,9 @@ def load_peft_model(
     if hasattr(config, "runtime_config"):
         config.runtime_config.ephemeral_gpu_offload = ephemeral_gpu_offload
     _warn_if_other_base(config, model, model_id)
+    from ..prompt_learning.loading import check_trainable_load
+
+    check_trainable_load(config, is_trainable)
     config.inference_mode = not is_trainable
     if cls is PeftModel and config.task_type in MODEL_TYPE_TO_PEFT_MODEL_MAPPING:
         cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[config.task_type]
@@ -376,6 +379,10 @@ def _fill_adapter(
     allow_missing_keys: bool = False,
 ) -> Any:
     """Copy `weights` into adapter `adapter_name`, then settle device, dtype and trainability."""
+    from ..prompt_learning.loading import fill_prompt_adapter, uses_prompt_loading
+
+    if uses_prompt_loading(model.peft_config[adapter_name]):
+        return fill_prompt_adapter(model, weights, model_id, adapter_name, is_trainable, allow_missing_keys)
     try:
         result = set_peft_model_state_dict(
             model,

@@ -193,8 +193,10 @@ def get_peft_model_state_dict(
     if state_dict is None:
         state_dict = model.state_dict()
     config = model.peft_config[adapter_name]
-    if getattr(config, "is_prompt_learning", False):
-        raise NotImplementedError("Prompt-learning adapters are not supported by peftkit yet.")
+    if getattr(config, "is_prompt_learning", False) or getattr(config, "is_adaption_prompt", False):
+        from ..prompt_learning.state_dict import get_prompt_learning_state_dict
+
+        return get_prompt_learning_state_dict(model, state_dict, adapter_name, save_embedding_layers)
     mapping = adapter_key_map(model, adapter_name, list(state_dict.keys()), save_embedding_layers)
     return {file_key: state_dict[key] for key, file_key in mapping.items()}
 
@@ -215,6 +217,13 @@ def set_peft_model_state_dict(
     `missing_keys_are_errors`). Shapes are checked before anything is copied, and a mismatch names the
     key, both shapes and the likely cause.
     """
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    if getattr(config, "is_prompt_learning", False) or getattr(config, "is_adaption_prompt", False):
+        from ..prompt_learning.state_dict import set_prompt_learning_state_dict
+
+        return set_prompt_learning_state_dict(
+            model, peft_model_state_dict, adapter_name, ignore_mismatched_sizes, missing_keys_are_errors
+        )
     model_state = model.state_dict()
     mapping = adapter_key_map(model, adapter_name, list(model_state.keys()), save_embedding_layers=False)
     file_to_model = {file_key: key for key, file_key in mapping.items()}
