@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -85,7 +86,11 @@ def check_peft_file_loads_in_peftkit(method: str, case: Case, folder: str) -> No
     base = case.model_fn()
     theirs = peft_model(method, case, base)
     theirs.save_pretrained(folder)
-    ours = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    unknown = [str(w.message) for w in caught if "Unexpected keys" in str(w.message)]
+    assert not unknown, unknown  # every key peft writes is a field of our config
     inputs = case.inputs_fn()
     with torch.no_grad():
         expected, actual = case.out_fn(theirs, inputs), case.out_fn(ours, inputs)
@@ -259,3 +264,19 @@ def check_low_cpu_mem_usage_load(method: str, case: Case, folder: str) -> None:
     inputs = case.inputs_fn()
     with torch.no_grad():
         assert_close(case.out_fn(loaded, inputs), case.out_fn(model, inputs), 0.0, "low_cpu_mem_usage load")
+
+
+def _field_defaults(config_cls) -> list[tuple[str, object]]:
+    import dataclasses
+
+    def default(f):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>"
+
+    return [(f.name, default(f)) for f in dataclasses.fields(config_cls)]
+
+
+def check_config_fields(method: str) -> None:
+    """The config class has peft's fields, in peft's order (positional arguments), with peft's defaults."""
+    assert _field_defaults(getattr(peftkit, method)) == _field_defaults(getattr(peft, method))

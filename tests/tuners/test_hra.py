@@ -150,3 +150,7 @@ def test_default_targets_per_architecture_are_peft_s():
 
     name = "TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING"
     assert getattr(ours, name) == getattr(theirs, name)
+
+
+def test_config_fields_and_defaults_are_peft_s():
+    checks.check_config_fields(METHOD)

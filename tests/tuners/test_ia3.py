@@ -192,3 +192,7 @@ def test_default_targets_per_architecture_are_peft_s():
     assert getattr(ours, name) == getattr(theirs, name)
     name = "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING"
     assert getattr(ours, name) == getattr(theirs, name)
+
+
+def test_config_fields_and_defaults_are_peft_s():
+    checks.check_config_fields(METHOD)
