@@ -187,3 +187,29 @@ def test_default_targets_per_architecture_are_peft_s():
 
 def test_config_fields_and_defaults_are_peft_s():
     checks.check_config_fields(METHOD)
+
+
+def test_second_adapter_with_its_projections_moves_both_ways(tmp_path):
+    """A non-default adapter's projections are saved in its sub-folder as `base_model.vera_A/B` and load
+    into that adapter's entry in either library."""
+    base = tiny_llama()
+    ours = peftkit.get_peft_model(copy.deepcopy(base), peftkit.VeraConfig(**QV))
+    ours.add_adapter("second", peftkit.VeraConfig(**QV))
+    ours.base_model.set_adapter(["default", "second"])
+    perturb_adapter_weights(ours)
+    with torch.no_grad():
+        ours.base_model.vera_A["second"].mul_(3.0)  # differs from what the key would draw
+    ours.eval().save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
+    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
+    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
+    inputs = llama_inputs()
+    for model in (ours, theirs, back):
+        model.set_adapter("second")
+    assert torch.equal(back.base_model.vera_A["second"], ours.base_model.vera_A["second"])
+    with torch.no_grad():
+        expected = ours(**inputs).logits
+        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
+        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")
