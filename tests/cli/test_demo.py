@@ -82,6 +82,7 @@ def test_demo_end_to_end(tmp_path):
     assert before <= 10 and after >= 80
     assert re.search(r"merged model agrees on (\d+)/\1 answers", done.stdout)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert "PeftWarning" not in done.stderr  # e.g. no "trained on another base model" on reloading
 
 
 def test_a_gguf_file_path_is_a_model(tmp_path):

@@ -108,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
     pristine = copy.deepcopy(base)  # a fresh base for reloading, without parsing the GGUF file again
     config = LoraConfig(r=args.r, lora_alpha=2 * args.r, target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
-    model.peft_config["default"].base_model_name_or_path = source.base_model_name
     model.print_trainable_parameters()
     settings = TrainSettings(
         epochs=args.epochs,

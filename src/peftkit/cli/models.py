@@ -126,6 +126,9 @@ def load_model(source: ModelSource, load_in_4bit: bool = False, device: str = "c
         raise CliError(f"Could not load {source.description} as a causal language model: {err}") from err
     if not load_in_4bit:
         model.to(device)
+    # Name the model as adapters trained on it record it (for GGUF files transformers names the folder),
+    # so reloading an adapter onto the same model does not warn about a different base model.
+    model.name_or_path = model.config._name_or_path = source.base_model_name
     return model.eval()
 
 

@@ -118,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
         model = get_peft_model(model, lora_config)
     except ValueError as err:  # e.g. target modules that match nothing: the message names them
         raise CliError(f"Could not add the LoRA adapter: {err}") from err
-    model.peft_config["default"].base_model_name_or_path = source.base_model_name
     model.print_trainable_parameters()
     print(f"{len(train_set)} training rows, {len(eval_set)} evaluation rows", flush=True)
 
