@@ -36,6 +36,7 @@ from .peft_model import (
     get_model_status,
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
@@ -58,6 +59,8 @@ from .utils import (
 )
 
 __all__ = [
+    "BOFTConfig",
+    "BOFTModel",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "FourierFTConfig",

@@ -1,5 +1,6 @@
 """The adapter methods. Importing this package registers each of them."""
 
+from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
@@ -14,6 +15,8 @@ from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
+    "BOFTConfig",
+    "BOFTModel",
     "FourierFTConfig",
     "FourierFTModel",
     "HRAConfig",

@@ -227,6 +227,11 @@ class BaseTunerLayer:
     # forward is the merged one by construction.
     adapts_weight_in_forward: bool = False
 
+    def _weight_in_forward(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted weight an `adapts_weight_in_forward` layer runs with: `_merged_weight` by default; a
+        method may add training-only noise here that a merge must not see (BOFT's block dropout)."""
+        return self._merged_weight(adapter_name, weight)
+
     def _mixed_batch_by_group(self) -> bool:
         """True when an adapter changes what the base layer computes (its input, its weight, or the layer
         itself): a mixed batch then runs one full pass per group of samples sharing an adapter."""
@@ -284,7 +289,7 @@ class BaseTunerLayer:
         base = self.get_base_layer()
         adapted = base.weight
         for name in active:
-            adapted = self._merged_weight(name, adapted)
+            adapted = self._weight_in_forward(name, adapted)
         params = {"weight": adapted}
         if getattr(base, "bias", None) is not None:
             params["bias"] = base.bias.to(adapted.dtype)

@@ -1,0 +1,172 @@
+"""BOFT against peft: files move both ways with the same logits, same parameter names and files,
+merge/unmerge/disable, training, and the training-only block dropout."""
+
+import copy
+
+import pytest
+import torch
+from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_llama
+from tests.tuners import method_checks as checks
+from tests.tuners.method_checks import Case, conv_case
+
+import peftkit
+
+METHOD = "BOFTConfig"
+pytestmark = pytest.mark.filterwarnings("ignore:.*(CUDA extension|boft_n_butterfly_factor to 1)")
+
+CASES = {
+    "llama_block_size": Case(tiny_llama, {"target_modules": ["q_proj", "v_proj"], "boft_block_size": 4}),
+    "llama_block_num": Case(
+        tiny_llama, {"target_modules": ["k_proj", "down_proj"], "boft_block_size": 0, "boft_block_num": 4}
+    ),
+    "llama_defaults_bias": Case(tiny_llama, {"bias": "boft_only"}, task_type="CAUSAL_LM"),
+    "conv_one_block": conv_case(
+        {"target_modules": ["lin", "conv2d", "conv2d_1x1"], "boft_block_size": 0, "boft_block_num": 1}
+    ),
+    "conv_blocks": conv_case({"target_modules": ["lin", "conv2d_1x1"], "boft_block_size": 2}),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_peft_file_loads_in_peftkit(case, tmp_path):
+    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_peftkit_file_loads_in_peft(case, tmp_path):
+    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_same_files_and_names_as_peft(case, tmp_path):
+    checks.check_same_files_as_peft(METHOD, case, tmp_path)
+    checks.check_trainable_names(METHOD, case)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_merge_unmerge_disable(case):
+    checks.check_merge_unmerge_disable(METHOD, case)
+
+
+def test_training_lowers_loss():
+    checks.check_training_lowers_loss(METHOD, CASES["llama_block_size"])
+
+
+def test_target_matching_nothing_is_a_clear_error():
+    checks.check_no_match_error(METHOD, CASES["llama_block_size"])
+
+
+def test_add_weighted_adapter_names_the_method():
+    checks.check_no_weighted_adapter(METHOD, CASES["llama_block_size"])
+
+
+def test_block_errors_name_the_dimension():
+    with pytest.raises(ValueError, match=r"in_features \(32\) must be divisible by boft_block_size \(5\)"):
+        peftkit.get_peft_model(tiny_llama(), peftkit.BOFTConfig(target_modules=["q_proj"], boft_block_size=5))
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    with pytest.raises(
+        ValueError, match=r"Convolutional kernel dimension \(9\) must be divisible by boft_block_size"
+    ):
+        peftkit.get_peft_model(conv, peftkit.BOFTConfig(target_modules=["0"], boft_block_size=2))
+    with pytest.raises(ValueError, match="Either `boft_block_size` or `boft_block_num` must be non-zero"):
+        peftkit.BOFTConfig(boft_block_size=0, boft_block_num=0)
+    with pytest.raises(ValueError, match="boft_n_butterfly_factor must be a positive integer"):
+        peftkit.BOFTConfig(boft_n_butterfly_factor=0)
+    butterfly = peftkit.BOFTConfig(target_modules=["0"], boft_block_size=3, boft_n_butterfly_factor=2)
+    with pytest.raises(ValueError, match=r"boft_block_size \(3\) must be an even number"):
+        peftkit.get_peft_model(torch.nn.Sequential(torch.nn.Linear(12, 2)), butterfly)
+    butterfly = peftkit.BOFTConfig(target_modules=["q_proj"], boft_block_size=8, boft_n_butterfly_factor=4)
+    with pytest.raises(
+        ValueError, match=r"Invalid combination of in_features \(32\), boft_n_butterfly_factor \(4\)"
+    ):
+        peftkit.get_peft_model(tiny_llama(), butterfly)
+
+
+def test_block_dropout_acts_in_training_forward_only():
+    """boft_dropout=1 replaces every block by the identity in a training forward (only `s` acts); a merge
+    done in training mode still uses the full rotation."""
+    base = tiny_llama()
+    model = peftkit.get_peft_model(
+        copy.deepcopy(base),
+        peftkit.BOFTConfig(target_modules=["q_proj"], boft_block_size=4, boft_dropout=1.0),
+    )
+    perturb_adapter_weights(model)
+    inputs = llama_inputs()
+    with torch.no_grad():
+        adapted = model.eval()(**inputs).logits
+        scale_only = copy.deepcopy(model)
+        for layer in scale_only.modules():
+            if isinstance(layer, peftkit.tuners.boft.BOFTLayer):
+                layer.boft_R["default"].zero_()
+        checks.assert_close(
+            model.train()(**inputs).logits, scale_only.eval()(**inputs).logits, 1e-5, "dropped"
+        )
+        model.merge_adapter()
+        checks.assert_close(model.eval()(**inputs).logits, adapted, checks.MERGE_ATOL, "merged in training")
+
+
+# ----- several butterfly factors -----
+# peft 0.21 builds them only where its CUDA block-diagonal extension loads (elsewhere it warns and uses one
+# factor). These tests stand in for that extension with `torch.block_diag`, which is what it computes.
+BUTTERFLY_CASES = {
+    "llama_2_factors": Case(
+        tiny_llama,
+        {"target_modules": ["q_proj", "v_proj"], "boft_block_size": 4, "boft_n_butterfly_factor": 2},
+    ),
+    "llama_3_factors_block_num": Case(
+        tiny_llama,
+        {
+            "target_modules": ["o_proj", "down_proj"],
+            "boft_block_size": 0,
+            "boft_block_num": 8,
+            "boft_n_butterfly_factor": 3,
+        },
+    ),
+    "conv_2_factors": conv_case(
+        {"target_modules": ["lin", "conv2d_1x1"], "boft_block_size": 2, "boft_n_butterfly_factor": 2}
+    ),
+}
+
+
+class _BlockDiagonalExtension:
+    """What peft's fbd_cuda computes: (m, n, b, b) blocks -> (m, n*b, n*b) block-diagonal matrices."""
+
+    def forward(self, blocks):
+        return [torch.stack([torch.block_diag(*factor) for factor in blocks])]
+
+
+@pytest.fixture
+def peft_with_block_diag_extension(monkeypatch):
+    import peft.tuners.boft.layer as peft_boft_layer
+
+    monkeypatch.setattr(peft_boft_layer, "get_fbd_cuda", lambda: _BlockDiagonalExtension())
+
+
+@pytest.mark.parametrize("case", BUTTERFLY_CASES.values(), ids=BUTTERFLY_CASES.keys())
+def test_butterfly_files_move_both_ways(case, tmp_path, peft_with_block_diag_extension):
+    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path / "from_peft"))
+    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path / "from_peftkit"))
+    checks.check_same_files_as_peft(METHOD, case, tmp_path)
+    checks.check_trainable_names(METHOD, case)
+
+
+@pytest.mark.parametrize("case", BUTTERFLY_CASES.values(), ids=BUTTERFLY_CASES.keys())
+def test_butterfly_merge_unmerge_disable(case):
+    checks.check_merge_unmerge_disable(METHOD, case)
+
+
+def test_butterfly_permutations_are_peft_s(peft_with_block_diag_extension):
+    """P_j as a matrix (`P[i, perm[i]] = 1`) equals peft's `boft_P` for each factor."""
+    import peft
+
+    from peftkit.tuners.boft.layer import butterfly_permutation
+
+    for features, block_size, factors in [(16, 2, 4), (24, 6, 3), (32, 4, 3)]:
+        model = torch.nn.Sequential(torch.nn.Linear(features, 3))
+        config = peft.BOFTConfig(
+            target_modules=["0"], boft_block_size=block_size, boft_n_butterfly_factor=factors
+        )
+        expected = peft.get_peft_model(model, config).base_model.model[0].boft_P
+        for factor in range(1, factors):
+            perm, _ = butterfly_permutation(features, block_size, factor)
+            assert torch.equal(torch.eye(features)[perm], expected[factor].float())
