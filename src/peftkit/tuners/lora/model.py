@@ -127,10 +127,14 @@ class LoraModel(BaseTuner):
             majority_sign_method=majority_sign_method,
         )
 
-    # ----- trainable_token_indices (see tuners/trainable_tokens/wrapper.py) -----
+    # ----- layer_replication (layer_replication.py), trainable_token_indices (tuners/trainable_tokens) -----
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
-        super().inject_adapter(model, adapter_name, **kwargs)
         config = self.peft_config[adapter_name]
+        if config.layer_replication:
+            from .layer_replication import apply_layer_replication
+
+            apply_layer_replication(self, model, config.layer_replication)
+        super().inject_adapter(model, adapter_name, **kwargs)
         if config.trainable_token_indices:
             from ..trainable_tokens.wrapper import inject_trainable_tokens
 
@@ -145,10 +149,19 @@ class LoraModel(BaseTuner):
 
         return token_state_keys(self.model, adapter_name)
 
-    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
-        from ..trainable_tokens.wrapper import drop_token_wrappers
+    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        from .layer_replication import check_no_shared_merge
 
-        model = super()._unload_and_optionally_merge(*args, **kwargs)
+        check_no_shared_merge(self)
+        super().merge_adapter(*args, **kwargs)
+
+    def _unload_and_optionally_merge(self, merge: bool, *args: Any, **kwargs: Any) -> nn.Module:
+        from ..trainable_tokens.wrapper import drop_token_wrappers
+        from .layer_replication import check_no_shared_merge
+
+        if merge:
+            check_no_shared_merge(self)
+        model = super()._unload_and_optionally_merge(merge, *args, **kwargs)
         drop_token_wrappers(model)
         return model
 
