@@ -127,3 +127,13 @@ def test_missing_subcommand_and_device(cli, base_args):
         assert code == 2 and "no CUDA GPU is available" in err
     else:
         assert code in (0, 2)
+
+
+def test_unreachable_hub_ids_are_clear_errors(tmp_path, prompt_data, cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded in tests
+    code, _, err = cli(
+        "train", "--model", "no-such-org/no-such-model", "--data", prompt_data, "-o", tmp_path / "o"
+    )
+    assert code == 2 and "Could not load the tokenizer of Hub model no-such-org/no-such-model" in err
+    code, _, err = cli("info", "no-such-org/no-such-adapter")
+    assert code == 2 and "no-such-org/no-such-adapter" in err and "Download the adapter while online" in err

@@ -170,6 +170,26 @@ def _lr_lambda(settings: TrainSettings, total: int) -> Any:
     return factor
 
 
+def _set_checkpointing(model: Any, enabled: bool) -> None:
+    """Turn activation (gradient) checkpointing on or off, with the API the transformers version has."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise CliError(
+            f"{type(base).__name__} does not support gradient checkpointing; drop --gradient-checkpointing."
+        )
+    # non-reentrant checkpointing passes gradients to the adapters although the base is frozen
+    options = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old names warn there
+        if enabled:
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            base.activation_checkpointing_disable()
+    elif enabled:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    else:
+        base.gradient_checkpointing_disable()
+
+
 def train_adapter(
     model: Any,
     train_examples: list[Example],
@@ -202,8 +222,7 @@ def train_adapter(
         )
     log = MetricsLog(output_dir, keep_up_to_step=start if resume_from else None)
     if settings.gradient_checkpointing:
-        # non-reentrant checkpointing passes gradients to the adapters although the base is frozen
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_checkpointing(model, True)
     if hasattr(model, "config"):
         model.config.use_cache = False  # a cache is of no use in training and costs memory
     device = next(model.parameters()).device
@@ -258,7 +277,7 @@ def train_adapter(
     bar.close()
     model.eval()
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        _set_checkpointing(model, False)
     if hasattr(model, "config"):
         model.config.use_cache = True
     return TrainResult(total, last_loss, eval_loss, time.perf_counter() - began)

@@ -149,10 +149,37 @@ def seq2seq_forward(
     n = config.num_virtual_tokens
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
+    if config.peft_type == PeftType.MULTITASK_PROMPT_TUNING and config.num_transformer_submodules == 2:
+        decoder = _multitask_decoder_inputs(peft_model, decoder, batch, task_ids, n)
     inputs_embeds = _prepend_prompts(peft_model, input_ids, inputs_embeds, batch, task_ids, count=n)
     return base(
         inputs_embeds=inputs_embeds, attention_mask=extend_mask(attention_mask, n), **decoder, **kwargs
     )
+
+
+def _multitask_decoder_inputs(peft_model: PeftModel, decoder: dict, batch: int, task_ids, n: int) -> dict:
+    """Multitask prompt tuning also puts its second block of virtual tokens in front of the decoder input
+    (as PEFT does); labels get -100 for them. Decoder inputs given as ids are embedded first (PEFT fails
+    on those)."""
+    base = peft_model.base_model
+    labels, embeds, ids = decoder["labels"], decoder["decoder_inputs_embeds"], decoder["decoder_input_ids"]
+    if embeds is None:
+        if ids is None:
+            if labels is None:
+                return decoder
+            ids = base.prepare_decoder_input_ids_from_labels(labels=labels)
+        embeds = peft_model.word_embeddings(ids)
+    prompts = get_prompt(peft_model, batch, task_ids=task_ids)[:, n:].to(embeds.dtype)
+    result = {
+        "decoder_input_ids": None,
+        "decoder_inputs_embeds": torch.cat((prompts, embeds), dim=1),
+        "decoder_attention_mask": extend_mask(decoder["decoder_attention_mask"], prompts.shape[1]),
+        "labels": labels,
+    }
+    if labels is not None:
+        ignore = torch.full((batch, prompts.shape[1]), -100, dtype=labels.dtype, device=labels.device)
+        result["labels"] = torch.cat((ignore, labels), dim=1)
+    return result
 
 
 def _classification_forward(

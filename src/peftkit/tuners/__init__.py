@@ -8,6 +8,11 @@ from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
+from .multitask_prompt_tuning import (
+    MultitaskPromptEmbedding,
+    MultitaskPromptTuningConfig,
+    MultitaskPromptTuningInit,
+)
 from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
@@ -34,6 +39,9 @@ __all__ = [
     "LoraRuntimeConfig",
     "OFTConfig",
     "OFTModel",
+    "MultitaskPromptEmbedding",
+    "MultitaskPromptTuningConfig",
+    "MultitaskPromptTuningInit",
     "PrefixEncoder",
     "PrefixTuningConfig",
     "PromptEmbedding",
