@@ -36,6 +36,7 @@ from .peft_model import (
     get_model_status,
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
@@ -60,6 +61,8 @@ from .utils import (
 )
 
 __all__ = [
+    "AdaptionPromptConfig",
+    "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
     "TrainableTokensConfig",

@@ -26,7 +26,7 @@ def _defaults(cls) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", [*CONFIG_NAMES, "PromptLearningConfig"])
+@pytest.mark.parametrize("name", [*CONFIG_NAMES, "MultitaskPromptTuningConfig", "PromptLearningConfig"])
 def test_fields_and_defaults_match_peft(name):
     import peft
 

@@ -34,8 +34,8 @@ def fill_prompt_adapter(
     is_trainable: bool,
     allow_missing_keys: bool,
 ) -> Any:
-    """Copy `weights` into adapter `adapter_name` and settle its trainability (prompt encoders stay
-    trainable as in PEFT; modules_to_save copies and adaption prompts follow `is_trainable`)."""
+    """Copy `weights` into adapter `adapter_name` and settle its trainability: modules_to_save copies
+    follow `is_trainable`; prompt encoders and adaption prompts keep requires_grad as PEFT leaves them."""
     from ..utils.persistence import set_adapter_trainable
     from ..utils.save_and_load import set_peft_model_state_dict
 
@@ -47,8 +47,6 @@ def fill_prompt_adapter(
     except AdapterLoadError as err:
         raise AdapterLoadError(f"Loading '{model_id}': {err}") from err
     set_adapter_trainable(model, adapter_name, is_trainable)
-    if model.peft_config[adapter_name].is_adaption_prompt:
-        model.base_model.set_adapter_trainable(adapter_name, is_trainable)
     if not is_trainable:
         model.eval()
     return result

@@ -1,5 +1,6 @@
 """The adapter methods. Importing this package registers each of them."""
 
+from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
@@ -20,6 +21,8 @@ from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
+    "AdaptionPromptConfig",
+    "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
     "FourierFTConfig",
