@@ -551,7 +551,8 @@ class BaseTuner(nn.Module):
         warn_if_regex_in_list(config.target_modules)
 
         matched = [key for key, _ in modules if is_targeted(config, key)]
-        if not matched:
+        # a method may target parameters instead of modules (LoRA's target_parameters); it checks those itself
+        if not matched and not getattr(config, "target_parameters", None):
             raise no_match_error(config, model)
         wrapped = [k for k, m in modules if k in matched and isinstance(m, ModulesToSaveWrapper)]
         overlap = [

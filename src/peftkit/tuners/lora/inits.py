@@ -16,7 +16,7 @@ def apply_init(layer: Any, adapter_name: str, init: str) -> None:
     """Initialise adapter `adapter_name` of `layer` with the named scheme `init`."""
     from .layer import Linear
 
-    if not isinstance(layer, Linear) or type(layer).__name__ == "ParamWrapper":
+    if not isinstance(layer, Linear):
         raise ValueError(
             f"init_lora_weights={init!r} is defined for LoRA on linear layers only, not on {type(layer).__name__}; "
             "use init_lora_weights=True for this layer (e.g. leave it out of target_modules for this adapter)."

@@ -127,7 +127,7 @@ class LoraModel(BaseTuner):
             majority_sign_method=majority_sign_method,
         )
 
-    # ----- layer_replication (layer_replication.py), trainable_token_indices (tuners/trainable_tokens) -----
+    # ----- layer_replication, target_parameters (param_wrapper.py), trainable_token_indices (trainable_tokens/) -----
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
         config = self.peft_config[adapter_name]
         if config.layer_replication:
@@ -135,6 +135,12 @@ class LoraModel(BaseTuner):
 
             apply_layer_replication(self, model, config.layer_replication)
         super().inject_adapter(model, adapter_name, **kwargs)
+        if config.target_parameters:
+            from .param_wrapper import inject_parameters
+
+            for layer in inject_parameters(self, model, adapter_name):
+                if kwargs.get("autocast_adapter_dtype", True):
+                    layer.cast_adapter_dtype(adapter_name)
         if config.trainable_token_indices:
             from ..trainable_tokens.wrapper import inject_trainable_tokens
 
