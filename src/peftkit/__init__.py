@@ -36,6 +36,7 @@ from .peft_model import (
     get_model_status,
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
+from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
@@ -61,6 +62,8 @@ from .utils import (
 )
 
 __all__ = [
+    "AdaLoraConfig",
+    "AdaLoraModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
     "BOFTConfig",

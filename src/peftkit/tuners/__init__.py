@@ -1,5 +1,6 @@
 """The adapter methods. Importing this package registers each of them."""
 
+from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
@@ -21,6 +22,8 @@ from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
+    "AdaLoraConfig",
+    "AdaLoraModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
     "BOFTConfig",

@@ -498,6 +498,18 @@ class BaseTuner(nn.Module):
         adapter: state-dict keys relative to the tuner -> file keys relative to it (default: none)."""
         return {}
 
+    def _adapter_tensors_to_save(
+        self, tensors: dict[str, torch.Tensor], adapter_name: str
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of `adapter_name` (file keys) as `get_peft_model_state_dict` returns and files hold
+        them; a method may reshape them here (AdaLoRA keeps only the ranks it allocated). Identity by default."""
+        return tensors
+
+    def _adapter_config_to_save(self, config: PeftConfig, adapter_name: str) -> PeftConfig:
+        """Adjust the copy of `adapter_name`'s config that is written beside its weights (AdaLoRA names its
+        layers in `rank_pattern` without the adapter name). Identity by default."""
+        return config
+
     def _method_for(self, config: PeftConfig) -> type[BaseTuner]:
         """The tuner class whose layer rules (`_layer_kwargs`, `_create_new_module`, `tuner_layer_cls`,
         `target_module_mapping`) apply to `config`: this tuner's own class, or, in a mixed model, the

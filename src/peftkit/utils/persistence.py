@@ -63,6 +63,9 @@ def _config_to_save(model: nn.Module, adapter_name: str) -> PeftConfig:
     if config.task_type is None and getattr(config, "auto_mapping", None) is None:
         base_cls = type(_base_model(model))
         config.auto_mapping = {"base_model_class": base_cls.__name__, "parent_library": base_cls.__module__}
+    tuner = getattr(model, "base_model", None)
+    if callable(getattr(tuner, "_adapter_config_to_save", None)):  # a method's last word (AdaLoRA's ranks)
+        config = tuner._adapter_config_to_save(config, adapter_name)
     return config
 
 

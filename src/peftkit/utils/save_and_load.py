@@ -198,7 +198,19 @@ def get_peft_model_state_dict(
 
         return get_prompt_learning_state_dict(model, state_dict, adapter_name, save_embedding_layers)
     mapping = adapter_key_map(model, adapter_name, list(state_dict.keys()), save_embedding_layers)
-    return {file_key: state_dict[key] for key, file_key in mapping.items()}
+    tensors = {file_key: state_dict[key] for key, file_key in mapping.items()}
+    tuner = _tuner_of(model)
+    return tensors if tuner is None else tuner._adapter_tensors_to_save(tensors, adapter_name)
+
+
+def _tuner_of(model: nn.Module):
+    """The tuner (BaseTuner) of a PeftModel, or `model` itself when it is one; None otherwise."""
+    from ..tuners.tuners_utils import BaseTuner
+
+    for candidate in (model, model._modules.get("base_model")):
+        if isinstance(candidate, BaseTuner):
+            return candidate
+    return None
 
 
 def set_peft_model_state_dict(

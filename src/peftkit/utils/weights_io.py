@@ -29,7 +29,7 @@ def prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         tensor = tensor.detach()
         if tensor.device.type == "meta":
             raise ValueError(f"Cannot save '{key}': it is on the meta device (its data was never loaded).")
-        if tensor.numel() == 0:
+        if tensor.shape == (0,):  # (r=0, in)-shaped tensors are real: an AdaLoRA layer with all ranks pruned
             raise ValueError(
                 f"Refusing to save '{key}' with shape {tuple(tensor.shape)}: a zero-size tensor usually means a "
                 "sharded parameter (FSDP/DeepSpeed ZeRO-3) that was not gathered before saving."

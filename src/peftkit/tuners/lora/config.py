@@ -124,6 +124,10 @@ class LoraConfig(PeftConfig):
                 f"init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', 'pissa_niter_K', "
                 "'olora', 'corda', 'eva', 'loftq' or 'orthogonal'."
             )
+        self._validate_patterns()
+
+    def _validate_patterns(self) -> None:
+        """rank_pattern/alpha_pattern: regex keys to positive numbers (AdaLoRA's rank_pattern differs)."""
         for name, pattern in {**self.rank_pattern, **self.alpha_pattern}.items():
             if not isinstance(name, str):
                 raise ValueError(f"rank_pattern/alpha_pattern keys must be strings, got {name!r}.")
