@@ -176,3 +176,38 @@ def test_merge_is_refused_with_a_clear_error():
     for method in ("merge_and_unload", "merge_adapter", "unload"):
         with pytest.raises(ValueError, match="virtual tokens"):
             getattr(model, method)()
+
+
+def test_loading_a_text_initialised_adapter_needs_no_tokenizer(tmp_path):
+    """The saved prompt replaces the TEXT initialisation, so loading never fetches the tokenizer (peft
+    would try to download `tokenizer_name_or_path` first)."""
+    import peftkit
+
+    model = peftkit.get_peft_model(
+        tiny_llama(), peftkit.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    data = json.loads(config_file.read_text())
+    data.update(
+        prompt_tuning_init="TEXT",
+        prompt_tuning_init_text="hello",
+        tokenizer_name_or_path=str(tmp_path / "no_such_tokenizer"),
+    )
+    config_file.write_text(json.dumps(data))
+    inputs = llama_inputs()
+    loaded = peftkit.PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_loading_computed_tokens_into_a_training_encoder_warns():
+    """P-tuning files hold the encoder's output; loading them into an encoder built for training is
+    allowed (as in peft) but said out loud."""
+    import peftkit
+
+    model = peftkit.get_peft_model(
+        tiny_llama(), peftkit.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+    state = peftkit.get_peft_model_state_dict(model)
+    with pytest.warns(peftkit.PeftWarning, match="encoder's output"):
+        peftkit.set_peft_model_state_dict(model, state)
