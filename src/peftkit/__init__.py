@@ -45,6 +45,7 @@ from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
+from .tuners.lora import BdLoraConfig
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
@@ -62,6 +63,7 @@ from .utils import (
 )
 
 __all__ = [
+    "BdLoraConfig",
     "AdaLoraConfig",
     "AdaLoraModel",
     "AdaptionPromptConfig",

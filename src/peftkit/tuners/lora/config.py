@@ -94,6 +94,10 @@ class LoraConfig(PeftConfig):
             self.exclude_modules = set(self.exclude_modules)
         if isinstance(self.runtime_config, dict):
             self.runtime_config = LoraRuntimeConfig(**self.runtime_config)
+        if isinstance(self.use_bdlora, dict):
+            from .bdlora import BdLoraConfig
+
+            self.use_bdlora = BdLoraConfig(**self.use_bdlora)
         self._validate()
 
     def _validate(self) -> None:

@@ -20,6 +20,7 @@ from ..._skip_init import empty_linear, skip_init
 from ...utils.warnings import PeftWarning
 from ..tuners_utils import BaseTunerLayer
 from . import dora
+from .bdlora import factor_weight, is_plain
 from .config import init_is_implemented
 
 
@@ -253,7 +254,7 @@ class Linear(LoraLayer, nn.Module):
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """`s * B @ A`, transposed to (in, out) for Conv1D; fp32 when the factors are half precision."""
-        weight_A, weight_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        weight_A, weight_B = factor_weight(self.lora_A[adapter]), factor_weight(self.lora_B[adapter])
         if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
             weight_A, weight_B = weight_A.float(), weight_B.float()
         return self._weight_out_in(weight_B @ weight_A) * self.scaling[adapter]
@@ -263,9 +264,13 @@ class Linear(LoraLayer, nn.Module):
     ) -> torch.Tensor:
         """Fused fast path: `result += s * (x A^T) B^T` as one in-place addmm (no extra full-size tensors)."""
         scaling = self.scaling[adapter_name]
-        if self.use_dora[adapter_name] or torch.is_tensor(scaling):
-            return super()._apply_adapter(adapter_name, x, result, base_result)
         lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        if (
+            self.use_dora[adapter_name]
+            or torch.is_tensor(scaling)
+            or not (is_plain(lora_A) and is_plain(lora_B))
+        ):
+            return super()._apply_adapter(adapter_name, x, result, base_result)
         x = self._cast_input_dtype(x, lora_A.weight.dtype)
         if self.training:  # dropout is a no-op in eval: skip even the call
             x = self.lora_dropout[adapter_name](x)
@@ -293,7 +298,13 @@ class Linear(LoraLayer, nn.Module):
         scaling folded into B, slot 0 all zeros for "__base__") and gathered per sample for two `bmm`s.
         """
         names = tuple(sorted({n for n in adapter_names if self.has_adapter(n)}))
-        plain = all(not self.use_dora[n] and self.lora_B[n].bias is None for n in names)
+        plain = all(
+            not self.use_dora[n]
+            and self.lora_B[n].bias is None
+            and is_plain(self.lora_A[n])
+            and is_plain(self.lora_B[n])
+            for n in names
+        )
         if not names or not plain or x.dim() < 2 or any(torch.is_tensor(self.scaling[n]) for n in names):
             return super()._add_mixed_batch_outputs(x, result, adapter_names)
         stack_A, stack_B = self._stacked_factors(names)

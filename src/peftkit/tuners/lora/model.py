@@ -134,7 +134,13 @@ class LoraModel(BaseTuner):
             from .layer_replication import apply_layer_replication
 
             apply_layer_replication(self, model, config.layer_replication)
+        if config.use_bdlora is not None:
+            from .bdlora import check_bdlora_config
+
+            check_bdlora_config(config)
         super().inject_adapter(model, adapter_name, **kwargs)
+        if config.use_bdlora is not None:
+            self._make_block_diagonal(model, adapter_name)
         if config.target_parameters:
             from .param_wrapper import inject_parameters
 
@@ -149,6 +155,19 @@ class LoraModel(BaseTuner):
             if kwargs.get("autocast_adapter_dtype", True):
                 for layer in layers:
                     layer.cast_adapter_dtype(adapter_name)
+
+    def _make_block_diagonal(self, model: nn.Module, adapter_name: str) -> None:
+        """bd-LoRA: the adapter's A or B becomes block-diagonal where `use_bdlora` says (see bdlora.py)."""
+        from .bdlora import make_block_diagonal
+
+        config = self.peft_config[adapter_name]
+        try:
+            for name, module in list(model.named_modules()):
+                if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+                    make_block_diagonal(module, adapter_name, name, config.use_bdlora, config.init_lora_weights)
+        except BaseException:
+            self._remove_partial_adapter(model, adapter_name)
+            raise
 
     def _tuner_state_keys(self, adapter_name: str) -> dict[str, str]:
         from ..trainable_tokens.wrapper import token_state_keys

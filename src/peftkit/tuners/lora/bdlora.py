@@ -1,0 +1,162 @@
+"""Block-diagonal LoRA (bd-LoRA): A or B made block-diagonal, for multi-LoRA serving under tensor parallelism.
+
+With `n = nblocks`, a block-diagonal factor `F` of shape (out, in) is `diag(F_1, ..., F_n)` with blocks of
+shape (out/n, in/n): block i maps input slice i to output slice i and nothing else. It is stored as
+the stack of its blocks, a (out, in/n) matrix, so it has n times fewer parameters than a dense factor:
+
+    bd-A (row-sharded layers: attention output, MLP down):  A: (r, in/n),   blocks (r/n, in/n)
+    bd-B (column-sharded layers: q, k, v, MLP up/gate):      B: (out, r/n),  blocks (out/n, r/n)
+
+When the serving engine shards a layer n ways, each shard then needs only its own slice of the
+LoRA activations, so the LoRA product needs no extra all-gather/all-reduce. `delta W = s B A` with the
+block-diagonal factor expanded (`dense_weight`) is what merging adds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BdLoraConfig:
+    """Which targets get a block-diagonal A (`target_modules_bd_a`) or B (`target_modules_bd_b`).
+
+    A pattern matches a module when it is a substring of the module's name (its last dotted part).
+    Row-sharded layers (attention out, MLP down) should have bd-A; column-sharded layers (q, k, v, MLP
+    up/gate) bd-B. `nblocks` is the serving sharding degree. With `match_strict`, every LoRA target must
+    match one of the two lists.
+    """
+
+    target_modules_bd_a: list[str] | None = field(
+        default=None, metadata={"help": "Modules whose LoRA-A is block-diagonal (substring match)."}
+    )
+    target_modules_bd_b: list[str] | None = field(
+        default=None, metadata={"help": "Modules whose LoRA-B is block-diagonal (substring match)."}
+    )
+    nblocks: int = field(default=1, metadata={"help": "Number of blocks of each block-diagonal factor."})
+    match_strict: bool = field(
+        default=True, metadata={"help": "Require every target to match target_modules_bd_a or _bd_b."}
+    )
+
+    def __post_init__(self) -> None:
+        overlap = set(self.target_modules_bd_a or []) & set(self.target_modules_bd_b or [])
+        if overlap:
+            raise ValueError(
+                f"Found overlapping modules in target_modules_bd lists:{self.target_modules_bd_a} (A) and "
+                f"{self.target_modules_bd_b} (B). A module's A or its B can be block-diagonal, not both."
+            )
+        if not isinstance(self.nblocks, int) or self.nblocks < 1:
+            raise ValueError(f"BdLoraConfig.nblocks must be a positive integer, got {self.nblocks!r}.")
+
+    def sides(self, module_name: str) -> tuple[bool, bool]:
+        """(A is block-diagonal, B is block-diagonal) for the module called `module_name`."""
+        name = module_name.rpartition(".")[2]
+        bd_a = any(p in name for p in self.target_modules_bd_a or [])
+        bd_b = any(p in name for p in self.target_modules_bd_b or [])
+        if bd_a and bd_b:
+            raise ValueError(f"Target {module_name} matches both the A and the B block-diagonal patterns.")
+        if not (bd_a or bd_b) and self.match_strict:
+            raise ValueError(
+                f"Target {module_name} matches neither A nor B block-diagonal patterns.If this is intentional, set "
+                "match_strict=False in BdLoraConfig during initialization. "
+            )
+        return bd_a, bd_b
+
+
+class BlockDiagonalLinear(nn.Module):
+    """`y = diag(W_1, ..., W_n) x (+ b)`, the blocks stored stacked as `weight` (out, in / n)."""
+
+    def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = False) -> None:
+        super().__init__()
+        if in_features % nblocks or out_features % nblocks:
+            raise ValueError(
+                f"self.in_features={in_features} or self.out_features={out_features} not divisible by {nblocks}: "
+                "block-diagonal LoRA needs the layer's sizes and the rank r to be multiples of nblocks."
+            )
+        self.in_features, self.out_features, self.nblocks = in_features, out_features, nblocks
+        self.weight = nn.Parameter(torch.empty(out_features, in_features // nblocks))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform over each block's fan-in (in / n), PEFT's initialisation."""
+        nn.init.kaiming_uniform_(self.weight)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight.shape[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def blocks(self) -> torch.Tensor:
+        """The blocks, (n, out / n, in / n)."""
+        n = self.nblocks
+        return self.weight.view(n, self.out_features // n, self.in_features // n)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The full (out, in) block-diagonal matrix."""
+        return torch.block_diag(*self.blocks().unbind(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.nblocks
+        pieces = x.reshape(*x.shape[:-1], n, self.in_features // n)
+        out = torch.einsum("...ni,noi->...no", pieces, self.blocks().to(x.dtype)).reshape(*x.shape[:-1], -1)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"
+
+
+def factor_weight(module: nn.Module) -> torch.Tensor:
+    """A LoRA factor's (out, in) matrix, block-diagonal ones expanded."""
+    return module.dense_weight() if isinstance(module, BlockDiagonalLinear) else module.weight
+
+
+def is_plain(module: nn.Module) -> bool:
+    """Whether a LoRA factor is a dense `nn.Linear` (the fused fast paths apply)."""
+    return not isinstance(module, BlockDiagonalLinear)
+
+
+def check_bdlora_config(config: Any) -> None:
+    """Reject combinations bd-LoRA does not define, before any layer is touched."""
+    if config.use_dora:
+        raise ValueError("Invalid or unsupported variant combination: ('use_bdlora', 'use_dora')")
+    init = config.init_lora_weights
+    if isinstance(init, str) and init != "gaussian":
+        raise ValueError(
+            f"init_lora_weights={init!r} cannot be used with block-diagonal LoRA: the initial factors would not be "
+            "block-diagonal. Use init_lora_weights=True."
+        )
+
+
+def make_block_diagonal(
+    layer: Any, adapter_name: str, module_name: str, config: BdLoraConfig, init: Any
+) -> None:
+    """Replace adapter `adapter_name`'s A or B in `layer` by a block-diagonal factor, as `config` says."""
+    from .layer import Linear
+
+    bd_a, bd_b = config.sides(module_name)
+    if not (bd_a or bd_b):
+        return
+    if type(layer).__name__ == "ParamWrapper" or not isinstance(layer, Linear):
+        raise ValueError(
+            f"Block-diagonal LoRA applies to linear layers only, not to {module_name} ({type(layer).__name__})."
+        )
+    r, n = layer.r[adapter_name], config.nblocks
+    if r % n:
+        raise ValueError(
+            f"Block-diagonal LoRA needs r divisible by nblocks; got r={r} for {module_name}, nblocks={n}."
+        )
+    old = layer.lora_A[adapter_name] if bd_a else layer.lora_B[adapter_name]
+    with torch.device(old.weight.device):
+        factor = BlockDiagonalLinear(old.in_features, old.out_features, n, bias=old.bias is not None)
+    if bd_b and init is not False:
+        nn.init.zeros_(factor.weight)  # B starts at zero: the adapter is a no-op at initialisation
+        if factor.bias is not None:
+            nn.init.zeros_(factor.bias)
+    factor.to(dtype=old.weight.dtype)
+    (layer.lora_A if bd_a else layer.lora_B)[adapter_name] = factor
+    trainable = old.weight.requires_grad
+    factor.requires_grad_(trainable)
