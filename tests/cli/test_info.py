@@ -125,6 +125,8 @@ def test_info_on_a_peftkit_trained_adapter(trained_adapter, tiny_model_dir, cli)
     assert report["loads_in_peftkit"] == "yes"
     assert report["base_model"] == str(tiny_model_dir)
     assert "peftkit_version" in report["metadata"]
+    code, out, _ = cli("info", trained_adapter)
+    assert code == 0 and "written by peftkit " in out and "in peft 0.21.2's format" in out
     loaded = _info(cli, trained_adapter, "--model", tiny_model_dir)
     assert loaded["loads_in_peftkit"] == f"yes (loaded onto {tiny_model_dir})"
 

@@ -111,6 +111,14 @@ def _targets(value: Any) -> str:
     return ", ".join(sorted(value)) if isinstance(value, list) else f"{value} (regex)"
 
 
+def _writer(report: dict[str, Any]) -> str:
+    # peftkit records itself in the safetensors metadata; `peft_version` in the config is the format
+    ours = report["metadata"].get("peftkit_version")
+    if ours:
+        return f", written by peftkit {ours} in peft {report['peft_version']}'s format"
+    return f", written by peft {report['peft_version']}" if report["peft_version"] else ""
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The report in a readable layout."""
     dtypes = ", ".join(f"{k} x{v}" for k, v in report["dtypes"].items())
@@ -133,7 +141,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"parameters       {report['parameters']:,} in {report['tensors']} tensors ({dtypes}), "
         f"{human_size(report['bytes'])}",
         f"file             {report['file']} ({report['file_format']}, {human_size(report['file_bytes'])}"
-        + (f", written by peft {report['peft_version']}" if report["peft_version"] else "")
+        + _writer(report)
         + ")",
         f"modules          {sum(g['count'] for g in report['modules'])} in {len(report['modules'])} pattern(s):",
     ]
