@@ -61,6 +61,7 @@ from .utils import (
     load_peft_weights,
     set_peft_model_state_dict,
 )
+from .utils.quantization import cast_mixed_precision_params, prepare_model_for_kbit_training
 
 __all__ = [
     "BdLoraConfig",
@@ -133,4 +134,6 @@ __all__ = [
     "AutoPeftModelForSeq2SeqLM",
     "AutoPeftModelForSequenceClassification",
     "AutoPeftModelForTokenClassification",
+    "cast_mixed_precision_params",
+    "prepare_model_for_kbit_training",
 ]

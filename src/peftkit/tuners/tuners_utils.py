@@ -756,11 +756,14 @@ class BaseTuner(nn.Module):
         ):
             parent, target, target_name = get_submodules(self.model, key)
             if isinstance(target, BaseTunerLayer):
-                if merge:  # every tuner layer of a nested chain (mixed models) merges its own adapters
+                if merge:  # every tuner layer of a nested chain (mixed models) merges its own adapters,
+                    chain = []  # innermost first: an outer layer (e.g. a rotation) acts on what is inside it
                     layer = target
                     while isinstance(layer, BaseTunerLayer):
-                        layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+                        chain.append(layer)
                         layer = layer.base_layer
+                    for layer in reversed(chain):
+                        layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
                 replacement = target.get_base_layer()
             else:
                 replacement = target.unwrapped_module()

@@ -13,6 +13,7 @@ from ...utils.warnings import PeftWarning
 from ..tuners_utils import BaseTuner
 from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
+from .quantized import dispatch_quantized
 
 
 def get_pattern_key(pattern_keys, key: str) -> str:
@@ -63,6 +64,9 @@ class LoraModel(BaseTuner):
         from transformers.pytorch_utils import Conv1D
 
         base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
+        quantized = dispatch_quantized(target, adapter_name, **kwargs)  # bitsandbytes layers subclass nn.Linear
+        if quantized is not None:
+            return quantized
         if isinstance(base, nn.Embedding):
             kwargs.pop("fan_in_fan_out", None)
             return Embedding(target, adapter_name, **kwargs)
