@@ -358,6 +358,15 @@ class BaseTunerLayer:
         delta = self._bias_delta(adapter_name)
         return None if delta is None else self.get_base_layer().bias.data.float() - delta.float()
 
+    def _dense_base_weight(self) -> torch.Tensor:
+        """The base weight as a plain tensor to merge into (a quantized base layer dequantizes it)."""
+        return self.get_base_layer().weight.data
+
+    def _write_base_weight(self, weight: torch.Tensor) -> None:
+        """Store a merged or unmerged weight in the base layer (a quantized base layer requantizes it)."""
+        base_weight = self.get_base_layer().weight
+        base_weight.data = weight.to(base_weight.dtype)
+
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
 
@@ -375,8 +384,7 @@ class BaseTunerLayer:
         for name in names:
             if not self.has_adapter(name):
                 continue
-            weight = base.weight
-            merged = self._merged_weight(name, weight.data)
+            merged = self._merged_weight(name, self._dense_base_weight())
             merged_bias = self._merged_bias(name)
             if safe_merge and not (
                 torch.isfinite(merged).all() and (merged_bias is None or torch.isfinite(merged_bias).all())
@@ -385,7 +393,7 @@ class BaseTunerLayer:
                     f"NaNs or infs found in the merged weights of adapter '{name}': the adapter seems broken, "
                     "so the base weights were left unchanged."
                 )
-            weight.data = merged.to(weight.dtype)
+            self._write_base_weight(merged)
             if merged_bias is not None:
                 base.bias.data = merged_bias.to(base.bias.dtype)
             self.merged_adapters.append(name)
@@ -400,7 +408,7 @@ class BaseTunerLayer:
             name = self.merged_adapters.pop()
             if not self.has_adapter(name):
                 continue
-            base.weight.data = self._unmerged_weight(name, base.weight.data).to(base.weight.dtype)
+            self._write_base_weight(self._unmerged_weight(name, self._dense_base_weight()))
             unmerged_bias = self._unmerged_bias(name)
             if unmerged_bias is not None:
                 base.bias.data = unmerged_bias.to(base.bias.dtype)
@@ -437,6 +445,8 @@ class BaseTuner(nn.Module):
         autocast_adapter_dtype: bool = True,
     ) -> None:
         super().__init__()
+        earlier_configs = getattr(model, "peft_config", None)  # adapters injected into `model` before
+        adapted_before = any(isinstance(m, BaseTunerLayer) for m in model.modules())
         self.model = model
         self.targeted_module_names: list[str] = []
         self.targeted_parameter_names: list[str] = []
@@ -449,6 +459,13 @@ class BaseTuner(nn.Module):
             autocast_adapter_dtype=autocast_adapter_dtype,
             low_cpu_mem_usage=low_cpu_mem_usage,
         )
+        # a further injection into an adapted model (transformers' add_adapter/load_adapter): one config
+        # dict for all the model's adapters, and the new adapter is the active one, as in PEFT
+        if isinstance(earlier_configs, dict) and earlier_configs:
+            earlier_configs.update(self.peft_config)
+            self.peft_config = earlier_configs
+        if adapted_before:
+            self.set_adapter(adapter_name, inference_mode=self.peft_config[adapter_name].inference_mode)
         # transformers' integration reads the config off the wrapped model
         self.model.peft_config = self.peft_config
 
