@@ -60,6 +60,16 @@ class ModulesToSaveWrapper(nn.Module):
         self.original_module.requires_grad_(False)
         self.set_adapter(self.active_adapters)
 
+    def adapter_state_dict_load_map(self, adapter_name: str) -> dict[str, str]:
+        """File keys relative to this module -> the keys of `adapter_name`'s copy (for loaders that rename
+        keys, e.g. transformers' `load_adapter`)."""
+        if adapter_name not in self.modules_to_save:
+            return {}
+        return {
+            key: f"modules_to_save.{adapter_name}.{key}"
+            for key in self.modules_to_save[adapter_name].state_dict()
+        }
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None or self._disable_adapters:

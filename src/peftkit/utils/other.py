@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+# PEFT's paths for what integrations import from `peft.utils.other` (see peftkit.compat); PEFT's
+# AuxiliaryTrainingWrapper is the base class of its modules_to_save wrapper, ours is that wrapper
+from .fsdp import fsdp_auto_wrap_policy
+from .modules_to_save import ModulesToSaveWrapper as AuxiliaryTrainingWrapper
+
+__all__ = ["AuxiliaryTrainingWrapper", "fsdp_auto_wrap_policy", "get_submodules"]
+
 
 def get_submodules(model: nn.Module, key: str) -> tuple[nn.Module, nn.Module, str]:
     """Return (parent, module, attribute name) for the dotted module name `key`."""
