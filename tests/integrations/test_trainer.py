@@ -113,6 +113,10 @@ def test_load_best_model_at_end_loads_the_best_checkpoint(tmp_path):
     assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # still trainable
 
 
+class _InnerModelTrainer(PeftTrainer):
+    train_inner_model = True  # the Trainer gets the transformers model inside the PeftModel
+
+
 def test_label_smoothing_loss_equals_peft_with_transformers_trainer(tmp_path):
     import peft
     from transformers import Trainer
@@ -129,7 +133,11 @@ def test_label_smoothing_loss_equals_peft_with_transformers_trainer(tmp_path):
         expected = Trainer(model=theirs, args=args, train_dataset=data).compute_loss(theirs, dict(batch))
         got = PeftTrainer(model=ours, args=args, train_dataset=data).compute_loss(ours, dict(batch))
         unshifted = Trainer(model=ours, args=args, train_dataset=data).compute_loss(ours, dict(batch))
+        inner_trainer = _InnerModelTrainer(model=ours, args=args, train_dataset=data)
+        assert inner_trainer.model is ours.get_base_model() and inner_trainer.peft_model is ours
+        inner = inner_trainer.compute_loss(inner_trainer.model, dict(batch))
     assert abs(got.item() - expected.item()) <= 1e-6
+    assert abs(inner.item() - expected.item()) <= 1e-6
     # the plain Trainer does not know peftkit's wrapper and skips the shift: the mixin is what fixes it
     assert abs(unshifted.item() - expected.item()) > 1e-4
 
@@ -159,3 +167,44 @@ def test_transformers_model_carrying_adapters_gets_adapter_only_checkpoints(tmp_
     loaded = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "checkpoint-2"))
     theirs = {k.replace("base_model.model.", ""): v for k, v in lora_tensors(loaded).items()}
     assert max_abs_diff(theirs, lora_tensors(model)) == 0.0
+
+
+def test_mixin_on_trl_sft_trainer_writes_adapter_only_checkpoints(tmp_path):
+    from datasets import Dataset
+    from tests.integrations.tiny_tokenizer import tiny_texts, tiny_tokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from peftkit.integrations.transformers import PeftTrainerMixin
+
+    class PeftSFTTrainer(PeftTrainerMixin, SFTTrainer):
+        pass
+
+    model = peftkit.get_peft_model(tiny_llama(bos_token_id=1, eos_token_id=2), peftkit.LoraConfig(**LORA))
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        save_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        max_length=16,
+        disable_tqdm=True,
+        learning_rate=5e-2,
+    )
+    trainer = PeftSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"text": tiny_texts()}),
+        processing_class=tiny_tokenizer(),
+    )
+    trainer.train()
+    files = set(os.listdir(tmp_path / "checkpoint-2"))
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= files
+    assert "model.safetensors" not in files
+    saved = {
+        k.replace("base_model.model.", ""): v for k, v in adapter_file(tmp_path / "checkpoint-2").items()
+    }
+    now = {
+        k.replace("base_model.model.", "").replace(".default", ""): v for k, v in lora_tensors(model).items()
+    }
+    assert max_abs_diff(saved, now) == 0.0

@@ -12,7 +12,8 @@ only the dataset columns the wrapper's forward names. `PeftTrainerMixin` puts ea
 - dataset columns are kept when the wrapper's or the base model's forward accepts them.
 
 Mix it in ahead of any Trainer subclass (TRL's included): `class MyTrainer(PeftTrainerMixin, SFTTrainer)`.
-It handles `PeftModel`s and transformers models carrying peftkit adapters (`model_adapters.add_adapter`).
+It handles `PeftModel`s and transformers models carrying peftkit adapters (`model_adapters.add_adapter`);
+TRL's trainers get the model inside the `PeftModel` (see `PeftTrainerMixin.train_inner_model`).
 """
 
 from __future__ import annotations
@@ -140,9 +141,25 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint: str, is_trainable: boo
 class PeftTrainerMixin:
     """Makes a transformers `Trainer` (or subclass, e.g. TRL's) handle peftkit models as it handles PEFT's:
     adapter-only checkpoints, resuming and best-model loading from them, label smoothing as for the base
-    model class, dataset columns the base model accepts. See the module docstring."""
+    model class, dataset columns the base model accepts. See the module docstring.
+
+    `train_inner_model`: give the Trainer the transformers model inside a `PeftModel` (its adapters in
+    place; `peft_model` keeps the wrapper) rather than the wrapper. `None` (default) does so for TRL's
+    trainers only: they patch the model's `forward` with a fused LM head and unwrap only PEFT's own
+    wrapper. Checkpoints are the same either way.
+    """
+
+    train_inner_model: bool | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        model = kwargs["model"] if "model" in kwargs else (args[0] if args else None)
+        self.peft_model = model if isinstance(model, PeftModel) else None
+        if self.peft_model is not None and self._trains_inner_model():
+            inner = self.peft_model.get_base_model()
+            if "model" in kwargs:
+                kwargs["model"] = inner
+            else:
+                args = (inner, *args[1:])
         super().__init__(*args, **kwargs)
         model = adapter_model(self.model)
         smoother = getattr(self, "label_smoother", None)
@@ -150,6 +167,11 @@ class PeftTrainerMixin:
             self.label_smoother = _ShiftingLabelSmoother(
                 epsilon=smoother.epsilon, ignore_index=smoother.ignore_index
             )
+
+    def _trains_inner_model(self) -> bool:
+        if self.train_inner_model is not None:
+            return self.train_inner_model
+        return any(cls.__module__.split(".")[0] == "trl" for cls in type(self).__mro__)
 
     def _set_signature_columns_if_needed(self) -> None:
         model = adapter_model(self.model)
