@@ -95,3 +95,68 @@ def test_saving_a_mixed_model_is_a_clear_error(tmp_path):
     model = peftkit.get_peft_model(tiny_llama(), LoraConfig(target_modules=["q_proj"]), mixed=True)
     with pytest.raises(NotImplementedError, match="save each adapter"):
         model.save_pretrained(tmp_path)
+
+
+def _cross_method_pair():
+    """LoRA, LoHa, LoKr, AdaLoRA and OFT adapters on one model, in peft's and in peftkit's mixed model."""
+    import peft
+
+    base = tiny_llama()
+    specs = [
+        ("lora", "LoraConfig", {"target_modules": ["q_proj", "v_proj"]}),
+        ("loha", "LoHaConfig", {"target_modules": ["q_proj", "k_proj"], "r": 4}),
+        ("lokr", "LoKrConfig", {"target_modules": ["v_proj", "o_proj"], "r": 4}),
+        (
+            "adalora",
+            "AdaLoraConfig",
+            {"target_modules": ["k_proj"], "init_r": 4, "target_r": 2, "total_step": 10},
+        ),
+        ("oft", "OFTConfig", {"target_modules": ["q_proj"], "r": 0, "oft_block_size": 8}),
+    ]
+    models = []
+    for lib in (peft, peftkit):
+        name, cls, kwargs = specs[0]
+        model = lib.get_peft_model(
+            copy.deepcopy(base), getattr(lib, cls)(**kwargs), adapter_name=name, mixed=True
+        )
+        for name, cls, kwargs in specs[1:]:
+            model.add_adapter(name, getattr(lib, cls)(**kwargs))
+        models.append(model)
+    theirs, ours = models
+    names = [s[0] for s in specs]
+    theirs.set_adapter(names)
+    perturb_adapter_weights(theirs, scale=0.05)
+    ours.load_state_dict(theirs.state_dict())
+    return base, theirs.eval(), ours.eval(), names
+
+
+def test_cross_method_mixed_model_equals_peft_for_all_and_each_subset():
+    import itertools
+
+    base, theirs, ours, names = _cross_method_pair()
+    assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
+    inputs = llama_inputs()
+    subsets = [list(c) for k in (1, 2, 5) for c in itertools.combinations(names, k)]
+    for subset in subsets:
+        theirs.set_adapter(subset)
+        ours.set_adapter(subset)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(**inputs).logits, theirs(**inputs).logits, atol=1e-5, rtol=0)
+    assert trainable_names(ours) == trainable_names(theirs)
+    with torch.no_grad():
+        adapted = ours(**inputs).logits
+        assert not torch.allclose(adapted, base(**inputs).logits, atol=1e-4)
+        merged = ours.merge_and_unload()
+        torch.testing.assert_close(merged(**inputs).logits, adapted, atol=1e-4, rtol=0)
+
+
+def test_cross_method_merge_adapter_and_unmerge_round_trip():
+    _, _, ours, names = _cross_method_pair()
+    inputs = llama_inputs()
+    ours.set_adapter(names)
+    with torch.no_grad():
+        adapted = ours(**inputs).logits
+        ours.merge_adapter()
+        torch.testing.assert_close(ours(**inputs).logits, adapted, atol=1e-4, rtol=0)
+        ours.unmerge_adapter()
+        torch.testing.assert_close(ours(**inputs).logits, adapted, atol=1e-5, rtol=0)

@@ -734,8 +734,11 @@ class BaseTuner(nn.Module):
         self.active_adapter = new_active[0] if len(new_active) == 1 else new_active
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        """Merge the active (or the named) adapters into the base weights, keeping the adapter layers."""
-        for module in self._tuner_layers(self.model):
+        """Merge the active (or the named) adapters into the base weights, keeping the adapter layers.
+
+        Nested layers (mixed models) merge innermost first; `unmerge_adapter` undoes them outermost first.
+        """
+        for module in reversed(list(self._tuner_layers(self.model))):
             module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
     def unmerge_adapter(self) -> None:
