@@ -399,9 +399,18 @@ class PeftModel(nn.Module):
         path_initial_model_for_weight_conversion: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write each adapter's config and weights (non-default adapters in a sub-folder of their name)."""
+        """Write each adapter's config and weights (non-default adapters in a sub-folder of their name).
+
+        Under FSDP2 call it on every rank: the sharded adapter tensors are gathered (a collective), then
+        only the process with `is_main_process` writes.
+        """
+        from .utils.distributed import gather_sharded_adapter_state_dict
         from .utils.persistence import save_peft_model
 
+        if kwargs.get("state_dict") is None:
+            gathered = gather_sharded_adapter_state_dict(self, selected_adapters, save_embedding_layers)
+            if gathered is not None:
+                kwargs["state_dict"] = gathered
         save_peft_model(
             self,
             save_directory,

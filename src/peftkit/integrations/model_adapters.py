@@ -19,6 +19,7 @@ from torch import nn
 from .. import functional
 from ..config import PeftConfig
 from ..tuners.tuners_utils import BaseTunerLayer
+from ..utils.distributed import gather_sharded_adapter_state_dict
 from ..utils.modules_to_save import ModulesToSaveWrapper
 from ..utils.persistence import save_peft_model, set_adapter_trainable
 from ..utils.save_and_load import get_peft_model_state_dict, set_peft_model_state_dict
@@ -206,6 +207,8 @@ def save_adapters(
     `base_model.model.` prefix); only the adapter tensors are taken from it.
     """
     _require_adapters(model)
+    if state_dict is None:  # under FSDP2 a collective: every rank gathers, the main process writes
+        state_dict = gather_sharded_adapter_state_dict(model, selected_adapters)
     full = model.state_dict() if state_dict is None else state_dict
     save_peft_model(
         model,

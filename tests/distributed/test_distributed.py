@@ -1,0 +1,88 @@
+"""LoRA training across 2 processes on the CPU (gloo): DDP and FSDP2 under torchrun, DDP under accelerate
+launch. The ranks end with the same adapter, only the main process writes, saving gathers FSDP2's
+shards (including empty ones), and the saved adapter equals a single-process run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).with_name("lora_train.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("single")
+    _run([sys.executable, str(SCRIPT), "--mode", "single", "--out", str(out)])
+    adapter = _adapter(out)
+    assert any(v.abs().max() > 1e-3 for k, v in adapter.items() if "lora_B" in k)  # training moved it
+    return adapter
+
+
+def _torchrun(mode: str, out: Path) -> dict:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    _run([*launcher, str(SCRIPT), "--mode", mode, "--out", str(out)])
+    return json.loads((out / "report.json").read_text())
+
+
+def _assert_matches_single(out: Path, single: dict[str, torch.Tensor]) -> None:
+    saved = _adapter(out)
+    assert saved.keys() == single.keys()
+    for key, tensor in saved.items():
+        assert tensor.shape == single[key].shape and tensor.numel() > 0, key
+        # the same global batch per step and plain SGD: equal up to the reduction order of the gradients
+        torch.testing.assert_close(tensor, single[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_torchrun_ddp(single, tmp_path):
+    report = _torchrun("ddp", tmp_path)
+    assert report["world"] == 2 and report["rank_diff"] == 0.0
+    assert not report["other_rank_wrote"]
+    _assert_matches_single(tmp_path, single)
+
+
+def test_torchrun_fsdp2(single, tmp_path):
+    report = _torchrun("fsdp2", tmp_path)
+    assert report["world"] == 2 and report["rank_diff"] == 0.0 and report["sharded"]
+    assert not report["other_rank_wrote"]
+    # the rank-1 v_proj factors (1, 32) leave the second rank an empty shard: saving gathered them anyway
+    assert any("v_proj.lora_A" in name for name in report["empty_shards"])
+    _assert_matches_single(tmp_path, single)
+
+
+def test_accelerate_launch(single, tmp_path):
+    # `--multi_gpu` selects accelerate's multi-process launcher; on a CPU-only machine the script's
+    # Accelerator(cpu=True) runs DDP over gloo
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(_free_port())]
+    _run([*launcher, str(SCRIPT), "--mode", "accelerate", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world"] == 2 and report["rank_diff"] == 0.0 and not report["other_rank_wrote"]
+    _assert_matches_single(tmp_path, single)
