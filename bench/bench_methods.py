@@ -1,0 +1,124 @@
+"""Per-method speed: a training step and unmerged inference, peft vs peftkit, same process and weights.
+
+For each layer method on a small random Llama (hidden 256, 4 layers), the adapter is built in both
+libraries with the same weights (peft's copied into peftkit), then a training step (forward + backward)
+and an inference forward are timed, interleaved, median of `--repeats`. Prints peftkit/peft time ratios
+(below 1.0: peftkit is faster).
+
+    python bench/bench_methods.py [--repeats 5] [--methods LoraConfig,IA3Config]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+CONFIGS = {
+    "LoraConfig": {"target_modules": TARGETS, "r": 16},
+    "LoraConfig+DoRA": {"target_modules": TARGETS, "r": 16, "use_dora": True},
+    "IA3Config": {"target_modules": TARGETS, "feedforward_modules": ["down_proj"]},
+    "LoHaConfig": {"target_modules": TARGETS, "r": 8},
+    "LoKrConfig": {"target_modules": TARGETS, "r": 8},
+    "OFTConfig": {"target_modules": TARGETS, "r": 0, "oft_block_size": 32},
+    "BOFTConfig": {"target_modules": TARGETS, "boft_block_size": 32, "boft_n_butterfly_factor": 1},
+    "AdaLoraConfig": {"target_modules": TARGETS, "init_r": 12, "target_r": 8, "total_step": 100},
+    "VeraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 64},
+    "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
+    "HRAConfig": {"target_modules": TARGETS, "r": 8},
+    "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+}
+
+
+def base_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=2000,
+    )
+    return LlamaForCausalLM(config)
+
+
+def build(lib, base, name: str):
+    cls_name = name.split("+")[0]
+    return lib.get_peft_model(copy.deepcopy(base), getattr(lib, cls_name)(**CONFIGS[name]))
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(CONFIGS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import peft
+
+    import peftkit
+
+    base = base_model()
+    ids = torch.randint(0, 2000, (8, 128), generator=torch.Generator().manual_seed(0))
+    print(
+        f"peft {peft.__version__} vs peftkit {peftkit.__version__}; Llama hidden 256 x 4 layers; batch 8 x 128"
+    )
+    print(
+        f"{'method':18s} {'train peft s':>12s} {'train ours s':>12s} {'ratio':>6s} {'infer peft s':>12s} {'infer ours s':>12s} {'ratio':>6s}"
+    )
+    for name in args.methods.split(","):
+        theirs, ours = build(peft, base, name), build(peftkit, base, name)
+        ours.load_state_dict(theirs.state_dict(), strict=False)
+
+        def train_step(model):
+            model.train()
+            model.zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=ids).loss.backward()
+
+        def infer(model):
+            model.eval()
+            with torch.inference_mode():
+                model(input_ids=ids)
+
+        times = interleaved(
+            {
+                "train peft": lambda m=theirs: train_step(m),
+                "train ours": lambda m=ours: train_step(m),
+                "infer peft": lambda m=theirs: infer(m),
+                "infer ours": lambda m=ours: infer(m),
+            },
+            args.repeats,
+        )
+        print(
+            f"{name:18s} {times['train peft']:12.3f} {times['train ours']:12.3f} "
+            f"{times['train ours'] / times['train peft']:6.2f} {times['infer peft']:12.3f} "
+            f"{times['infer ours']:12.3f} {times['infer ours'] / times['infer peft']:6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
