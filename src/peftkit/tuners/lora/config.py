@@ -12,7 +12,7 @@ from ...utils.peft_types import PeftType
 _VALID_BIAS = ("none", "all", "lora_only")
 # Initialisations peftkit implements today; the others are accepted by the config (so files from peft
 # load) but raise a clear error when an adapter would be created with them.
-IMPLEMENTED_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal", "corda")
+IMPLEMENTED_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal", "corda", "eva")
 _KNOWN_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
 
 
@@ -102,6 +102,10 @@ class LoraConfig(PeftConfig):
             from .corda import CordaConfig
 
             self.corda_config = CordaConfig(**self.corda_config)
+        if isinstance(self.eva_config, dict):
+            from .eva import EvaConfig
+
+            self.eva_config = EvaConfig(**self.eva_config)
         self._validate()
 
     def _validate(self) -> None:
