@@ -12,6 +12,7 @@ from torch import nn
 from .mapping import inject_adapter_in_model
 from .tuners.tuners_utils import BaseTunerLayer
 from .utils.modules_to_save import ModulesToSaveWrapper
+from .utils.persistence import set_adapter_trainable
 from .utils.save_and_load import get_peft_model_state_dict, set_peft_model_state_dict
 
 __all__ = [
@@ -64,19 +65,12 @@ def delete_adapter(
     return new_active
 
 
-def set_requires_grad(model: nn.Module, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+def set_requires_grad(
+    model: nn.Module, adapter_names: str | Sequence[str], requires_grad: bool = True
+) -> None:
     """Turn gradients on or off for the tensors of the given adapters (others are left as they are)."""
-    names = _names(adapter_names)
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            for name in names:
-                for tensor in module._adapter_tensors(name):
-                    if tensor.is_floating_point():
-                        tensor.requires_grad_(requires_grad)
-        elif isinstance(module, ModulesToSaveWrapper):
-            for name in names:
-                if name in module.modules_to_save:
-                    module.modules_to_save[name].requires_grad_(requires_grad)
+    for name in _names(adapter_names):
+        set_adapter_trainable(model, name, requires_grad)
 
 
 def cast_adapter_dtype(model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:

@@ -50,5 +50,12 @@ def inject_adapter_in_model(
     if peft_config.peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
         raise ValueError(f"`inject_adapter_in_model` does not support {peft_config.peft_type} yet.")
     tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]
-    tuner = tuner_cls(model, peft_config, adapter_name=adapter_name, low_cpu_mem_usage=low_cpu_mem_usage)
+    # as PEFT: adapters injected without the wrapper keep the base weights' dtype (only PeftModel autocasts)
+    tuner = tuner_cls(
+        model,
+        peft_config,
+        adapter_name=adapter_name,
+        low_cpu_mem_usage=low_cpu_mem_usage,
+        autocast_adapter_dtype=False,
+    )
     return tuner.model

@@ -165,7 +165,7 @@ def is_installed() -> bool:
 def real_peft_location() -> str | None:
     """Where the real `peft` package would be imported from, or None if it is not importable."""
     loaded = sys.modules.get("peft")
-    if loaded is not None and not getattr(loaded, "__file__", "").startswith(_peftkit_root()):
+    if loaded is not None and not (getattr(loaded, "__file__", None) or "").startswith(_peftkit_root()):
         return getattr(loaded, "__file__", None) or "an already imported module"
     for finder in sys.meta_path:
         if _is_alias_finder(finder) or not hasattr(finder, "find_spec"):

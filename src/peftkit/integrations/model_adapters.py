@@ -107,7 +107,6 @@ def load_adapter(
             with contextlib.suppress(Exception):
                 _remove_new_adapter(model, adapter_name)
         raise
-    functional.cast_adapter_dtype(model, adapter_name)
     set_adapter_trainable(model, adapter_name, is_trainable)
     if not is_trainable:
         model.eval()
