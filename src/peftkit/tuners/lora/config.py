@@ -12,7 +12,7 @@ from ...utils.peft_types import PeftType
 _VALID_BIAS = ("none", "all", "lora_only")
 # Initialisations peftkit implements today; the others are accepted by the config (so files from peft
 # load) but raise a clear error when an adapter would be created with them.
-IMPLEMENTED_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal", "corda", "eva")
+IMPLEMENTED_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal", "corda", "eva", "loftq")
 _KNOWN_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
 
 

@@ -56,6 +56,7 @@ class LoraModel(BaseTuner):
             "use_rslora": config.use_rslora,
             "use_dora": config.use_dora,
             "lora_bias": config.lora_bias,
+            **({"loftq_config": config.loftq_config} if config.init_lora_weights == "loftq" else {}),
         }
 
     def _create_new_module(
