@@ -45,7 +45,8 @@ from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
-from .tuners.lora import BdLoraConfig
+from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dict, initialize_lora_eva_weights
+from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
@@ -65,6 +66,11 @@ from .utils.quantization import cast_mixed_precision_params, prepare_model_for_k
 
 __all__ = [
     "BdLoraConfig",
+    "EvaConfig",
+    "LoftQConfig",
+    "get_eva_state_dict",
+    "initialize_lora_eva_weights",
+    "replace_lora_weights_loftq",
     "AdaLoraConfig",
     "AdaLoraModel",
     "AdaptionPromptConfig",

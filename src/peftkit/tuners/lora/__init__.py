@@ -4,13 +4,23 @@ from ...mapping import register_peft_method
 from ...utils.peft_types import PeftType
 from .bdlora import BdLoraConfig
 from .config import LoraConfig, LoraRuntimeConfig
+from .corda import CordaConfig
+from .eva import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
+from .loftq import LoftQConfig
 from .model import LoraModel
+from .param_wrapper import ParamWrapper
 
 register_peft_method(peft_type=PeftType.LORA, config_cls=LoraConfig, model_cls=LoraModel, prefix="lora_")
 
 __all__ = [
     "BdLoraConfig",
+    "CordaConfig",
+    "EvaConfig",
+    "LoftQConfig",
+    "ParamWrapper",
+    "get_eva_state_dict",
+    "initialize_lora_eva_weights",
     "Conv1d",
     "Conv2d",
     "Conv3d",

@@ -9,6 +9,14 @@ from typing import Any, Literal
 from ...config import PeftConfig
 from ...utils.peft_types import PeftType
 
+# The sub-configs live beside their method; PEFT code imports them from the config module.
+from .bdlora import BdLoraConfig
+from .corda import CordaConfig
+from .eva import EvaConfig
+from .loftq import LoftQConfig
+
+__all__ = ["BdLoraConfig", "CordaConfig", "EvaConfig", "LoftQConfig", "LoraConfig", "LoraRuntimeConfig"]
+
 _VALID_BIAS = ("none", "all", "lora_only")
 # Initialisations peftkit implements today; the others are accepted by the config (so files from peft
 # load) but raise a clear error when an adapter would be created with them.
@@ -95,16 +103,10 @@ class LoraConfig(PeftConfig):
         if isinstance(self.runtime_config, dict):
             self.runtime_config = LoraRuntimeConfig(**self.runtime_config)
         if isinstance(self.use_bdlora, dict):
-            from .bdlora import BdLoraConfig
-
             self.use_bdlora = BdLoraConfig(**self.use_bdlora)
         if isinstance(self.corda_config, dict):
-            from .corda import CordaConfig
-
             self.corda_config = CordaConfig(**self.corda_config)
         if isinstance(self.eva_config, dict):
-            from .eva import EvaConfig
-
             self.eva_config = EvaConfig(**self.eva_config)
         self._validate()
 
