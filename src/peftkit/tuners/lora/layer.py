@@ -263,6 +263,9 @@ class Linear(LoraLayer, nn.Module):
         self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
     ) -> torch.Tensor:
         """Fused fast path: `result += s * (x A^T) B^T` as one in-place addmm (no extra full-size tensors)."""
+        alora = getattr(self, "_alora", None)
+        if alora and adapter_name in alora:  # activated LoRA (alora.py): only tokens from the invocation on
+            return alora[adapter_name].apply(self, adapter_name, x, result)
         scaling = self.scaling[adapter_name]
         lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
         if (
@@ -298,6 +301,8 @@ class Linear(LoraLayer, nn.Module):
         scaling folded into B, slot 0 all zeros for "__base__") and gathered per sample for two `bmm`s.
         """
         names = tuple(sorted({n for n in adapter_names if self.has_adapter(n)}))
+        if any(n in getattr(self, "_alora", {}) for n in names):
+            raise ValueError("Mixed-adapter batches (adapter_names=) are not supported with aLoRA adapters.")
         plain = all(
             not self.use_dora[n]
             and self.lora_B[n].bias is None

@@ -152,6 +152,10 @@ class LoraModel(BaseTuner):
             for layer in inject_parameters(self, model, adapter_name):
                 if kwargs.get("autocast_adapter_dtype", True):
                     layer.cast_adapter_dtype(adapter_name)
+        if config.alora_invocation_tokens is not None:
+            from .alora import install_alora
+
+            install_alora(self, model, adapter_name)
         if config.trainable_token_indices:
             from ..trainable_tokens.wrapper import inject_trainable_tokens
 
@@ -179,18 +183,22 @@ class LoraModel(BaseTuner):
 
         return token_state_keys(self.model, adapter_name)
 
-    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        from .alora import check_mergeable
         from .layer_replication import check_no_shared_merge
 
         check_no_shared_merge(self)
-        super().merge_adapter(*args, **kwargs)
+        check_mergeable(self, adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def _unload_and_optionally_merge(self, merge: bool, *args: Any, **kwargs: Any) -> nn.Module:
         from ..trainable_tokens.wrapper import drop_token_wrappers
+        from .alora import check_mergeable
         from .layer_replication import check_no_shared_merge
 
         if merge:
             check_no_shared_merge(self)
+            check_mergeable(self, kwargs.get("adapter_names", args[2] if len(args) > 2 else None))
         model = super()._unload_and_optionally_merge(merge, *args, **kwargs)
         drop_token_wrappers(model)
         return model
