@@ -36,6 +36,20 @@ CASES = {
     "t5_prefix": (tiny_t5, "PrefixTuningConfig", "SEQ_2_SEQ_LM", {}),
 }
 
+# every method on every task class (issue 8: each method and task class, both ways)
+_TASK_MODELS = {
+    "llama_causal": (tiny_llama, "CAUSAL_LM"),
+    "llama_seq_cls": (tiny_llama_seq_cls, "SEQ_CLS"),
+    "bert_seq_cls": (lambda: tiny_bert(task="seq_cls"), "SEQ_CLS"),
+    "bert_token_cls": (lambda: tiny_bert(task="token_cls"), "TOKEN_CLS"),
+    "bert_qa": (lambda: tiny_bert(task="qa"), "QUESTION_ANS"),
+    "bert_feature": (lambda: tiny_bert(task="feature"), "FEATURE_EXTRACTION"),
+    "t5_seq2seq": (tiny_t5, "SEQ_2_SEQ_LM"),
+}
+for _task_name, (_model_fn, _task) in _TASK_MODELS.items():
+    for _method in ("PromptTuningConfig", "PrefixTuningConfig", "PromptEncoderConfig"):
+        CASES.setdefault(f"matrix_{_task_name}_{_method}", (_model_fn, _method, _task, {}))
+
 
 def _inputs(task_type: str) -> dict:
     inputs = llama_inputs()
