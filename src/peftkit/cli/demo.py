@@ -41,10 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output-dir", "-o", default="peftkit-demo", help="where the adapter and metrics go")
     p.add_argument("--keep-merged", action="store_true", help="keep the merged model in OUTPUT_DIR/merged")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--r", type=int, default=16, help="LoRA rank")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the adapter's initial weights and the data order"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -76,6 +79,7 @@ def _user_question(row: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run `peftkit demo`."""
+    import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -107,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     _banner("3. Train a LoRA adapter", began)
     pristine = copy.deepcopy(base)  # a fresh base for reloading, without parsing the GGUF file again
     config = LoraConfig(r=args.r, lora_alpha=2 * args.r, target_modules="all-linear", task_type="CAUSAL_LM")
+    torch.manual_seed(args.seed)  # the adapter's initial weights
     model = get_peft_model(base, config)
     model.print_trainable_parameters()
     settings = TrainSettings(
@@ -114,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         batch_size=args.batch_size,
         warmup_steps=2,
+        seed=args.seed,
         show_progress=not args.no_progress,
     )
     train_set = encode_rows(train_rows, tokenizer, 256, "training")
