@@ -133,3 +133,24 @@ def test_low_cpu_mem_usage_creates_factors_on_meta_then_fills_them():
     initialize_lora_eva_weights(model, _loader(), show_progress_bar=False)
     assert not layer.lora_A["default"].weight.is_meta and layer.lora_A["default"].weight.requires_grad
     assert max_diff(model(**inputs).logits, base(**inputs).logits) < ATOL
+
+
+def test_input_preparation_functions_follow_peft():
+    """Custom per-layer functions written for peft get the same arguments in peftkit."""
+    from peft.tuners.lora import eva as theirs
+
+    from peftkit.tuners.lora import eva as ours
+
+    ids = torch.arange(10).view(2, 5)
+    mask = torch.ones_like(ids)
+    mask[0, :1] = 0
+    labels = ids.clone()
+    labels[1, 3:] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    config = peftkit.LoraConfig(r=2, init_lora_weights="eva", eva_config=EvaConfig())
+    index = ours.prepare_model_inputs_fn_language_modeling(batch, config)
+    assert torch.equal(index, theirs.prepare_model_inputs_fn_language_modeling(batch, config))
+    hidden = torch.randn(2, 5, 3)
+    rows = ours.prepare_layer_inputs_fn_language_modeling((hidden,), index, "layer")
+    assert torch.equal(rows, theirs.prepare_layer_inputs_fn_language_modeling((hidden,), index, "layer"))
+    assert rows.shape == (7, 3)

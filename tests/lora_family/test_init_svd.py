@@ -162,3 +162,10 @@ def test_loading_saved_pissa_adapter_recomputes_residual(tmp_path):
     for lib in (peftkit, peft):
         loaded = lib.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
         assert max_diff(loaded(**inputs).logits, expected) < 1e-4, lib.__name__
+
+
+def test_rank_above_layer_size_raises():
+    with pytest.raises(ValueError, match="r <= min"):
+        peftkit.get_peft_model(
+            tiny_llama(), peftkit.LoraConfig(r=40, target_modules=["k_proj"], init_lora_weights="pissa")
+        )

@@ -60,24 +60,27 @@ def forward_fn_dict(model: nn.Module, inputs: dict) -> Any:
 
 
 def prepare_model_inputs_fn_language_modeling(model_input: dict, peft_config: Any) -> torch.Tensor:
-    """The token mask for language modelling: attention mask, minus ignored labels (`use_label_mask`)."""
-    mask = model_input.get("attention_mask")
+    """(batch, position) indices of the tokens to use, shape (N, 2): attention mask, minus labels equal to
+    `label_mask_value` when `use_label_mask` (as PEFT returns them, for custom layer functions)."""
     ids = model_input.get("input_ids")
+    mask = model_input.get("attention_mask")
     mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     eva = _eva_config(peft_config)
     labels = model_input.get("labels")
     if eva.use_label_mask and labels is not None:
         mask = mask & (labels != eva.label_mask_value)
-    return mask
+    return mask.nonzero()
 
 
 def prepare_layer_inputs_fn_language_modeling(
     layer_input: Any, model_input: torch.Tensor, layer_name: str
 ) -> torch.Tensor:
-    """The layer's input rows (tokens) selected by the mask `model_input`, as a 2-d tensor."""
+    """The rows of the layer's input (a tuple of the forward's arguments, or a tensor) at the (batch,
+    position) indices `model_input`, as a 2-d tensor (tokens, features)."""
     x = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
-    if x.dim() == 3 and model_input is not None and model_input.shape == x.shape[:2]:
-        return x[model_input.to(x.device)]
+    if x.dim() == 3 and model_input is not None and model_input.dim() == 2 and model_input.shape[1] == 2:
+        index = model_input.to(x.device)
+        return x[index[:, 0], index[:, 1]]
     return x.reshape(-1, x.shape[-1])
 
 

@@ -99,6 +99,10 @@ def init_from_weight(layer: Any, adapter_name: str, init: str) -> None:
             f"{'on the meta device' if weight.is_meta else weight.dtype}. Initialise the adapter on the unquantized "
             "model, save the residual model, and quantize that (the QPiSSA recipe)."
         )
+    if r > min(weight.shape):
+        raise ValueError(
+            f"init_lora_weights={init!r} needs r <= min(out, in) = {min(weight.shape)}, got r={r}."
+        )
     with torch.no_grad(), torch.device(weight.device):
         out_in = layer._weight_out_in(weight.detach()).float()
         if is_pissa(init):
