@@ -65,7 +65,8 @@ class LoraModel(BaseTuner):
         from transformers.pytorch_utils import Conv1D
 
         base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
-        quantized = dispatch_quantized(target, adapter_name, **kwargs)  # bitsandbytes layers subclass nn.Linear
+        # bitsandbytes layers subclass nn.Linear: they must be dispatched before the plain Linear branch
+        quantized = dispatch_quantized(target, adapter_name, **kwargs)
         if quantized is not None:
             return quantized
         if isinstance(base, nn.Embedding):
@@ -173,7 +174,9 @@ class LoraModel(BaseTuner):
         try:
             for name, module in list(model.named_modules()):
                 if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-                    make_block_diagonal(module, adapter_name, name, config.use_bdlora, config.init_lora_weights)
+                    make_block_diagonal(
+                        module, adapter_name, name, config.use_bdlora, config.init_lora_weights
+                    )
         except BaseException:
             self._remove_partial_adapter(model, adapter_name)
             raise
