@@ -197,3 +197,14 @@ def test_modules_to_save_lifecycle():
     assert torch.equal(merged.score.weight, wrapper.modules_to_save["default"].weight)
     unloaded = copy.deepcopy(model).unload()  # peft keeps the trained head on unload as well
     assert torch.equal(unloaded.score.weight, wrapper.modules_to_save["default"].weight)
+
+
+@pytest.mark.parametrize("config_cls, kwargs", [("LoraConfig", {}), ("VeraConfig", {"r": 4})])
+def test_only_one_adapter_may_train_biases(config_cls, kwargs):
+    cls = getattr(peftkit, config_cls)
+    model = get_peft_model(
+        tiny_llama(attention_bias=True), cls(target_modules=["q_proj"], bias="all", **kwargs)
+    )
+    with pytest.raises(ValueError, match="supports only 1 adapter with bias"):
+        model.add_adapter("second", cls(target_modules=["q_proj"], bias="all", **kwargs))
+    assert set(model.peft_config) == {"default"}

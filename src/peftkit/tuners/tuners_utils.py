@@ -118,7 +118,17 @@ class BaseTuner(nn.Module):
         raise NotImplementedError
 
     def _check_new_adapter_config(self, config: PeftConfig) -> None:
-        """Reject a config that cannot live beside the adapters already present."""
+        """Reject a config that cannot live beside the adapters already present.
+
+        Trainable base biases (`bias="all"` / `"<method>_only"`) are shared by every adapter, so at most one
+        adapter may ask for them.
+        """
+        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
+        if len(with_bias) > 1:
+            raise ValueError(
+                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
+                "to 'none' for all adapters."
+            )
 
     def _pre_injection_hook(
         self, model: nn.Module, config: PeftConfig, adapter_name: str, matched: list[str]

@@ -27,14 +27,6 @@ class FourierFTModel(BaseTuner):
     tuner_layer_cls = FourierFTLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING
 
-    def _check_new_adapter_config(self, config: FourierFTConfig) -> None:
-        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
-        if len(with_bias) > 1:
-            raise ValueError(
-                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
-                "to 'none' for all adapters."
-            )
-
     def _layer_kwargs(self, config: FourierFTConfig, key: str) -> dict[str, Any]:
         pattern = get_pattern_key(config.n_frequency_pattern.keys(), key)
         return {"n_frequency": config.n_frequency_pattern.get(pattern, config.n_frequency), "config": config}

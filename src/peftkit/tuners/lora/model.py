@@ -36,14 +36,6 @@ class LoraModel(BaseTuner):
     tuner_layer_cls = LoraLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-    def _check_new_adapter_config(self, config: LoraConfig) -> None:
-        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
-        if len(with_bias) > 1:
-            raise ValueError(
-                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
-                "to 'none' for all adapters."
-            )
-
     def _layer_kwargs(self, config: LoraConfig, key: str) -> dict[str, Any]:
         rank_key = get_pattern_key(config.rank_pattern.keys(), key)
         alpha_key = get_pattern_key(config.alpha_pattern.keys(), key)

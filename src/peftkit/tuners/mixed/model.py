@@ -49,11 +49,7 @@ class MixedModel(BaseTuner):
 
     def _check_new_adapter_config(self, config: PeftConfig) -> None:
         check_mixable(config)
-        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
-        if len(with_bias) > 1:
-            raise ValueError(
-                "A mixed model supports only 1 adapter with bias; set bias='none' for the other adapters."
-            )
+        super()._check_new_adapter_config(config)
 
     def _method_for(self, config: PeftConfig) -> type[BaseTuner]:
         return _method_tuner(config)

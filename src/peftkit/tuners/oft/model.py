@@ -26,14 +26,6 @@ class OFTModel(BaseTuner):
     tuner_layer_cls = OFTLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 
-    def _check_new_adapter_config(self, config: OFTConfig) -> None:
-        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
-        if len(with_bias) > 1:
-            raise ValueError(
-                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
-                "to 'none' for all adapters."
-            )
-
     def _layer_kwargs(self, config: OFTConfig, key: str) -> dict[str, Any]:
         return {
             "r": config.r,

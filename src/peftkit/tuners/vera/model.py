@@ -60,12 +60,7 @@ class VeraModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
 
     def _check_new_adapter_config(self, config: VeraConfig) -> None:
-        with_bias = [c for c in self.peft_config.values() if getattr(c, "bias", "none") != "none"]
-        if len(with_bias) > 1:
-            raise ValueError(
-                f"{type(self).__name__} supports only 1 adapter with bias. When using multiple adapters, set bias "
-                "to 'none' for all adapters."
-            )
+        super()._check_new_adapter_config(config)
         others = [c for c in self.peft_config.values() if c is not config]
         keys = {c.projection_prng_key for c in others}
         if keys and config.projection_prng_key not in keys:
