@@ -13,6 +13,18 @@ def test_import_peftkit_does_not_import_peft():
     assert out.stdout.strip() == "False"
 
 
+def test_all_linear_on_an_unquantized_model_does_not_import_bitsandbytes():
+    """bitsandbytes is an optional extra: slow to import, and noisy on CPU; only quantized models need it."""
+    code = (
+        "import sys, torch, peftkit\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))\n"
+        "peftkit.get_peft_model(model, peftkit.LoraConfig(target_modules='all-linear'))\n"
+        "print('bitsandbytes' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 CORE_NAMES = [
     "get_peft_model",
     "get_peft_config",

@@ -19,9 +19,11 @@ def empty_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
     """
     layer = nn.Linear.__new__(nn.Linear)
     nn.Module.__init__(layer)
-    layer.in_features, layer.out_features = in_features, out_features
-    layer.weight = nn.Parameter(torch.empty(out_features, in_features))
-    layer.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+    # straight into the module's dicts: nn.Module.__setattr__ type-checks each value, and an adapter
+    # builds hundreds of these factors
+    layer.__dict__.update(in_features=in_features, out_features=out_features)
+    layer._parameters["weight"] = nn.Parameter(torch.empty(out_features, in_features))
+    layer._parameters["bias"] = nn.Parameter(torch.empty(out_features)) if bias else None
     return layer
 
 

@@ -60,14 +60,9 @@ def linear_like_types() -> tuple[type, ...]:
     """Layer types that count as "linear" for the `all-linear` shorthand."""
     from transformers.pytorch_utils import Conv1D
 
-    types: list[type] = [nn.Linear, Conv1D]
-    try:  # quantized linear layers count too, when bitsandbytes is installed
-        import bitsandbytes as bnb
-
-        types += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
-    except Exception:
-        pass
-    return tuple(types)
+    # bitsandbytes' Linear4bit and Linear8bitLt subclass nn.Linear, so quantized models are covered
+    # without importing bitsandbytes (slow, and noisy on CPU) for every "all-linear" config
+    return (nn.Linear, Conv1D)
 
 
 def modules_outside_adapters(model: nn.Module) -> list[tuple[str, nn.Module]]:

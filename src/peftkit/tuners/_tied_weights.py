@@ -13,12 +13,19 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from ..utils.modules_to_save import ModulesToSaveWrapper
 from ..utils.warnings import PeftWarning
+from ._tuner_layer import BaseTunerLayer
 
 
-def _weight_of(module: nn.Module):
-    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-    return getattr(base, "weight", None)
+def _weight_of(module: nn.Module) -> nn.Parameter | None:
+    # dictionary lookups, not getattr: a failed attribute lookup on an nn.Module raises and catches an
+    # AttributeError, which over every module of a large model was a visible part of `add_adapter`
+    if isinstance(module, BaseTunerLayer):
+        module = module.get_base_layer()
+    elif isinstance(module, ModulesToSaveWrapper):
+        return module.weight
+    return module._parameters.get("weight")
 
 
 def warn_about_tied_weights(

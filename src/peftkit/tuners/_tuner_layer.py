@@ -61,8 +61,9 @@ class BaseTunerLayer:
     def get_base_layer(self) -> nn.Module:
         """The original layer, unwrapping nested tuner layers."""
         base = self
-        while hasattr(base, "base_layer"):
-            base = base.base_layer
+        # `_modules` lookups: hasattr on a plain nn.Module raises (and catches) an AttributeError
+        while "base_layer" in base._modules:
+            base = base._modules["base_layer"]
         return base
 
     @property
@@ -110,11 +111,14 @@ class BaseTunerLayer:
             if adapter_name not in container:
                 continue
             item = container[adapter_name]
-            if isinstance(item, nn.Module):
+            if not isinstance(item, nn.Module):
+                yield item
+            elif item._modules:
                 yield from item.parameters()
                 yield from item.buffers()
-            else:
-                yield item
+            else:  # a leaf module (the usual nn.Linear factor): its own tensors, without the generators
+                yield from (t for t in item._parameters.values() if t is not None)
+                yield from (t for t in item._buffers.values() if t is not None)
 
     def enable_adapters(self, enabled: bool) -> None:
         """Turn the adapters on (restoring the active ones' trainability) or off (freezing them)."""
@@ -154,25 +158,33 @@ class BaseTunerLayer:
                 active = remaining[:1]
         self.set_adapter(active[0] if len(active) == 1 else active)
 
-    def _finish_new_adapter(self, adapter_name: str) -> None:
-        """Put the new adapter's tensors beside the base weight.
+    def _finish_new_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Put the new adapter's tensors beside the base weight and set whether they train, in one pass.
 
         Floating adapter tensors take the base weight's float dtype (fp32 adapters on an fp16 base are
-        restored by the tuner's `autocast_adapter_dtype` step); quantized bases keep fp32 adapters.
+        restored by the tuner's `autocast_adapter_dtype` step); quantized bases keep fp32 adapters. The
+        adapter trains only if it is active and not in inference mode (other adapters are left as they are).
         """
-        base = self.get_base_layer()
-        weight = next(
-            (getattr(base, n) for n in ("weight", "qweight") if getattr(base, n, None) is not None), None
-        )
-        if weight is None or weight.device.type == "meta":
-            return
-        dtype = weight.dtype if weight.dtype.is_floating_point else None
+        weight = self._placement_reference()
+        if weight is not None and weight.device.type == "meta":
+            weight = None  # low_cpu_mem_usage: nothing to move to
+        dtype = weight.dtype if weight is not None and weight.dtype.is_floating_point else None
+        trainable = adapter_name in self.active_adapters and not inference_mode
         for tensor in self._adapter_tensors(adapter_name):
             # meta tensors (low_cpu_mem_usage) have no data to move: they are filled from a file later
-            if tensor.is_meta:
-                continue
-            if tensor.device != weight.device or (dtype is not None and tensor.dtype != dtype):
-                tensor.data = tensor.data.to(weight.device, dtype=dtype or tensor.dtype)
+            if weight is not None and not tensor.is_meta:
+                target_dtype = dtype or tensor.dtype
+                if tensor.device != weight.device or tensor.dtype != target_dtype:
+                    tensor.data = tensor.data.to(weight.device, dtype=target_dtype)
+            tensor.requires_grad_(trainable)
+
+    def _placement_reference(self) -> torch.Tensor | None:
+        """The tensor whose device and float dtype new adapter tensors take: the base layer's weight."""
+        base = self.get_base_layer()
+        weight = base._parameters.get("weight")
+        if weight is None:  # quantized layers may keep their weight elsewhere (GPTQ/AWQ `qweight`)
+            weight = next((getattr(base, n, None) for n in ("weight", "qweight") if hasattr(base, n)), None)
+        return weight
 
     def _mark_new_adapter_trainable(self, adapter_name: str, inference_mode: bool = False) -> None:
         """A new adapter trains only if it is active (O(1): the other adapters are left as they are)."""

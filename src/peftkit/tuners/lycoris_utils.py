@@ -135,8 +135,7 @@ class LycorisLayer(BaseTunerLayer, nn.Module):
         self.module_dropout[adapter_name] = module_dropout
         self.create_adapter_parameters(adapter_name, r, use_effective_conv2d=use_effective_conv2d, **kwargs)
         self.reset_adapter_parameters(adapter_name, init_weights)
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def _new_parameter(self, attr: str, adapter_name: str, *shape: int) -> None:
         getattr(self, attr)[adapter_name] = nn.Parameter(torch.empty(*shape))

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import PeftConfig
+from ..utils.gc_pause import gc_paused
 from ..utils.modules_to_save import ModulesToSaveWrapper, set_modules_to_save
 from ..utils.other import get_submodules
 from ..utils.warnings import PeftWarning
@@ -189,6 +190,7 @@ class BaseTuner(nn.Module):
             if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
         }
 
+    @gc_paused()  # building hundreds of modules would trigger full collections over the whole model
     def inject_adapter(
         self,
         model: nn.Module,
@@ -221,12 +223,22 @@ class BaseTuner(nn.Module):
             )
         try:
             self._pre_injection_hook(model, config, adapter_name, matched)
+            by_name = dict(modules)  # parents by name: get_submodule per target walks the path each time
             with _meta_init(low_cpu_mem_usage):
                 for key in matched:
-                    parent, target, target_name = get_submodules(model, key)
-                    self._create_and_replace(
-                        config, adapter_name, target, target_name, parent, current_key=key
+                    parent_name, _, target_name = key.rpartition(".")
+                    parent = (
+                        by_name[parent_name] if parent_name in by_name else model.get_submodule(parent_name)
                     )
+                    self._create_and_replace(
+                        config,
+                        adapter_name,
+                        getattr(parent, target_name),
+                        target_name,
+                        parent,
+                        current_key=key,
+                    )
+                    by_name[key] = getattr(parent, target_name)  # the adapter layer now stands there
         except BaseException:
             self._remove_partial_adapter(model, adapter_name)
             raise

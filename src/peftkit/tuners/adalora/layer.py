@@ -68,8 +68,7 @@ class AdaLoraLayer(LoraLayer, nn.Module):
         )
         if init_lora_weights:
             self.reset_lora_parameters(adapter_name, init_lora_weights)
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def reset_lora_parameters(self, adapter_name: str, init_lora_weights: bool | str = True) -> None:
         """E = 0 (the adapter starts as a no-op), A and B normal with std 0.02."""

@@ -116,8 +116,7 @@ class BOFTLayer(BaseTunerLayer, nn.Module):
         if not init_weights:
             nn.init.normal_(self.boft_R[adapter_name], mean=0.0, std=0.1)
             nn.init.normal_(self.boft_s[adapter_name], mean=1.0, std=0.1)
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def _blocks(self, adapter_name: str, dropout: bool = False) -> torch.Tensor:
         """The `(m, n, b, b)` rotation blocks; with `dropout`, `int(p * n)` random blocks of one random

@@ -72,11 +72,10 @@ class FourierFTLayer(BaseTunerLayer):
         )
         self.fourierft_spectrum[adapter_name] = nn.Parameter(torch.empty(n_frequency))
         self.reset_fourier_parameters(adapter_name, config.init_weights)
-        self._finish_new_adapter(adapter_name)
+        self._finish_new_adapter(adapter_name, inference_mode)
         spectrum = self.fourierft_spectrum[adapter_name]
         if not spectrum.is_meta:
             self.indices[adapter_name] = self.indices[adapter_name].to(spectrum.device)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
 
     def reset_fourier_parameters(self, adapter_name: str, init_weights: bool = False) -> None:
         if adapter_name not in self.fourierft_spectrum:

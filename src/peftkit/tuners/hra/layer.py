@@ -63,8 +63,7 @@ class HRALayer(BaseTunerLayer):
         self.hra_apply_GS[adapter_name] = config.apply_GS
         self.hra_u[adapter_name] = nn.Parameter(torch.empty(self._input_dim(), r))
         self.reset_hra_parameters(adapter_name, config.init_weights)
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def reset_hra_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
         """Kaiming-uniform vectors; with `init_weights` and an even r they come in equal pairs, so each pair

@@ -43,8 +43,7 @@ class IA3Layer(BaseTunerLayer):
         `init_ia3_weights=False`); its shape broadcasts over the scaled channel."""
         self.ia3_l[adapter_name] = nn.Parameter(torch.empty(self._vector_shape()))
         self.reset_ia3_parameters(adapter_name, config.init_ia3_weights)
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def reset_ia3_parameters(self, adapter_name: str, init_ia3_weights: bool = True) -> None:
         if adapter_name not in self.ia3_l:

@@ -84,13 +84,12 @@ class LoraLayer(BaseTunerLayer):
         self.lora_bias[adapter_name] = lora_bias
         self._create_factors(adapter_name, r, lora_bias)
         self.reset_lora_parameters(adapter_name, init_lora_weights)
-        self._finish_new_adapter(adapter_name)
-        if use_dora:
+        self._finish_new_adapter(adapter_name, inference_mode)
+        if use_dora:  # the magnitude is computed from the placed factors, then placed itself
             self.lora_magnitude_vector[adapter_name] = dora.MagnitudeVector(
                 self._dora_weight_norm(adapter_name)
             )
-            self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+            self._finish_new_adapter(adapter_name, inference_mode)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         raise NotImplementedError

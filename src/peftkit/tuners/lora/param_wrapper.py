@@ -99,15 +99,9 @@ class ParamWrapper(LoraLayer, nn.Module):
         self.lora_A[adapter_name] = empty_linear(self.in_features, rank, bias=False)
         self.lora_B[adapter_name] = empty_linear(rank, self.out_features, bias=False)
 
-    def _finish_new_adapter(self, adapter_name: str) -> None:
+    def _placement_reference(self) -> torch.Tensor:
         """Adapter tensors go to the targeted parameter's device and float dtype."""
-        param = self.get_param()
-        if param.is_meta:
-            return
-        dtype = param.dtype if param.dtype.is_floating_point else None
-        for tensor in self._adapter_tensors(adapter_name):
-            if not tensor.is_meta:
-                tensor.data = tensor.data.to(param.device, dtype=dtype or tensor.dtype)
+        return self.get_param()
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """`s B A` (2-d), or per expert `s B_e A_e` stacked to (E, out, in)."""

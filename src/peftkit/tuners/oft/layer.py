@@ -172,8 +172,7 @@ class OFTLayer(BaseTunerLayer, nn.Module):
         else:
             nn.init.normal_(rotation.weight, mean=0.0, std=0.1)
         getattr(self, self._rotations_attr)[adapter_name] = rotation
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def has_adapter(self, adapter_name: str) -> bool:
         return adapter_name in getattr(self, self._rotations_attr)

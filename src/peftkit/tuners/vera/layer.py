@@ -63,8 +63,7 @@ class VeraLayer(BaseTunerLayer):
         self.vera_lambda_b[adapter_name] = nn.Parameter(torch.empty(self.out_features))
         self.vera_lambda_d[adapter_name] = nn.Parameter(torch.empty(r))
         self.reset_vera_parameters(adapter_name, d_initial=config.d_initial, init_weights=config.init_weights)
-        self._finish_new_adapter(adapter_name)
-        self._mark_new_adapter_trainable(adapter_name, inference_mode)
+        self._finish_new_adapter(adapter_name, inference_mode)
 
     def reset_vera_parameters(
         self, adapter_name: str, d_initial: float = 0.1, init_weights: bool = True
