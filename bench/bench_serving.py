@@ -5,8 +5,8 @@ On a random SmolLM2-shaped Llama (30 layers, hidden 576, LoRA r=16 on all linear
   (b) one unmerged adapter vs the plain base model
   (c) `add_adapter` time for the 2nd..16th adapter
   (d) a training step with lora_dropout 0 and 0.05 vs a frozen base with input gradients
-Each timing is the median of `--repeats` runs, peft and peftkit interleaved so that machine load hits
-both alike. Prints a table of seconds and ratios (peftkit / peft, and overhead over the base).
+Each timing is the median of `--repeats` rounds, peft and peftkit interleaved so that machine load hits
+both alike; ratios are medians of per-round ratios. Prints seconds and ratios (vs the base model).
 
     python bench/bench_serving.py            # full size (a few minutes on 2 cores)
     python bench/bench_serving.py --layers 4 # quick check
@@ -43,17 +43,9 @@ def smollm2_shaped(layers: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median time of each function, running them round-robin (one warm-up round first)."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Each function's times over `repeats` rounds, run round-robin (after one warm-up round), so that the
+    machine's drift hits every function of a round alike."""
     for fn in fns.values():
         fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
@@ -62,7 +54,17 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
             start = time.perf_counter()
             fn()
             samples[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def paired_ratio(samples: dict[str, list[float]], key: str, reference: str) -> float:
+    """Median over rounds of time(key) / time(reference) in the same round: steadier than a ratio of
+    medians when the machine's speed drifts between rounds."""
+    return statistics.median(a / b for a, b in zip(samples[key], samples[reference]))
 
 
 def lora_config(lib, dropout: float = 0.0, init: bool = False):
@@ -99,7 +101,7 @@ def bench_inference(base, repeats: int, batch: int, length: int) -> list[tuple[s
         torch.testing.assert_close(
             run(ours, adapter_names=names), run(theirs, adapter_names=names), atol=1e-4, rtol=1e-4
         )
-    times = interleaved(
+    samples = interleaved(
         {
             "base": lambda: run(base),
             "peft single": lambda: run(theirs),
@@ -109,23 +111,34 @@ def bench_inference(base, repeats: int, batch: int, length: int) -> list[tuple[s
         },
         repeats,
     )
-    rows = [
-        ("(a) 16 adapters in one batch: peft", times["peft mixed16"], times["peft mixed16"] / times["base"]),
+    return [
+        (
+            "(a) 16 adapters in one batch: peft",
+            median(samples["peft mixed16"]),
+            paired_ratio(samples, "peft mixed16", "base"),
+        ),
         (
             "(a) 16 adapters in one batch: peftkit",
-            times["peftkit mixed16"],
-            times["peftkit mixed16"] / times["base"],
+            median(samples["peftkit mixed16"]),
+            paired_ratio(samples, "peftkit mixed16", "base"),
         ),
-        ("(a) throughput peftkit / peft", times["peft mixed16"] / times["peftkit mixed16"], float("nan")),
-        ("(b) base model", times["base"], 1.0),
-        ("(b) one unmerged adapter: peft", times["peft single"], times["peft single"] / times["base"]),
+        (
+            "(a) throughput peftkit / peft",
+            paired_ratio(samples, "peft mixed16", "peftkit mixed16"),
+            float("nan"),
+        ),
+        ("(b) base model", median(samples["base"]), 1.0),
+        (
+            "(b) one unmerged adapter: peft",
+            median(samples["peft single"]),
+            paired_ratio(samples, "peft single", "base"),
+        ),
         (
             "(b) one unmerged adapter: peftkit",
-            times["peftkit single"],
-            times["peftkit single"] / times["base"],
+            median(samples["peftkit single"]),
+            paired_ratio(samples, "peftkit single", "base"),
         ),
     ]
-    return rows
 
 
 def bench_add_adapter(base, repeats: int) -> list[tuple[str, float, float]]:
@@ -146,7 +159,7 @@ def bench_add_adapter(base, repeats: int) -> list[tuple[str, float, float]]:
                 model.add_adapter(f"adapter{i}", lora_config(lib, init=True))
             samples[name].append((time.perf_counter() - start) / 15)
             del model
-    results = {name: statistics.median(values) for name, values in samples.items()}
+    results = {name: median(values) for name, values in samples.items()}
     return [
         ("(c) add_adapter, per adapter: peft", results["peft"], float("nan")),
         ("(c) add_adapter, per adapter: peftkit", results["peftkit"], float("nan")),
@@ -175,11 +188,13 @@ def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[st
             model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout)).train()
             models[(name, dropout)] = model
             fns[f"{name} dropout={dropout}"] = lambda m=model: step(m)
-    times = interleaved(fns, repeats)
-    rows = [("(d) frozen base, input grads", times["frozen base"], 1.0)]
-    for key, value in times.items():
+    samples = interleaved(fns, repeats)
+    rows = [("(d) frozen base, input grads", median(samples["frozen base"]), 1.0)]
+    for key, values in samples.items():
         if key != "frozen base":
-            rows.append((f"(d) training step {key}", value, value / times["frozen base"]))
+            rows.append(
+                (f"(d) training step {key}", median(values), paired_ratio(samples, key, "frozen base"))
+            )
     return rows
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._dropout import input_dropout
 from ..lora.layer import LoraLayer, _in_out_features
 
 
@@ -56,7 +57,7 @@ class AdaLoraLayer(LoraLayer, nn.Module):
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha if lora_alpha > 0 else float(r)
-        self.lora_dropout[adapter_name] = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+        self.lora_dropout[adapter_name] = input_dropout(lora_dropout)
         in_dim = self.in_features * math.prod(self.get_base_layer().weight.shape[2:])
         self.lora_A[adapter_name] = nn.Parameter(torch.randn(r, in_dim))
         self.lora_E[adapter_name] = nn.Parameter(torch.randn(r, 1))

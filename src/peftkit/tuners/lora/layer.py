@@ -18,6 +18,7 @@ from torch import nn
 
 from ..._skip_init import empty_linear, skip_init
 from ...utils.warnings import PeftWarning
+from .._dropout import input_dropout
 from ..tuners_utils import BaseTunerLayer
 from . import dora
 from .bdlora import factor_weight, is_plain
@@ -79,7 +80,7 @@ class LoraLayer(BaseTunerLayer):
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
-        self.lora_dropout[adapter_name] = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+        self.lora_dropout[adapter_name] = input_dropout(lora_dropout)
         self.use_dora[adapter_name] = use_dora
         self.lora_bias[adapter_name] = lora_bias
         self._create_factors(adapter_name, r, lora_bias)

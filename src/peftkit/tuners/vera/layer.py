@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._buffer_dict import BufferDict
+from .._dropout import input_dropout
 from ..tuners_utils import BaseTunerLayer
 from .config import VeraConfig
 
@@ -59,7 +60,7 @@ class VeraLayer(BaseTunerLayer):
             )
         self.r[adapter_name] = r
         dropout = config.vera_dropout
-        self.vera_dropout[adapter_name] = nn.Dropout(p=dropout) if dropout > 0.0 else nn.Identity()
+        self.vera_dropout[adapter_name] = input_dropout(dropout)
         self.vera_lambda_b[adapter_name] = nn.Parameter(torch.empty(self.out_features))
         self.vera_lambda_d[adapter_name] = nn.Parameter(torch.empty(r))
         self.reset_vera_parameters(adapter_name, d_initial=config.d_initial, init_weights=config.init_weights)
