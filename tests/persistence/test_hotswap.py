@@ -201,3 +201,17 @@ def test_swap_under_inductor_follows_new_adapter_without_recompiling(adapters):
         for name in ("r2_alpha3", "r8"):
             hotswap_adapter(compiled, str(adapters[name][0]), "default")
             assert max_diff(_logits(compiled), adapters[name][1]) <= 1e-5
+
+
+def test_adalora_adapters_are_refused_before_anything_changes():
+    """AdaLoRA layers subclass LoRA's; hot-swap must not treat them as LoRA."""
+    model = peftkit.get_peft_model(
+        copy.deepcopy(BASE), peftkit.AdaLoraConfig(target_modules=["q_proj"], total_step=10)
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="LoRA adapters only"):
+        prepare_model_for_compiled_hotswap(model, target_rank=16)
+    state = {k: v + 1 for k, v in peftkit.get_peft_model_state_dict(model).items()}
+    with pytest.raises(ValueError, match="LoRA adapters only"):
+        hotswap.hotswap_adapter_from_state_dict(model, state, "default", model.peft_config["default"])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

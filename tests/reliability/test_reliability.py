@@ -162,6 +162,38 @@ def test_untied_embeddings_do_not_warn():
         get_peft_model(tiny_llama(tie_word_embeddings=False), LoraConfig(target_modules=["embed_tokens"]))
 
 
+def _tie_warnings(make):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    return [str(w.message) for w in caught if "shares its weight" in str(w.message)]
+
+
+def test_ties_a_method_keeps_by_design_do_not_warn():
+    from peftkit import TrainableTokensConfig
+
+    # trainable tokens adapt the tied output head too, with the same rows
+    assert not _tie_warnings(
+        lambda: get_peft_model(
+            tiny_llama(tie_word_embeddings=True), TrainableTokensConfig(token_indices=[1, 2])
+        )
+    )
+    # replicated layers share their base weights by design (merging them is refused anyway)
+    assert not _tie_warnings(
+        lambda: get_peft_model(
+            tiny_llama(), LoraConfig(target_modules=["q_proj"], layer_replication=[[0, 2], [1, 2]])
+        )
+    )
+    # ... but a real tie next to replicated layers still warns
+    warned = _tie_warnings(
+        lambda: get_peft_model(
+            tiny_llama(tie_word_embeddings=True),
+            LoraConfig(target_modules=["embed_tokens"], layer_replication=[[0, 2]]),
+        )
+    )
+    assert warned and "'model.embed_tokens' shares its weight with ['lm_head']" in warned[0]
+
+
 # ----- saving -----
 def test_zero_size_tensor_is_never_saved(tmp_path):
     model = get_peft_model(tiny_llama(), LoraConfig(target_modules=["q_proj"]))

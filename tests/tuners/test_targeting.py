@@ -180,3 +180,21 @@ def test_module_tree_keeps_original_as_base_layer():
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in dict(
         model.named_parameters()
     )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        LoraConfig(target_modules=["lin", "norm"]),
+        peftkit.VeraConfig(target_modules=["lin", "norm"]),
+        peftkit.FourierFTConfig(target_modules=["lin", "norm"]),
+    ],
+    ids=["lora", "vera", "fourierft"],
+)
+def test_unsupported_layer_type_names_the_type_and_is_a_type_and_value_error(config):
+    model = nn.Sequential()
+    model.add_module("lin", nn.Linear(4, 4))
+    model.add_module("norm", nn.LayerNorm(4))
+    with pytest.raises(TypeError, match=r"LayerNorm.*not supported by") as caught:
+        get_peft_model(model, config)
+    assert isinstance(caught.value, ValueError)  # peft raises one or the other, depending on the method

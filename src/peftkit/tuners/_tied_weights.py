@@ -9,7 +9,7 @@ too. Training a `modules_to_save` copy of one of them breaks the tie as well, an
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
@@ -29,11 +29,15 @@ def _weight_of(module: nn.Module) -> nn.Parameter | None:
 
 
 def warn_about_tied_weights(
-    modules: list[tuple[str, nn.Module]], adapted: Iterable[str], fully_trained: Iterable[str] = ()
+    modules: list[tuple[str, nn.Module]],
+    adapted: Iterable[str],
+    fully_trained: Iterable[str] = (),
+    expected: Callable[[str, list[str]], bool] | None = None,
 ) -> None:
     """Warn for each adapted or fully trained module whose weight another module shares.
 
-    Adapting both sides does not help: both merges would land in the one shared tensor.
+    Adapting both sides does not help: both merges would land in the one shared tensor. `expected(name,
+    others)` returns True for ties the method keeps consistent itself (no warning for those).
     """
     sharers: dict[int, list[str]] = {}
     for name, module in modules:
@@ -47,7 +51,7 @@ def warn_about_tied_weights(
             continue
         weight = _weight_of(module)
         others = [n for n in sharers.get(id(weight), []) if n != name]
-        if not others:
+        if not others or (expected is not None and expected(name, others)):
             continue
         if name in adapted:
             consequence = (

@@ -251,7 +251,7 @@ class BaseTuner(nn.Module):
         known = set(self.targeted_module_names)
         self.targeted_module_names.extend(k for k in matched if k not in known)
         saved = [k for k, _ in modules if any(k == n or k.endswith("." + n) for n in modules_to_save)]
-        warn_about_tied_weights(modules, matched, saved)
+        warn_about_tied_weights(modules, matched, saved, expected=self._expected_tie)
 
         self._mark_only_adapters_as_trainable(model)
         if modules_to_save:
@@ -265,6 +265,11 @@ class BaseTuner(nn.Module):
                     tensor.requires_grad_(False)
         if autocast_adapter_dtype:
             self._cast_adapter_dtype(adapter_name, [model.get_submodule(k) for k in matched])
+
+    def _expected_tie(self, name: str, others: list[str]) -> bool:
+        """True when module `name` shares its weight with `others` by design of this method, so the
+        tied-weights warning would be a false alarm (none by default)."""
+        return False
 
     def _remove_partial_adapter(self, model: nn.Module, adapter_name: str) -> None:
         """Undo a failed injection: drop `adapter_name` everywhere, unwrap layers left without adapters."""

@@ -55,9 +55,25 @@ def _is_compiled(model: nn.Module) -> bool:
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    _check_only_lora(model)
     from ..tuners.lora.layer import LoraLayer
 
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def _check_only_lora(model: nn.Module, adapter_names: list[str] | None = None) -> None:
+    """Hot-swapping knows LoRA's tensors only; AdaLoRA layers subclass LoRA's, so check the configs."""
+    configs = getattr(model, "peft_config", {})
+    other = {
+        name: str(configs[name].peft_type)
+        for name in (adapter_names or list(configs))
+        if name in configs and configs[name].peft_type != PeftType.LORA
+    }
+    if other:
+        raise ValueError(
+            f"Hot-swapping works for LoRA adapters only; {other} are of other methods. Load the new adapter "
+            "with load_adapter instead."
+        )
 
 
 def _rank_dim(model_key: str) -> int | None:
@@ -270,6 +286,7 @@ def hotswap_adapter_from_state_dict(
     inner = _unwrap(model)
     if adapter_name not in getattr(inner, "peft_config", {}):
         raise ValueError(f"The model has no adapter named {adapter_name!r} to hot-swap.")
+    _check_only_lora(inner, [adapter_name])
     plan, layer_ranks = _plan_swap(inner, state_dict, adapter_name, parameter_prefix)
     scalings = _plan_scalings(inner, adapter_name, config, layer_ranks)
     with torch.no_grad():

@@ -157,13 +157,10 @@ def adapter_key_map(
 def _tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:
     """Keys of tensors held by the tuner itself rather than by a layer (VeRA's shared projections), as
     the tuner's `_tuner_state_keys` names them; `base_model.` in front when `model` is a PeftModel."""
-    from ..tuners.tuners_utils import BaseTuner
-
-    tuner, path = model, ""
-    if not isinstance(tuner, BaseTuner):
-        tuner, path = model._modules.get("base_model"), "base_model."
-    if not isinstance(tuner, BaseTuner):
+    tuner = _tuner_of(model)
+    if tuner is None:
         return {}
+    path = "" if tuner is model else "base_model."
     present = set(keys)
     return {
         path + rel: path + file_rel

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from torch import nn
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING
-from ...utils.warnings import PeftWarning
+from .._linear_kind import linear_or_conv1d
 from ..lora.model import get_pattern_key
 from ..tuners_utils import BaseTuner
 from .config import FourierFTConfig
@@ -34,25 +33,8 @@ class FourierFTModel(BaseTuner):
     def _create_new_module(
         self, fourierft_config: FourierFTConfig, adapter_name: str, target: nn.Module, **kwargs: Any
     ) -> nn.Module:
-        from transformers.pytorch_utils import Conv1D
-
         config = fourierft_config
-        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
-        is_conv1d = isinstance(base, Conv1D)
-        if not isinstance(base, nn.Linear) and not is_conv1d:
-            raise TypeError(
-                f"Target module {base} (type {type(base).__name__}) is not supported by FourierFT. Currently, only "
-                "`torch.nn.Linear` and `transformers.pytorch_utils.Conv1D` are supported; remove it from "
-                "target_modules."
-            )
-        if is_conv1d != config.fan_in_fan_out:
-            layer_kind = "`Conv1D`" if is_conv1d else "`torch.nn.Linear`"
-            warnings.warn(
-                f"fan_in_fan_out is set to {config.fan_in_fan_out} but the target module is {layer_kind}. "
-                f"Setting fan_in_fan_out to {is_conv1d}.",
-                PeftWarning,
-            )
-            config.fan_in_fan_out = is_conv1d
+        is_conv1d = linear_or_conv1d(target, config, "FourierFT")
         return FourierFTLinear(
             target, adapter_name, config, n_frequency=kwargs["n_frequency"], is_target_conv_1d_layer=is_conv1d
         )

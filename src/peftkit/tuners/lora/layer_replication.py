@@ -96,3 +96,13 @@ def check_no_shared_merge(tuner: nn.Module) -> None:
             "Cannot merge LoRA adapters into a model with layer_replication: the replicated layers share their base "
             "weights, so each copy's update would be added to the same tensor. Keep the adapters unmerged."
         )
+
+
+def is_replica_tie(name: str, others: list[str]) -> bool:
+    """Whether every module sharing `name`'s weight is the same module of another (replicated) layer: the
+    names differ only in the layer index, e.g. `model.layers.0.mlp.up_proj` and `model.layers.3.mlp.up_proj`."""
+
+    def shape(module_name: str) -> list[str]:
+        return ["#" if part.isdigit() else part for part in module_name.split(".")]
+
+    return all(shape(other) == shape(name) for other in others)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ...utils.warnings import PeftWarning
+from .._linear_kind import UnsupportedLayerError, align_fan_in_fan_out
 from ..tuners_utils import BaseTuner
 from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
@@ -68,24 +69,11 @@ class LoraModel(BaseTuner):
             kwargs.pop("fan_in_fan_out", None)
             conv_cls = {3: Conv1d, 4: Conv2d, 5: Conv3d}[base.weight.dim()]
             return conv_cls(target, adapter_name, **kwargs)
-        if isinstance(base, nn.Linear):
-            if kwargs["fan_in_fan_out"]:
-                warnings.warn(
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
-                    "Setting fan_in_fan_out to False.",
-                    PeftWarning,
-                )
-                kwargs["fan_in_fan_out"] = config.fan_in_fan_out = False
-            return Linear(target, adapter_name, **kwargs)
-        if isinstance(base, Conv1D):
-            if not kwargs["fan_in_fan_out"]:
-                warnings.warn(
-                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.",
-                    PeftWarning,
-                )
-                kwargs["fan_in_fan_out"] = config.fan_in_fan_out = True
-            return Linear(target, adapter_name, is_target_conv_1d_layer=True, **kwargs)
-        raise ValueError(
+        if isinstance(base, (nn.Linear, Conv1D)):
+            is_conv1d = align_fan_in_fan_out(base, config)
+            kwargs["fan_in_fan_out"] = config.fan_in_fan_out
+            return Linear(target, adapter_name, is_target_conv_1d_layer=is_conv1d, **kwargs)
+        raise UnsupportedLayerError(
             f"Target module {base} (type {type(base).__name__}) is not supported by LoRA. Currently, only the "
             "following modules are supported: `torch.nn.Linear`, `torch.nn.Embedding`, `torch.nn.Conv1d`, "
             "`torch.nn.Conv2d`, `torch.nn.Conv3d`, `transformers.pytorch_utils.Conv1D`."
@@ -124,6 +112,14 @@ class LoraModel(BaseTuner):
             density=density,
             majority_sign_method=majority_sign_method,
         )
+
+    def _expected_tie(self, name: str, others: list[str]) -> bool:
+        # replicated layers share their base weights by design (and merging them is refused)
+        if getattr(self, "_layer_replication", None) is None:
+            return False
+        from .layer_replication import is_replica_tie
+
+        return is_replica_tie(name, others)
 
     # ----- layer_replication, target_parameters (param_wrapper.py), trainable_token_indices (trainable_tokens/) -----
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:

@@ -43,6 +43,10 @@ class TrainableTokensModel(BaseTuner):
     ) -> nn.Module:
         return TrainableTokensLayer(target, adapter_name, **kwargs)
 
+    def _expected_tie(self, name: str, others: list[str]) -> bool:
+        # a tied output head is adapted too, with the same trained rows (_adapt_tied_output)
+        return True
+
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
         super().inject_adapter(model, adapter_name, **kwargs)
         self._adapt_tied_output(model, adapter_name)

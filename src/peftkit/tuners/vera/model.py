@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
-from ...utils.warnings import PeftWarning
 from .._buffer_dict import BufferDict
+from .._linear_kind import linear_or_conv1d
 from ..tuners_utils import BaseTuner
 from .config import VeraConfig
 from .layer import Linear, VeraLayer
@@ -104,25 +103,8 @@ class VeraModel(BaseTuner):
     def _create_new_module(
         self, vera_config: VeraConfig, adapter_name: str, target: nn.Module, **kwargs: Any
     ) -> nn.Module:
-        from transformers.pytorch_utils import Conv1D
-
         config = vera_config
-        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
-        is_conv1d = isinstance(base, Conv1D)
-        if not isinstance(base, nn.Linear) and not is_conv1d:
-            raise ValueError(
-                f"Target module {base} (type {type(base).__name__}) is not supported by VeRA. Currently, only "
-                "`torch.nn.Linear` and `transformers.pytorch_utils.Conv1D` are supported; remove it from "
-                "target_modules."
-            )
-        if is_conv1d != config.fan_in_fan_out:
-            layer_kind = "`Conv1D`" if is_conv1d else "`torch.nn.Linear`"
-            warnings.warn(
-                f"fan_in_fan_out is set to {config.fan_in_fan_out} but the target module is {layer_kind}. "
-                f"Setting fan_in_fan_out to {is_conv1d}.",
-                PeftWarning,
-            )
-            config.fan_in_fan_out = is_conv1d
+        is_conv1d = linear_or_conv1d(target, config, "VeRA")
         return Linear(
             target,
             kwargs["vera_A"],
