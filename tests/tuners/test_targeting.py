@@ -187,7 +187,7 @@ def test_module_tree_keeps_original_as_base_layer():
     [
         LoraConfig(target_modules=["lin", "norm"]),
         peftkit.VeraConfig(target_modules=["lin", "norm"]),
-        peftkit.FourierFTConfig(target_modules=["lin", "norm"]),
+        peftkit.FourierFTConfig(target_modules=["lin", "norm"], n_frequency=8),
     ],
     ids=["lora", "vera", "fourierft"],
 )
