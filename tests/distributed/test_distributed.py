@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +22,31 @@ SCRIPT = Path(__file__).with_name("lora_train.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+# a run takes ~10 s; a launcher once hung in its rendezvous for minutes on a loaded machine: such a run
+# is killed and started once more, and a second hang fails the test instead of stalling the suite
+TIMEOUT_S = 180
+
+
 def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    for attempt in (1, 2):
+        # its own process group, so that a hung launcher is killed together with its workers
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+            break
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            if attempt == 2:
+                pytest.fail(f"{' '.join(command)} did not finish within {TIMEOUT_S} s, twice")
+    assert process.returncode == 0, f"{' '.join(command)}\n{stdout[-3000:]}\n{stderr[-6000:]}"
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from ..._skip_init import empty_linear, skip_init
 from ...utils.warnings import PeftWarning
 from .._dropout import input_dropout
 from ..tuners_utils import BaseTunerLayer
-from . import dora
+from . import dora, fused_training
 from .bdlora import factor_weight, is_plain
 from .config import init_is_implemented
 
@@ -243,6 +243,13 @@ class Linear(LoraLayer, nn.Module):
             use_dora=use_dora,
             lora_bias=lora_bias,
         )
+
+    def _forward_with(self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if fused_training.applies(
+            self, active, x, args, kwargs
+        ):  # training: one autograd node, fewer temporaries
+            return fused_training.forward(self, active[0], x)
+        return super()._forward_with(active, x, *args, **kwargs)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         # uninitialised: reset_lora_parameters initialises them right away

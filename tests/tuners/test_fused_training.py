@@ -1,0 +1,90 @@
+"""The fused LoRA training node gives the op-by-op formula's outputs and gradients (and peft's)."""
+
+import pytest
+import torch
+from tests.conftest import llama_inputs, make_pair, tiny_llama
+from torch import nn
+
+from peftkit import LoraConfig, get_peft_model
+from peftkit.tuners.lora import fused_training
+
+ATOL = 1e-5
+
+
+def _loss_and_grads(model, seed=0):
+    """Training-mode loss and the gradients of every trainable tensor and of the input embeddings."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    inputs = llama_inputs()
+    embeds = model.get_input_embeddings()(inputs["input_ids"]).detach().requires_grad_()
+    torch.manual_seed(seed)  # the same dropout masks in every run
+    out = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=inputs["input_ids"])
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), grads, embeds.grad
+
+
+def _unfused(monkeypatch):
+    monkeypatch.setattr(fused_training, "applies", lambda *args: False)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_equals_op_by_op(monkeypatch, dropout):
+    _, _, ours = make_pair(tiny_llama, {"target_modules": "all-linear", "lora_dropout": dropout})
+    calls = []
+    original = fused_training.forward
+    monkeypatch.setattr(fused_training, "forward", lambda *a: calls.append(1) or original(*a))
+    fused = _loss_and_grads(ours)
+    assert calls, "the fused node was not used"
+    _unfused(monkeypatch)
+    plain = _loss_and_grads(ours)
+    torch.testing.assert_close(fused[0], plain[0], atol=ATOL, rtol=ATOL)
+    assert fused[1].keys() == plain[1].keys()
+    for name in fused[1]:
+        torch.testing.assert_close(fused[1][name], plain[1][name], atol=ATOL, rtol=ATOL, msg=name)
+    torch.testing.assert_close(fused[2], plain[2], atol=ATOL, rtol=ATOL)
+
+
+def test_gradients_equal_peft():
+    _, theirs, ours = make_pair(tiny_llama, {"target_modules": ["q_proj", "v_proj", "down_proj"]})
+    their_logits, their_grads, their_input_grad = _loss_and_grads(theirs)
+    our_logits, our_grads, our_input_grad = _loss_and_grads(ours)
+    torch.testing.assert_close(our_logits, their_logits, atol=ATOL, rtol=ATOL)
+    assert our_grads.keys() == their_grads.keys()
+    for name in our_grads:
+        torch.testing.assert_close(our_grads[name], their_grads[name], atol=ATOL, rtol=ATOL, msg=name)
+    torch.testing.assert_close(our_input_grad, their_input_grad, atol=ATOL, rtol=ATOL)
+
+
+def _layer(**config):
+    model = get_peft_model(nn.Sequential(nn.Linear(8, 4)), LoraConfig(target_modules=["0"], **config))
+    return model.train(), model.base_model.model[0]
+
+
+def test_applies_only_where_the_fused_node_is_exact():
+    x = torch.randn(3, 8)
+    model, layer = _layer()
+    assert fused_training.applies(layer, ["default"], x, (), {})
+    assert not fused_training.applies(layer, ["default"], x.double(), (), {})  # would need a cast
+    with torch.no_grad():
+        assert not fused_training.applies(layer, ["default"], x, (), {})  # inference has its own fast path
+    model.eval()
+    assert not fused_training.applies(layer, ["default"], x, (), {})
+    model.train()
+    handle = layer.base_layer.register_forward_hook(lambda *a: None)
+    assert not fused_training.applies(layer, ["default"], x, (), {})  # hooks must still run
+    handle.remove()
+    layer.base_layer.bias.requires_grad_(True)  # a trained bias needs its gradient
+    assert not fused_training.applies(layer, ["default"], x, (), {})
+    _, dora = _layer(use_dora=True)
+    assert not fused_training.applies(dora, ["default"], x, (), {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_training.applies(_layer()[1], ["default"], x, (), {})
+
+
+def test_hooks_on_the_base_layer_still_run_in_training():
+    model, layer = _layer()
+    seen = []
+    layer.base_layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    model(torch.randn(3, 8)).sum().backward()
+    assert seen == [torch.Size([3, 4])]
