@@ -4,6 +4,7 @@ shards (including empty ones), and the saved adapter equals a single-process run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,26 +28,41 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 TIMEOUT_S = 180
 
 
-def _run(command: list[str]) -> None:
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (workers may start sessions of their own, out of the launcher's group)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _run(command: list[str], tmp_dir: Path) -> None:
     for attempt in (1, 2):
-        # its own process group, so that a hung launcher is killed together with its workers
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = process.communicate(timeout=TIMEOUT_S)
-            break
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            if attempt == 2:
-                pytest.fail(f"{' '.join(command)} did not finish within {TIMEOUT_S} s, twice")
-    assert process.returncode == 0, f"{' '.join(command)}\n{stdout[-3000:]}\n{stderr[-6000:]}"
+        # output to files, not pipes: a stray worker holding a pipe open cannot block the test then
+        log = tmp_dir / f"launch{attempt}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=ENV)
+            try:
+                process.wait(timeout=TIMEOUT_S)
+                break
+            except subprocess.TimeoutExpired:
+                for pid in [*_descendants(process.pid), process.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                process.wait()
+                if attempt == 2:
+                    pytest.fail(f"{' '.join(command)} did not finish within {TIMEOUT_S} s, twice")
+    assert process.returncode == 0, f"{' '.join(command)}\n{log.read_text()[-6000:]}"
 
 
 def _free_port() -> int:
@@ -62,7 +78,7 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("single")
-    _run([sys.executable, str(SCRIPT), "--mode", "single", "--out", str(out)])
+    _run([sys.executable, str(SCRIPT), "--mode", "single", "--out", str(out)], out)
     adapter = _adapter(out)
     assert any(v.abs().max() > 1e-3 for k, v in adapter.items() if "lora_B" in k)  # training moved it
     return adapter
@@ -70,7 +86,7 @@ def single(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 def _torchrun(mode: str, out: Path) -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    _run([*launcher, str(SCRIPT), "--mode", mode, "--out", str(out)])
+    _run([*launcher, str(SCRIPT), "--mode", mode, "--out", str(out)], out)
     return json.loads((out / "report.json").read_text())
 
 
@@ -105,7 +121,7 @@ def test_accelerate_launch(single, tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher += ["--main_process_port", str(_free_port())]
-    _run([*launcher, str(SCRIPT), "--mode", "accelerate", "--out", str(tmp_path)])
+    _run([*launcher, str(SCRIPT), "--mode", "accelerate", "--out", str(tmp_path)], tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["world"] == 2 and report["rank_diff"] == 0.0 and not report["other_rank_wrote"]
     _assert_matches_single(tmp_path, single)

@@ -28,9 +28,16 @@ def _unfused(monkeypatch):
     monkeypatch.setattr(fused_training, "applies", lambda *args: False)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("dropout", [0.0, 0.1, "torch"])
 def test_fused_equals_op_by_op(monkeypatch, dropout):
-    _, _, ours = make_pair(tiny_llama, {"target_modules": "all-linear", "lora_dropout": dropout})
+    """No dropout, peftkit's dropout (mask applied inside the node), and any other dropout module (applied
+    before the node, with its own gradient input)."""
+    rate = 0.1 if dropout == "torch" else dropout
+    _, _, ours = make_pair(tiny_llama, {"target_modules": "all-linear", "lora_dropout": rate})
+    if dropout == "torch":
+        for module in ours.modules():
+            if hasattr(module, "lora_dropout"):
+                module.lora_dropout["default"] = nn.Dropout(rate)
     calls = []
     original = fused_training.forward
     monkeypatch.setattr(fused_training, "forward", lambda *a: calls.append(1) or original(*a))

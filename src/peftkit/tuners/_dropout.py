@@ -46,11 +46,19 @@ class AdapterDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        mask = self.cheap_mask(x)
+        if mask is None:
+            return super().forward(x)
+        keep, scale = mask
+        return (x * keep).mul_(scale)
+
+    def cheap_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """`(keep, scale)` for input `x` (int16 0/1 in `x`'s shape, and `1 / (1 - q)`), drawing the mask;
+        None where torch's dropout is used instead (other rates, accelerators, `inplace`)."""
         level = drop_level(self.p)
         if level is None or self.inplace or x.device.type != "cpu" or not x.is_floating_point():
-            return super().forward(x)
-        keep = keep_mask(x.numel(), level).view(x.shape)
-        return (x * keep).mul_(_LEVELS / (_LEVELS - level))
+            return None
+        return keep_mask(x.numel(), level).view(x.shape), _LEVELS / (_LEVELS - level)
 
 
 def input_dropout(p: float) -> nn.Module:

@@ -10,8 +10,9 @@ layer's in place:
     forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
     backward:  dh = s dy B;  dB = s dy^T h;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
 
-With dropout `d`, `d(x)` comes in as its own input and gets its gradient `dh A` from this node (autograd
-passes it through the dropout mask). Only the common case takes this path (see `applies`); everything
+With peftkit's dropout `d(x) = x * keep * k` the mask is applied here too, and the adapter's input gradient
+`(dh A) * keep * k` is added into `dx` in place; any other dropout runs before the node and `d(x)` gets
+its gradient `dh A` as an input of its own. Only the common case takes this path (see `applies`); everything
 else keeps the op-by-op formula, which gives the same values.
 """
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_internals
 
+from .._dropout import AdapterDropout
 from .bdlora import is_plain
 
 
@@ -57,15 +59,13 @@ def forward(layer: Any, name: str, x: torch.Tensor) -> torch.Tensor:
     """The layer's training output for adapter `name` (requires `applies(...)`)."""
     base = layer.base_layer
     dropout = layer.lora_dropout[name]
-    dropped = None if isinstance(dropout, nn.Identity) else dropout(x)
+    mask = dropout.cheap_mask(x) if isinstance(dropout, AdapterDropout) and dropout.p > 0 else None
+    # the cheap dropout mask is applied inside the node; any other dropout runs before it, under autograd
+    dropped = None if mask is not None or isinstance(dropout, nn.Identity) else dropout(x)
+    keep, keep_scale = mask if mask is not None else (None, 1.0)
+    factors = layer.lora_A[name].weight, layer.lora_B[name].weight
     return _LoraLinear.apply(
-        x,
-        dropped,
-        base.weight,
-        base.bias,
-        layer.lora_A[name].weight,
-        layer.lora_B[name].weight,
-        layer.scaling[name],
+        x, dropped, keep, keep_scale, base.weight, base.bias, *factors, layer.scaling[name]
     )
 
 
@@ -75,25 +75,34 @@ class _LoraLinear(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         dropped: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        keep_scale: float,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         lora_A: torch.Tensor,
         lora_B: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
+        """`dropped`: the adapter input from a dropout run outside; or `keep` (0/1) and `keep_scale`: the
+        dropout mask to apply here; neither: no dropout."""
         flat_x = x.reshape(-1, x.shape[-1])
-        adapter_input = flat_x if dropped is None else dropped.reshape(-1, x.shape[-1])
+        if keep is not None:
+            keep = keep.reshape(flat_x.shape)
+            adapter_input = (flat_x * keep).mul_(keep_scale)
+        else:
+            adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
         out = flat_x @ weight.t() if bias is None else torch.addmm(bias, flat_x, weight.t())
         hidden = adapter_input @ lora_A.t()
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
-        ctx.save_for_backward(adapter_input, hidden, weight, lora_A, lora_B)
-        ctx.scaling, ctx.input_shape, ctx.fused_input = scaling, x.shape, dropped is None
+        ctx.save_for_backward(adapter_input, hidden, weight, lora_A, lora_B, keep)
+        ctx.scaling, ctx.keep_scale, ctx.input_shape = scaling, keep_scale, x.shape
+        ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        adapter_input, hidden, weight, lora_A, lora_B = ctx.saved_tensors
-        needs_x, needs_dropped, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
+        adapter_input, hidden, weight, lora_A, lora_B, keep = ctx.saved_tensors
+        needs_x, needs_dropped, _, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
         grad_A = grad_hidden.t() @ adapter_input if needs_A else None
@@ -101,9 +110,11 @@ class _LoraLinear(torch.autograd.Function):
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight
-            if ctx.fused_input:
+            if ctx.adapter_sees_x and keep is None:
                 grad_x.addmm_(grad_hidden, lora_A)
+            elif ctx.adapter_sees_x:  # through the mask: d(x * keep * k)/dx = keep * k
+                grad_x.add_((grad_hidden @ lora_A).mul_(keep), alpha=ctx.keep_scale)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
             grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
-        return grad_x, grad_dropped, None, None, grad_A, grad_B, None
+        return grad_x, grad_dropped, None, None, None, None, grad_A, grad_B, None
