@@ -188,8 +188,10 @@ def test_module_tree_keeps_original_as_base_layer():
         LoraConfig(target_modules=["lin", "norm"]),
         peftkit.VeraConfig(target_modules=["lin", "norm"]),
         peftkit.FourierFTConfig(target_modules=["lin", "norm"], n_frequency=8),
+        peftkit.OFTConfig(target_modules=["lin", "norm"], r=2, oft_block_size=0),
+        peftkit.BOFTConfig(target_modules=["lin", "norm"], boft_block_size=2),
     ],
-    ids=["lora", "vera", "fourierft"],
+    ids=["lora", "vera", "fourierft", "oft", "boft"],
 )
 def test_unsupported_layer_type_names_the_type_and_is_a_type_and_value_error(config):
     model = nn.Sequential()

@@ -48,3 +48,28 @@ def linear_or_conv1d(target: nn.Module, config: Any, method: str) -> bool:
             "target_modules."
         )
     return align_fan_in_fan_out(base, config)
+
+
+def layer_for_base(
+    target: nn.Module,
+    layer_classes: dict[type, type],
+    method: str,
+    config: Any,
+    adapter_name: str,
+    **kwargs: Any,
+) -> nn.Module:
+    """The adapter layer for `target`: the class of the first entry of `layer_classes` whose base-layer type
+    `target`'s base layer is, built with `kwargs`. For `nn.Linear` the `fan_in_fan_out` setting is aligned
+    first (see `align_fan_in_fan_out`); any other type raises `UnsupportedLayerError` naming the supported ones."""
+    base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
+    for base_type, layer_cls in layer_classes.items():
+        if isinstance(base, base_type):
+            if base_type is nn.Linear:
+                align_fan_in_fan_out(base, config)
+                kwargs["fan_in_fan_out"] = config.fan_in_fan_out
+            return layer_cls(target, adapter_name, **kwargs)
+    supported = ", ".join(f"`torch.nn.{t.__name__}`" for t in layer_classes)
+    raise UnsupportedLayerError(
+        f"Target module {base} (type {type(base).__name__}) is not supported by {method}. Currently, only "
+        f"{supported} are supported; remove it from target_modules."
+    )

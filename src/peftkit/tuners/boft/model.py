@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from torch import nn
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING
-from ...utils.warnings import PeftWarning
-from ..tuners_utils import BaseTuner, BaseTunerLayer
+from .._linear_kind import layer_for_base
+from ..tuners_utils import BaseTuner
 from .config import BOFTConfig
 from .layer import BOFTLayer, Conv2d, Linear
 
@@ -39,19 +38,6 @@ class BOFTModel(BaseTuner):
     def _create_new_module(
         self, config: BOFTConfig, adapter_name: str, target: nn.Module, **kwargs: Any
     ) -> BOFTLayer:
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if isinstance(base, nn.Linear):
-            if kwargs["fan_in_fan_out"]:
-                warnings.warn(
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
-                    "Setting fan_in_fan_out to False.",
-                    PeftWarning,
-                )
-                kwargs["fan_in_fan_out"] = config.fan_in_fan_out = False
-            return Linear(target, adapter_name, **kwargs)
-        if isinstance(base, nn.Conv2d):
-            return Conv2d(target, adapter_name, **kwargs)
-        raise TypeError(
-            f"Target module {base} is not supported. Currently, only `torch.nn.Linear` and `torch.nn.Conv2d` are "
-            "supported by BOFT."
+        return layer_for_base(
+            target, {nn.Linear: Linear, nn.Conv2d: Conv2d}, "BOFT", config, adapter_name, **kwargs
         )
