@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tests.conftest import llama_inputs, make_pair, tiny_llama
+from tests.conftest import llama_inputs, make_pair, tiny_gpt2, tiny_llama
 from torch import nn
 
 from peftkit import LoraConfig, get_peft_model
@@ -47,6 +47,20 @@ def test_fused_equals_op_by_op(monkeypatch, dropout):
     plain = _loss_and_grads(ours)
     torch.testing.assert_close(fused[0], plain[0], atol=ATOL, rtol=ATOL)
     assert fused[1].keys() == plain[1].keys()
+    for name in fused[1]:
+        torch.testing.assert_close(fused[1][name], plain[1][name], atol=ATOL, rtol=ATOL, msg=name)
+    torch.testing.assert_close(fused[2], plain[2], atol=ATOL, rtol=ATOL)
+
+
+def test_gpt2_conv1d_layers_fused_equal_op_by_op(monkeypatch):
+    """transformers' Conv1D stores the weight transposed; the node reads it as (in, out)."""
+    _, _, ours = make_pair(tiny_gpt2, {"target_modules": ["c_attn", "c_fc"], "fan_in_fan_out": True})
+    layer = ours.train().base_model.model.transformer.h[0].attn.c_attn
+    assert fused_training.applies(layer, ["default"], torch.randn(2, 3, 32), (), {})
+    fused = _loss_and_grads(ours)
+    _unfused(monkeypatch)
+    plain = _loss_and_grads(ours)
+    torch.testing.assert_close(fused[0], plain[0], atol=ATOL, rtol=ATOL)
     for name in fused[1]:
         torch.testing.assert_close(fused[1][name], plain[1][name], atol=ATOL, rtol=ATOL, msg=name)
     torch.testing.assert_close(fused[2], plain[2], atol=ATOL, rtol=ATOL)

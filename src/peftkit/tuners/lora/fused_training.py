@@ -1,4 +1,5 @@
-"""One autograd node for a LoRA Linear in training: `y = x W^T + b + s * (d(x) A^T) B^T`, frozen W and b.
+"""One autograd node for a LoRA Linear in training: `y = x W^T + b + s * (d(x) A^T) B^T`, frozen W and b
+(an `nn.Linear`, or transformers' `Conv1D`, which stores `W^T`).
 
 The unfused formula, run op by op under autograd, allocates two output-sized tensors per layer and step
 that it does not need (the out-of-place sum with the adapter's output, and a copy of the output gradient
@@ -34,7 +35,7 @@ def applies(layer: Any, active: list[str], x: torch.Tensor, args: tuple, kwargs:
         return False
     name = active[0]
     base = layer.base_layer
-    if type(base) is not nn.Linear or base.weight.requires_grad:
+    if type(base) not in _base_types() or base.weight.requires_grad:
         return False
     if base.bias is not None and base.bias.requires_grad:
         return False
@@ -51,6 +52,12 @@ def applies(layer: Any, active: list[str], x: torch.Tensor, args: tuple, kwargs:
     return same_dtype and x.is_floating_point() and not torch.is_autocast_enabled(x.device.type)
 
 
+def _base_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style: y = x W + b, weight stored (in, out)
+
+    return (nn.Linear, Conv1D)
+
+
 def _global_hooks() -> bool:
     return bool(module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks)
 
@@ -64,8 +71,9 @@ def forward(layer: Any, name: str, x: torch.Tensor) -> torch.Tensor:
     dropped = None if mask is not None or isinstance(dropout, nn.Identity) else dropout(x)
     keep, keep_scale = mask if mask is not None else (None, 1.0)
     factors = layer.lora_A[name].weight, layer.lora_B[name].weight
+    weight_in_out = base.weight.t() if type(base) is nn.Linear else base.weight  # (in, out) for both
     return _LoraLinear.apply(
-        x, dropped, keep, keep_scale, base.weight, base.bias, *factors, layer.scaling[name]
+        x, dropped, keep, keep_scale, weight_in_out, base.bias, *factors, layer.scaling[name]
     )
 
 
@@ -77,7 +85,7 @@ class _LoraLinear(torch.autograd.Function):
         dropped: torch.Tensor | None,
         keep: torch.Tensor | None,
         keep_scale: float,
-        weight: torch.Tensor,
+        weight_in_out: torch.Tensor,
         bias: torch.Tensor | None,
         lora_A: torch.Tensor,
         lora_B: torch.Tensor,
@@ -91,17 +99,17 @@ class _LoraLinear(torch.autograd.Function):
             adapter_input = (flat_x * keep).mul_(keep_scale)
         else:
             adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
-        out = flat_x @ weight.t() if bias is None else torch.addmm(bias, flat_x, weight.t())
+        out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
         hidden = adapter_input @ lora_A.t()
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
-        ctx.save_for_backward(adapter_input, hidden, weight, lora_A, lora_B, keep)
+        ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B, keep)
         ctx.scaling, ctx.keep_scale, ctx.input_shape = scaling, keep_scale, x.shape
         ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        adapter_input, hidden, weight, lora_A, lora_B, keep = ctx.saved_tensors
+        adapter_input, hidden, weight_in_out, lora_A, lora_B, keep = ctx.saved_tensors
         needs_x, needs_dropped, _, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
@@ -109,7 +117,7 @@ class _LoraLinear(torch.autograd.Function):
         grad_B = (grad.t() @ hidden).mul_(ctx.scaling) if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
-            grad_x = grad @ weight
+            grad_x = grad @ weight_in_out.t()
             if ctx.adapter_sees_x and keep is None:
                 grad_x.addmm_(grad_hidden, lora_A)
             elif ctx.adapter_sees_x:  # through the mask: d(x * keep * k)/dx = keep * k
