@@ -95,3 +95,26 @@ def test_helpers_module_exposes_peft_names():
     ):
         assert hasattr(peft.helpers, name)
         assert callable(getattr(peftkit.helpers, name))
+
+
+@pytest.mark.parametrize("method", ["lora", "loha"])
+def test_per_layer_scaling_helpers(method):
+    """peft's set_scale / scale_layer / unscale_layer, shared by LoRA and the LyCORIS methods."""
+    config = (
+        peftkit.LoraConfig(target_modules=["q_proj"], r=4, lora_alpha=8)
+        if method == "lora"
+        else peftkit.LoHaConfig(target_modules=["q_proj"], r=4, alpha=8)
+    )
+    model = peftkit.get_peft_model(tiny_llama(), config)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.scaling["default"] == 2.0
+    layer.set_scale("default", 3.0)
+    assert layer.scaling["default"] == 6.0
+    layer.scale_layer(0.5)
+    assert layer.scaling["default"] == 3.0
+    layer.unscale_layer(3.0)
+    assert layer.scaling["default"] == 1.0
+    layer.unscale_layer()
+    assert layer.scaling["default"] == 2.0
+    layer.set_scale("not_here", 5.0)  # adapters the layer does not hold are ignored
+    assert layer.scaling == {"default": 2.0}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PeftConfig
+from ._scaling import ScalingHelpers
 from .lora.model import get_pattern_key
 from .tuners_utils import BaseTuner, BaseTunerLayer
 
@@ -73,7 +74,7 @@ def rebuild_tucker(core: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> 
     return torch.einsum("ijkl,jr,ip->prkl", core, w_b, w_a)
 
 
-class LycorisLayer(BaseTunerLayer, nn.Module):
+class LycorisLayer(ScalingHelpers, BaseTunerLayer, nn.Module):
     """A LoHa/LoKr layer on `nn.Linear`, `nn.Conv1d` or `nn.Conv2d`: `y = base(x) + op(x, dW)`.
 
     A method implements `create_adapter_parameters` (shapes), `reset_adapter_parameters` (init) and
@@ -177,23 +178,8 @@ class LycorisLayer(BaseTunerLayer, nn.Module):
             return result + F.linear(x, delta)
         return result + base._conv_forward(x, delta, None)
 
-    # ----- scaling helpers (rescale_adapter_scale) -----
-    def set_scale(self, adapter: str, scale: float) -> None:
-        if adapter in self.scaling:
-            self.scaling[adapter] = scale * self.alpha[adapter] / self.r[adapter]
-
-    def scale_layer(self, scale: float) -> None:
-        for adapter in self.active_adapters:
-            if adapter in self.scaling:
-                self.scaling[adapter] *= scale
-
-    def unscale_layer(self, scale: float | None = None) -> None:
-        for adapter in self.active_adapters:
-            if adapter in self.scaling:
-                if scale is None:
-                    self.scaling[adapter] = self.alpha[adapter] / self.r[adapter]
-                else:
-                    self.scaling[adapter] /= scale
+    def _default_scaling(self, adapter: str) -> float:
+        return self.alpha[adapter] / self.r[adapter]
 
 
 def lycoris_layer_kwargs(config: LycorisConfig, key: str) -> dict[str, Any]:

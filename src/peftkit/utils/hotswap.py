@@ -55,7 +55,6 @@ def _is_compiled(model: nn.Module) -> bool:
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    _check_only_lora(model)
     from ..tuners.lora.layer import LoraLayer
 
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
@@ -129,6 +128,7 @@ def prepare_model_for_compiled_hotswap(
             warnings.warn(
                 message + "; the compiled graph may not use the prepared tensors.", PeftWarning, stacklevel=2
             )
+    _check_only_lora(_unwrap(model))
     layers = _lora_layers(_unwrap(model))
     if not layers:
         raise ValueError(

@@ -19,13 +19,14 @@ from torch import nn
 from ..._skip_init import empty_linear, skip_init
 from ...utils.warnings import PeftWarning
 from .._dropout import input_dropout
+from .._scaling import ScalingHelpers
 from ..tuners_utils import BaseTunerLayer
 from . import dora, fused_training
 from .bdlora import factor_weight, is_plain
 from .config import init_is_implemented
 
 
-class LoraLayer(BaseTunerLayer):
+class LoraLayer(ScalingHelpers, BaseTunerLayer):
     """State shared by every LoRA layer kind: ranks, alphas, scalings, dropouts, the A/B factors."""
 
     adapter_layer_names = (
@@ -175,23 +176,8 @@ class LoraLayer(BaseTunerLayer):
             )
         return self.lora_B[adapter_name].bias * self.scaling[adapter_name]
 
-    # ----- scaling helpers used by rescale_adapter_scale -----
-    def set_scale(self, adapter: str, scale: float) -> None:
-        if adapter in self.scaling:
-            self.scaling[adapter] = scale * self.lora_alpha[adapter] / self.r[adapter]
-
-    def scale_layer(self, scale: float) -> None:
-        for adapter in self.active_adapters:
-            if adapter in self.scaling:
-                self.scaling[adapter] *= scale
-
-    def unscale_layer(self, scale: float | None = None) -> None:
-        for adapter in self.active_adapters:
-            if adapter in self.scaling:
-                if scale is None:
-                    self.scaling[adapter] = self.lora_alpha[adapter] / self.r[adapter]
-                else:
-                    self.scaling[adapter] /= scale
+    def _default_scaling(self, adapter: str) -> float:
+        return self.lora_alpha[adapter] / self.r[adapter]
 
     def __repr__(self) -> str:
         return "lora." + super().__repr__()
