@@ -2,7 +2,8 @@
 
 Prompt tuning, P-tuning and multitask prompt tuning prepend the virtual-token embeddings to the input
 embeddings (and ones to the attention mask, -100 to causal-LM labels, zeros to token_type_ids); prefix
-tuning passes the prefix as `past_key_values` and prepends ones to the attention mask. Which inputs are
+tuning passes the prefix as the model's cache (`cache`, or `past_key_values` before transformers 5.24) and
+prepends ones to the attention mask. Which inputs are
 kept, extended or dropped follows PEFT 0.21 task by task, so outputs match it.
 """
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache
 from ..utils.peft_types import PeftType
 from . import heads
 from .prompts import get_prompt
@@ -69,13 +71,15 @@ def _prepend_prompts(
     return torch.cat((prompts.to(inputs_embeds.dtype), inputs_embeds), dim=1)
 
 
-def _prefix(peft_model: PeftModel, kwargs: dict[str, Any], batch: int) -> None:
-    if kwargs.get("past_key_values") is not None:
+def _prefix(peft_model: PeftModel, kwargs: dict[str, Any], batch: int, receiver: Any) -> None:
+    """Put the prefix cache into `kwargs` under the cache argument of `receiver`, the module called next."""
+    if get_cache(kwargs) is not None:
         raise ValueError(
-            "Do not pass past_key_values to a prefix-tuning model: the prefix is its cache. Use generate(), which "
-            "adds the prefix on the first step only."
+            "Do not pass a cache (`cache`/`past_key_values`) to a prefix-tuning model: the prefix is its cache. "
+            "Use generate(), which adds the prefix on the first step only."
         )
-    kwargs["past_key_values"] = get_prompt(peft_model, batch)
+    pop_cache(kwargs)
+    kwargs[cache_argument_or_default(receiver)] = get_prompt(peft_model, batch)
 
 
 def causal_lm_forward(
@@ -94,7 +98,7 @@ def causal_lm_forward(
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     if config.peft_type == PeftType.PREFIX_TUNING:
-        _prefix(peft_model, kwargs, batch)
+        _prefix(peft_model, kwargs, batch, base)
         return base(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
@@ -138,7 +142,7 @@ def seq2seq_forward(
         "labels": labels,
     }
     if config.peft_type == PeftType.PREFIX_TUNING:
-        _prefix(peft_model, kwargs, batch)
+        _prefix(peft_model, kwargs, batch, base)
         return base(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
@@ -199,8 +203,8 @@ def _classification_forward(
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     if config.peft_type == PeftType.PREFIX_TUNING:
-        _prefix(peft_model, kwargs, batch)
-        if heads.accepts_past_key_values(base):
+        if heads.accepts_cache(base):
+            _prefix(peft_model, kwargs, batch, base)
             return base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -210,7 +214,9 @@ def _classification_forward(
             )
         return_dict = kwargs.pop("return_dict", None)
         return_dict = return_dict if return_dict is not None else getattr(base.config, "return_dict", True)
-        outputs = heads.backbone_of(base)(
+        backbone = heads.backbone_of(base)
+        _prefix(peft_model, kwargs, batch, backbone)
+        outputs = backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
@@ -297,8 +303,8 @@ def question_answering_forward(
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)
     positions = {"start_positions": start_positions, "end_positions": end_positions}
     if config.peft_type == PeftType.PREFIX_TUNING:
-        _prefix(peft_model, kwargs, batch)
-        if heads.accepts_past_key_values(base):
+        if heads.accepts_cache(base):
+            _prefix(peft_model, kwargs, batch, base)
             return base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -308,7 +314,9 @@ def question_answering_forward(
             )
         return_dict = kwargs.pop("return_dict", None)
         return_dict = return_dict if return_dict is not None else getattr(base.config, "return_dict", True)
-        outputs = heads.backbone_of(base)(
+        backbone = heads.backbone_of(base)
+        _prefix(peft_model, kwargs, batch, backbone)
+        outputs = backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
@@ -331,7 +339,7 @@ def feature_extraction_forward(
     attention_mask = extend_mask(attention_mask, n)
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
     if config.peft_type == PeftType.PREFIX_TUNING:
-        _prefix(peft_model, kwargs, batch)
+        _prefix(peft_model, kwargs, batch, base)
         return base(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)
     inputs_embeds = _prepend_prompts(peft_model, input_ids, inputs_embeds, batch, task_ids)

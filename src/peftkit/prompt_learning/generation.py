@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..utils.cache_names import CACHE_NAMES, cache_argument_or_default, get_cache, set_cache
 from ..utils.peft_types import PeftType
 from .forward import _TOKEN_TYPES_IGNORED, extend_mask
 from .prompts import get_prompt
@@ -47,14 +48,18 @@ def _prepare_inputs(
     inputs = original(input_ids, *args, **kwargs)
     n = config.num_virtual_tokens
     encoder_decoder = bool(getattr(peft_model.base_model.config, "is_encoder_decoder", False))
-    cache = inputs.get("past_key_values")
+    cache = get_cache(inputs)
     first = _is_first_step(cache)
     if config.peft_type == PeftType.PREFIX_TUNING:
         if first:
             _check_cache(cache)
             ids_key = "decoder_input_ids" if encoder_decoder else "input_ids"
             source = inputs.get(ids_key) if inputs.get(ids_key) is not None else inputs.get("inputs_embeds")
-            inputs["past_key_values"] = get_prompt(peft_model, source.shape[0])
+            # under the name the generation loop used (it reads the cache back from the outputs under it)
+            name = next((n for n in CACHE_NAMES if n in inputs), None) or cache_argument_or_default(
+                peft_model.base_model
+            )
+            set_cache(inputs, get_prompt(peft_model, source.shape[0]), name)
         if not encoder_decoder:
             inputs["attention_mask"] = extend_mask(inputs.get("attention_mask"), n)
             if inputs.get("position_ids") is not None:

@@ -1,4 +1,4 @@
-"""Task heads applied by hand for prefix tuning on models whose task class takes no `past_key_values`.
+"""Task heads applied by hand for prefix tuning on models whose task class takes no cache.
 
 transformers' BERT-style task classes (`BertForSequenceClassification`, ...) do not pass a cache to
 their backbone, so prefix tuning calls the backbone (`model.<base_model_prefix>`) with the prefix and
@@ -7,23 +7,26 @@ applies the head and the loss as those classes do.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..utils.cache_names import cache_argument
 
-def accepts_past_key_values(model: nn.Module) -> bool:
-    return "past_key_values" in inspect.signature(model.forward).parameters
+
+def accepts_cache(model: nn.Module) -> bool:
+    """Whether `model.forward` takes a cache, as `cache` (transformers >= 5.24) or `past_key_values`."""
+    return cache_argument(model) is not None
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
     prefix = getattr(model, "base_model_prefix", "")
     backbone = getattr(model, prefix, None) if prefix else None
-    if backbone is None or not accepts_past_key_values(backbone):
+    if backbone is None or not accepts_cache(backbone):
         raise ValueError(
-            f"Prefix tuning needs a model that accepts `past_key_values`; {type(model).__name__} does not, and neither "
+            f"Prefix tuning needs a model that accepts a cache (`cache` or `past_key_values`); {type(model).__name__} "
+            "does not, and neither "
             "does a backbone under `base_model_prefix`. Use prompt tuning or P-tuning with this model."
         )
     return backbone

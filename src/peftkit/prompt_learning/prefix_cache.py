@@ -1,4 +1,5 @@
-"""Turning a prefix-tuning prefix into the transformers `Cache` the base model reads as `past_key_values`."""
+"""Turning a prefix-tuning prefix into the transformers `Cache` the base model reads as its cache
+(`cache`, `past_key_values` before transformers 5.24)."""
 
 from __future__ import annotations
 

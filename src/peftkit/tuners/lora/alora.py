@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...utils.cache_names import get_cache
 from ...utils.warnings import PeftWarning
 
 
@@ -51,7 +52,7 @@ class ActivationContext:
 
     def begin_forward(self, args: tuple, kwargs: dict, offsets: list[int | None] | None) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
-        cache = kwargs.get("past_key_values")
+        cache = get_cache(kwargs)
         cached = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
         if offsets is None and cached and self._active_rows is not None and input_ids is not None:
             length = input_ids.shape[1]  # continuing a sequence: the new tokens follow the invocation
