@@ -5,7 +5,7 @@ In one process, before transformers/TRL are imported::
 
     >>> import peftkit.compat
     >>> peftkit.compat.install_peft_alias()
-    >>> import peft  # now peftkit; peft.__version__ == "0.21.2+peftkit.<version>"
+    >>> import peft  # now peftkit; peft.__version__ == "0.22.0+peftkit.<version>"
 
 For a whole environment (a `.pth` file in site-packages installs it at every interpreter start; set
 `PEFTKIT_PEFT_ALIAS=0` to keep it off for one process)::

@@ -22,7 +22,12 @@ import sys
 import types
 from typing import Any
 
-PEFT_COMPAT_VERSION = "0.21.2"  # the PEFT release whose API and files peftkit follows
+# The PEFT version the alias reports. peftkit follows peft 0.21.2's API and files, and also takes the cache
+# argument under transformers 5.24's name (`cache`, formerly `past_key_values`). transformers 5.24 raised its
+# gate (`MIN_PEFT_VERSION`) from 0.20.0 to 0.22.0 for that rename and nothing else in its PEFT integration
+# changed, so 0.22.0 is the gate peftkit truly passes. A later, higher gate stands for something not yet
+# checked: the alias then reports too low and transformers refuses it, as it should.
+PEFT_COMPAT_VERSION = "0.22.0"
 ENV_SWITCH = "PEFTKIT_PEFT_ALIAS"  # "0" keeps an environment-wide (.pth) alias off for one process
 
 # names integrations import from `peft` that peftkit may not implement yet: a placeholder class stands in
@@ -44,7 +49,7 @@ def _peftkit_version() -> str:
 
 
 def alias_version() -> str:
-    """The version the alias reports for `peft`: e.g. `0.21.2+peftkit.0.1.0`."""
+    """The version the alias reports for `peft`: e.g. `0.22.0+peftkit.0.1.0`."""
     own = _peftkit_version()
     return f"{PEFT_COMPAT_VERSION}+peftkit.{own}" if own else PEFT_COMPAT_VERSION
 
