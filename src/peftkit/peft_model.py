@@ -370,11 +370,19 @@ class PeftModel(nn.Module):
     def _batch_size(*candidates: Any) -> int | None:
         return next((c.shape[0] for c in candidates if torch.is_tensor(c)), None)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def _call_routed(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """`call(*args, **kwargs)` with `adapter_names=` (if given) routing each sample through its adapter."""
         adapter_names = kwargs.pop("adapter_names", None)
         batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
         with self._adapter_routing(adapter_names, batch):
-            return self.get_base_model()(*args, **kwargs)
+            return call(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call_routed(self.get_base_model(), *args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's `generate`; `adapter_names=[...]` gives each sample its own adapter."""
+        return self._call_routed(self.get_base_model().generate, *args, **kwargs)
 
     def _forward_task(self, **kwargs: Any) -> Any:
         """Call the base model with the task's named inputs, dropping the ones left as None."""
@@ -383,10 +391,7 @@ class PeftModel(nn.Module):
 
             return prompt_learning_forward(self, **kwargs)
         kwargs.pop("task_ids", None)
-        adapter_names = kwargs.pop("adapter_names", None)
-        batch = self._batch_size(kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
-        with self._adapter_routing(adapter_names, batch):
-            return self.base_model(**{k: v for k, v in kwargs.items() if v is not None})
+        return self._call_routed(self.base_model, **{k: v for k, v in kwargs.items() if v is not None})
 
     # ----- persistence (see peftkit.utils.persistence) -----
     def save_pretrained(
@@ -554,10 +559,7 @@ class PeftModelForCausalLM(PeftModel):
 
             generate = seq2seq_generate if isinstance(self, PeftModelForSeq2SeqLM) else causal_lm_generate
             return generate(self, *args, **kwargs)
-        adapter_names = kwargs.pop("adapter_names", None)
-        batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
-        with self._adapter_routing(adapter_names, batch):
-            return self.get_base_model().generate(*args, **kwargs)
+        return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
         return self.get_base_model().prepare_inputs_for_generation(*args, **kwargs)

@@ -108,6 +108,29 @@ def test_mixed_batch_generate_greedy_beam_and_sampling(pair):
 
 
 @torch.no_grad()
+def test_mixed_batch_generate_without_task_type_equals_peft():
+    """A model made without `task_type` is a plain PeftModel: its generate honours adapter_names as peft's."""
+    import peft
+
+    base = tiny_llama()
+    adapters = {k: ADAPTERS[k] for k in ("one", "two")}
+    theirs, ours = _build(peft, base, adapters), _build(peftkit, base, adapters)
+    for i, name in enumerate(adapters):
+        theirs.set_adapter(name)
+        perturb_adapter_weights(theirs, seed=i)
+    ours.load_state_dict(theirs.state_dict())
+    assert type(ours) is peftkit.PeftModel
+    inputs = llama_inputs(batch=3, length=5)
+    names = ["two", "__base__", "one"]
+    greedy = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    got = ours.eval().generate(**inputs, adapter_names=names, **greedy)
+    assert torch.equal(got, theirs.eval().generate(**inputs, adapter_names=names, **greedy))
+    ours.set_adapter("two")
+    assert torch.equal(got[:1], ours.generate(**{k: v[:1] for k, v in inputs.items()}, **greedy))
+    assert not torch.equal(got[:1], base.generate(**{k: v[:1] for k, v in inputs.items()}, **greedy))
+
+
+@torch.no_grad()
 def test_mixed_batch_every_layer_kind():
     base = conv_net()
     targets = ["conv1d", "conv2d", "conv2d_1x1", "conv3d", "emb", "lin"]
