@@ -162,3 +162,12 @@ def trainable_names(model: nn.Module) -> list[str]:
 @pytest.fixture
 def tmp_adapter_dir(tmp_path):
     return tmp_path / "adapter"
+
+
+@pytest.fixture
+def peft_oracle(request):
+    """peft's answer, live where peft works on the installed transformers and recorded where it does not
+    (see tests/oracle.py): `peft_oracle(lambda: theirs(**inputs).logits, theirs, inputs)`."""
+    from tests.oracle import oracle_for
+
+    return oracle_for(request.node.path, request.node.name)

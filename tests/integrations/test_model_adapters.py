@@ -1,19 +1,29 @@
 """transformers' model-level adapter API as peftkit functions (no `peft` alias): the same adapters, keys,
-files and outputs as transformers' own methods running on peft."""
+files and outputs as transformers' own methods running on peft.
+
+transformers 5.24+ refuses peft 0.21.2 (its gate wants 0.22.0), so what transformers-on-peft answers
+(active adapters, trainable names, logits, adapter state dict, saved files) comes from the oracle:
+live where transformers accepts peft, recorded from such a transformers elsewhere (tests/oracle.py).
+"""
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_llama, tiny_llama_config
+from safetensors.torch import load_file, save_file
+from tests.conftest import llama_inputs, tiny_llama, tiny_llama_config
+from tests.oracle import portable_init_
 from transformers import LlamaForCausalLM
 
 import peftkit
 from peftkit.integrations import transformers as integration
 
 TARGETS = ["q_proj", "v_proj"]
+ADAPTER_SEED = 3
 
 
 def _logits(model, inputs=None):
@@ -21,33 +31,55 @@ def _logits(model, inputs=None):
         return model(**(inputs or llama_inputs())).logits
 
 
-@pytest.fixture
-def pair():
-    """A tiny Llama with one adapter added by transformers+peft and the same one by peftkit's functions."""
+def _trainable(model) -> list[str]:
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def transformers_on_peft(base, folder: Path) -> dict:
+    """transformers' own adapter methods on peft: add an adapter, draw its weights, save it."""
     import peft
 
-    base = tiny_llama()
-    theirs, ours = copy.deepcopy(base), copy.deepcopy(base)
+    theirs = copy.deepcopy(base)
     theirs.add_adapter(peft.LoraConfig(target_modules=TARGETS))
+    portable_init_(theirs, seed=ADAPTER_SEED, only_trainable=True)
+    theirs.save_pretrained(folder)
+    return {
+        "active_adapters": theirs.active_adapters(),
+        "trainable": _trainable(theirs),
+        "logits": _logits(theirs),
+        "adapter_state_dict": theirs.get_adapter_state_dict(),
+        "saved_weights": load_file(folder / "adapter_model.safetensors"),
+        "saved_config": json.loads((folder / "adapter_config.json").read_text()),
+    }
+
+
+@pytest.fixture
+def pair(peft_oracle, tmp_path):
+    """A tiny Llama, transformers+peft's answers for one adapter on it, and the same adapter added by
+    peftkit's functions (the same weights: both drawn from ADAPTER_SEED by parameter name)."""
+    base = portable_init_(tiny_llama(), seed=1000)
+    theirs = peft_oracle(
+        lambda: transformers_on_peft(base, tmp_path / "recorded"), base, TARGETS, ADAPTER_SEED
+    )
+    ours = copy.deepcopy(base)
     integration.add_adapter(ours, peftkit.LoraConfig(target_modules=TARGETS))
-    perturb_adapter_weights(theirs)
-    ours.load_state_dict(theirs.state_dict())
+    portable_init_(ours, seed=ADAPTER_SEED, only_trainable=True)
     return base, theirs, ours
 
 
 def test_add_adapter_trains_only_the_adapter_and_matches_peft(pair):
     base, theirs, ours = pair
-    assert integration.active_adapters(ours) == theirs.active_adapters() == ["default"]
-    trainable = sorted(n for n, p in ours.named_parameters() if p.requires_grad)
-    assert trainable == sorted(n for n, p in theirs.named_parameters() if p.requires_grad)
+    assert integration.active_adapters(ours) == theirs["active_adapters"] == ["default"]
+    trainable = _trainable(ours)
+    assert trainable == theirs["trainable"]
     assert trainable and all(".lora_" in n for n in trainable)
-    torch.testing.assert_close(_logits(ours), _logits(theirs), atol=1e-6, rtol=0)
+    torch.testing.assert_close(_logits(ours), theirs["logits"], atol=1e-6, rtol=0)
     assert (_logits(ours) - _logits(base)).abs().max() > 1e-4
 
 
 def test_adapter_state_dict_equals_transformers_on_peft(pair):
     _, theirs, ours = pair
-    expected = theirs.get_adapter_state_dict()
+    expected = theirs["adapter_state_dict"]
     got = integration.get_adapter_state_dict(ours)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in got)
@@ -93,12 +125,15 @@ def test_saved_adapter_loads_in_peft_and_peft_adapter_loads_here(pair, tmp_path)
     in_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "ours"))
     torch.testing.assert_close(_logits(in_peft), _logits(ours), atol=1e-6, rtol=0)
 
-    theirs.save_pretrained(tmp_path / "theirs")  # transformers' save of a model carrying peft adapters
+    # the folder transformers' save_pretrained wrote for the model carrying peft's adapter
+    (tmp_path / "theirs").mkdir()
+    save_file(theirs["saved_weights"], tmp_path / "theirs" / "adapter_model.safetensors")
+    (tmp_path / "theirs" / "adapter_config.json").write_text(json.dumps(theirs["saved_config"]))
     fresh = copy.deepcopy(base)
     integration.load_adapter(fresh, tmp_path / "theirs", "loaded")
     assert integration.active_adapters(fresh) == ["loaded"]
     assert not any(p.requires_grad for p in fresh.parameters()) and not fresh.training
-    torch.testing.assert_close(_logits(fresh), _logits(theirs), atol=1e-6, rtol=0)
+    torch.testing.assert_close(_logits(fresh), theirs["logits"], atol=1e-6, rtol=0)
 
     trainable = copy.deepcopy(base)
     integration.load_adapter(trainable, tmp_path / "theirs", is_trainable=True)

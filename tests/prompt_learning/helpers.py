@@ -6,7 +6,7 @@ import copy
 import warnings
 
 import torch
-from tests.conftest import perturb_adapter_weights
+from tests.oracle import portable_init_
 
 ATOL = 1e-5  # the brief's tolerance for prompt-learning logits (fp32)
 
@@ -30,19 +30,20 @@ def config_pair(name: str, **kwargs):
 
 
 def make_prompt_pair(model_fn, config_name: str, seed: int = 0, **config_kwargs):
-    """The same base model wrapped by peft and by peftkit; peft's (perturbed) adapter copied into ours
-    with a strict load_state_dict, so the module trees must agree key for key."""
+    """The same base model wrapped by peft and by peftkit; peft's adapter (redrawn from `seed`) copied into
+    ours with a strict load_state_dict, so the module trees must agree key for key. Every weight is drawn
+    by `portable_init_`, so recorded peft answers hold on every transformers version."""
     import peft
 
     import peftkit
 
-    base = model_fn()
+    base = portable_init_(model_fn(), seed=1000)
     theirs_cfg, ours_cfg = config_pair(config_name, **config_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = peft.get_peft_model(copy.deepcopy(base), theirs_cfg)
     ours = peftkit.get_peft_model(copy.deepcopy(base), ours_cfg)
-    perturb_adapter_weights(theirs, seed=seed)
+    portable_init_(theirs, seed=seed, only_trainable=True)
     result = ours.load_state_dict(theirs.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     return base, theirs.eval(), ours.eval()

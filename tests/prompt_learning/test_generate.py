@@ -30,12 +30,13 @@ def _generate(model, mode: str, **extra):
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("case", list(CASES))
-def test_generate_matches_peft(case, mode):
+def test_generate_matches_peft(case, mode, peft_oracle):
+    """peft's tokens: live, or recorded where peft's generation breaks (transformers >= 5.24)."""
     model_fn, config_name, task_type = CASES[case]
     base, theirs, ours = make_prompt_pair(
         model_fn, config_name, task_type=task_type, num_virtual_tokens=3, seed=1
     )
-    expected = _generate(theirs, mode)
+    expected = peft_oracle(lambda: _generate(theirs, mode), theirs, llama_inputs(), MODES[mode])
     got = _generate(ours, mode)
     assert torch.equal(got, expected)
     if mode == "greedy":  # the adapter steers generation: the same call on the base model differs

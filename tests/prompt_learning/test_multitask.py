@@ -38,7 +38,8 @@ def test_task_ids_are_required():
 
 
 @pytest.mark.parametrize("beams", [1, 2])
-def test_generate_matches_peft(beams):
+def test_generate_matches_peft(beams, peft_oracle):
+    """peft's tokens: live, or recorded where peft's generation breaks (transformers >= 5.24)."""
     _, theirs, ours = _pair()
     kwargs = dict(
         **llama_inputs(),
@@ -48,7 +49,8 @@ def test_generate_matches_peft(beams):
         do_sample=False,
         pad_token_id=0,
     )
-    assert torch.equal(ours.generate(**kwargs), theirs.generate(**kwargs))
+    expected = peft_oracle(lambda: theirs.generate(**kwargs), theirs, kwargs)
+    assert torch.equal(ours.generate(**kwargs), expected)
 
 
 def test_save_load_both_ways(tmp_path):

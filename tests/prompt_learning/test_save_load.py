@@ -66,7 +66,8 @@ def _without_duplicates(config: dict) -> dict:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_saved_files_match_and_load_both_ways(case, tmp_path):
+def test_saved_files_match_and_load_both_ways(case, tmp_path, peft_oracle):
+    """peft's outputs: live, or recorded where peft cannot run prefix tuning (transformers >= 5.24)."""
     import peft
 
     import peftkit
@@ -76,7 +77,7 @@ def test_saved_files_match_and_load_both_ways(case, tmp_path):
         model_fn, config_name, task_type=task_type, num_virtual_tokens=3, **extra
     )
     inputs = _inputs(task_type)
-    expected = output_of(theirs(**inputs), task_type)
+    expected = peft_oracle(lambda: output_of(theirs(**inputs), task_type), theirs, inputs)
     peft_dir, kit_dir = tmp_path / "peft", tmp_path / "peftkit"
     theirs.save_pretrained(peft_dir)
     ours.save_pretrained(kit_dir)
@@ -96,7 +97,10 @@ def test_saved_files_match_and_load_both_ways(case, tmp_path):
     loaded_by_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), kit_dir)
     assert type(loaded_by_us).__name__ == type(loaded_by_peft).__name__
     assert_close(output_of(loaded_by_us(**inputs), task_type), expected)
-    assert_close(output_of(loaded_by_peft(**inputs), task_type), expected)
+    # what peft computes from peftkit's files (recorded: the same weights, by the fingerprint)
+    assert_close(
+        peft_oracle(lambda: output_of(loaded_by_peft(**inputs), task_type), loaded_by_peft, inputs), expected
+    )
     assert loaded_by_us.get_nb_trainable_parameters() == loaded_by_peft.get_nb_trainable_parameters()
     assert not loaded_by_us.training
 
