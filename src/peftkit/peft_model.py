@@ -21,6 +21,7 @@ from .config import PeftConfig
 from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from .tuners._status import get_layer_status, get_model_status
 from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTunerLayer
+from .utils.cache_names import rename_cache_for
 from .utils.modules_to_save import ModulesToSaveWrapper
 from .utils.peft_types import TaskType
 from .utils.warnings import PeftWarning
@@ -371,8 +372,10 @@ class PeftModel(nn.Module):
         return next((c.shape[0] for c in candidates if torch.is_tensor(c)), None)
 
     def _call_routed(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """`call(*args, **kwargs)` with `adapter_names=` (if given) routing each sample through its adapter."""
+        """`call(*args, **kwargs)` with `adapter_names=` (if given) routing each sample through its adapter,
+        and a cache (`cache=` or `past_key_values=`) under the name the base model takes."""
         adapter_names = kwargs.pop("adapter_names", None)
+        rename_cache_for(kwargs, self.get_base_model())
         batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
         with self._adapter_routing(adapter_names, batch):
             return call(*args, **kwargs)

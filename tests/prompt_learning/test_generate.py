@@ -5,6 +5,8 @@ import pytest
 import torch
 from tests.conftest import llama_inputs, tiny_llama, tiny_t5
 
+from peftkit.utils.cache_names import output_cache
+
 from .helpers import make_prompt_pair
 
 CASES = {
@@ -68,9 +70,10 @@ def test_prefix_generation_returns_a_cache_holding_the_prefix():
         tiny_llama, "PrefixTuningConfig", task_type="CAUSAL_LM", num_virtual_tokens=3
     )
     out = ours.generate(**llama_inputs(), max_new_tokens=4, return_dict_in_generate=True, pad_token_id=0)
-    assert isinstance(out.past_key_values, DynamicCache)
+    cache = output_cache(out)  # `cache` from transformers 5.24, `past_key_values` before
+    assert isinstance(cache, DynamicCache)
     # 3 virtual + 7 prompt + 3 fed-back generated tokens (the last one is never fed)
-    assert out.past_key_values.get_seq_length() == 3 + 7 + 3
+    assert cache.get_seq_length() == 3 + 7 + 3
 
 
 def test_static_cache_is_refused_for_prefix_tuning():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache
+from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache, rename_cache_for
 from ..utils.peft_types import PeftType
 from . import heads
 from .prompts import get_prompt
@@ -356,6 +356,7 @@ def prompt_learning_forward(peft_model: PeftModel, **kwargs: Any) -> Any:
             "adapter_names= (a different adapter per sample) is not supported for prompt-learning adapters; "
             "call set_adapter() and run each adapter's samples separately."
         )
+    rename_cache_for(kwargs, peft_model.get_base_model())
     if peft_model._prompt_learning.disabled:
         kwargs.pop("task_ids", None)
         return peft_model.base_model(**{k: v for k, v in kwargs.items() if v is not None})

@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..utils.cache_names import CACHE_NAMES, cache_argument_or_default, get_cache, set_cache
+from ..utils.cache_names import (
+    CACHE_NAMES,
+    cache_argument_or_default,
+    get_cache,
+    rename_cache_for,
+    set_cache,
+)
 from ..utils.peft_types import PeftType
 from .forward import _TOKEN_TYPES_IGNORED, extend_mask
+from .prefix_cache import write_prefix_into
 from .prompts import get_prompt
 
 if TYPE_CHECKING:
@@ -59,7 +66,8 @@ def _prepare_inputs(
             name = next((n for n in CACHE_NAMES if n in inputs), None) or cache_argument_or_default(
                 peft_model.base_model
             )
-            set_cache(inputs, get_prompt(peft_model, source.shape[0]), name)
+            prefix = get_prompt(peft_model, source.shape[0])
+            set_cache(inputs, prefix if cache is None else write_prefix_into(cache, prefix), name)
         if not encoder_decoder:
             inputs["attention_mask"] = extend_mask(inputs.get("attention_mask"), n)
             if inputs.get("position_ids") is not None:
@@ -115,6 +123,7 @@ def _expand_task_ids(task_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> t
 def causal_lm_generate(peft_model: PeftModel, *args: Any, **kwargs: Any) -> Any:
     """`base_model.generate` with the active adapter's virtual tokens."""
     base = peft_model.base_model
+    rename_cache_for(kwargs, base)
     task_ids = kwargs.pop("task_ids", None)
     if peft_model._prompt_learning.disabled:
         return base.generate(*args, **kwargs)
@@ -126,6 +135,7 @@ def seq2seq_generate(peft_model: PeftModel, *args: Any, **kwargs: Any) -> Any:
     """Encoder-decoder generation: prompts go into the encoder input once; a prefix goes into the
     decoder's cache on the first step."""
     base = peft_model.base_model
+    rename_cache_for(kwargs, base)
     task_ids = kwargs.pop("task_ids", None)
     state = peft_model._prompt_learning
     if state.disabled:

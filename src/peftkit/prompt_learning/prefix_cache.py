@@ -48,3 +48,17 @@ def prefix_to_cache(prefix: torch.Tensor, config: PromptLearningConfig, is_encod
         cache.is_updated = dict.fromkeys(range(len(pairs)), False)
         return cache
     return DynamicCache(pairs)
+
+
+def write_prefix_into(target, prefix_cache):
+    """Copy `prefix_cache` (from `prefix_to_cache`) into the caller's empty cache object `target` and
+    return it: generation then fills the object the caller passed, as it does without an adapter."""
+    from transformers import EncoderDecoderCache
+
+    if isinstance(target, EncoderDecoderCache):
+        write_prefix_into(target.self_attention_cache, prefix_cache.self_attention_cache)
+        target.is_updated = dict(prefix_cache.is_updated)
+        return target
+    for index, layer in enumerate(prefix_cache.layers):
+        target.update(layer.keys, layer.values, index)
+    return target

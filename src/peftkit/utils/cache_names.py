@@ -78,3 +78,10 @@ def output_cache(outputs: Any) -> Any:
     """The cache of a model or generation output (a `ModelOutput` or a dict; None for a plain tuple or
     tensor), read without the deprecated attribute."""
     return get_cache(outputs) if hasattr(outputs, "keys") else None
+
+
+def rename_cache_for(mapping: MutableMapping[str, Any], receiver: Any) -> None:
+    """Move a cache given under either name to the one `receiver.forward` declares, so a caller may use
+    either spelling on any transformers and the model never sees the deprecated one."""
+    if any(name in mapping for name in CACHE_NAMES):
+        set_cache(mapping, pop_cache(mapping), cache_argument_or_default(receiver))
