@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..config import PromptLearningConfig
@@ -50,7 +52,7 @@ def prefix_to_cache(prefix: torch.Tensor, config: PromptLearningConfig, is_encod
     return DynamicCache(pairs)
 
 
-def write_prefix_into(target, prefix_cache):
+def write_prefix_into(target: Any, prefix_cache: Any) -> Any:
     """Copy `prefix_cache` (from `prefix_to_cache`) into the caller's empty cache object `target` and
     return it: generation then fills the object the caller passed, as it does without an adapter."""
     from transformers import EncoderDecoderCache
