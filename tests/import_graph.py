@@ -27,6 +27,7 @@ FLOORS: list[tuple[str, list[str]]] = [
         "ground",
         [
             "peftkit._skip_init",
+            "peftkit._version",
             "peftkit.utils",
         ],
     ),
@@ -41,9 +42,9 @@ FLOORS: list[tuple[str, list[str]]] = [
             "peftkit.tuners.layer_dispatch",
         ],
     ),
-    ("methods", ["peftkit.tuners"]),
+    ("methods", ["peftkit.tuners", "peftkit.prompt_learning"]),
     ("persistence", ["peftkit.persistence"]),
-    ("model", ["peftkit.peft_model", "peftkit.prompt_learning"]),
+    ("model", ["peftkit.peft_model"]),
     (
         "above the model",
         [
@@ -51,6 +52,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "peftkit.mixed_model",
             "peftkit.mapping_func",
             "peftkit.helpers",
+            "peftkit.adapter_contexts",
             "peftkit.functional",
             "peftkit.integrations",
             "peftkit.optimizers",
@@ -161,10 +163,11 @@ def floor_of(name: str) -> int:
     raise KeyError(f"{name} is on no floor: add it to FLOORS in {Path(__file__).name}")
 
 
-def cycles(modules: dict[str, Module]) -> list[list[str]]:
-    """The strongly connected components of more than one module in the run-time import graph (Tarjan)."""
+def cycles(modules: dict[str, Module], with_local: bool = False) -> list[list[str]]:
+    """The strongly connected components of more than one module in the import graph (Tarjan): of the
+    imports run on import (`with_local=False`), or of every import, those inside functions too."""
     graph = {
-        name: sorted({t for t, _ in m.runtime if t in modules and t != name})
+        name: sorted({t for t, _ in m.runtime + (m.local if with_local else []) if t in modules and t != name})
         for name, m in modules.items()
     }
     index: dict[str, int] = {}
@@ -233,7 +236,13 @@ def local_imports(modules: dict[str, Module]) -> tuple[list[str], list[str]]:
 
 def report(modules: dict[str, Module]) -> dict[str, list]:
     optional, other = local_imports(modules)
-    return {"cycles": cycles(modules), "upward": upward(modules), "local": other, "optional": optional}
+    return {
+        "cycles": cycles(modules),
+        "cycles_with_local": cycles(modules, with_local=True),
+        "upward": upward(modules),
+        "local": other,
+        "optional": optional,
+    }
 
 
 def main() -> int:
@@ -244,10 +253,13 @@ def main() -> int:
     result = report(modules)
     print(f"modules: {len(modules)}")
     print(f"import cycles at run time: {len(result['cycles'])}")
+    print(f"import cycles counting imports inside functions: {len(result['cycles_with_local'])}")
     print(f"imports that go up a floor: {len(result['upward'])}")
     print(f"imports inside functions: {len(result['local'])} (+ {len(result['optional'])} of optional extras)")
     for component in result["cycles"]:
         print("cycle: " + " <-> ".join(component))
+    for component in result["cycles_with_local"]:
+        print("cycle through a function: " + " <-> ".join(component))
     for line in result["upward"]:
         print("up: " + line)
     for line in result["local"]:

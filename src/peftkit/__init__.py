@@ -4,8 +4,7 @@ from peftkit import LoraConfig, get_peft_model
 model = get_peft_model(base_model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .auto import (
     AutoPeftModel,
     AutoPeftModelForCausalLM,

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from .mapping import inject_adapter_in_model
-from .tuners.tuners_utils import BaseTunerLayer
+from .persistence.state_dict import get_peft_model_state_dict, set_peft_model_state_dict
+from .tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
 from .utils.modules_to_save import ModulesToSaveWrapper
-from .utils.persistence import set_adapter_trainable
-from .utils.save_and_load import get_peft_model_state_dict, set_peft_model_state_dict
 
 __all__ = [
     "cast_adapter_dtype",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .utils.adapter_contexts import disable_input_dtype_casting, rescale_adapter_scale
+from .adapter_contexts import disable_input_dtype_casting, rescale_adapter_scale
+from .config import PeftConfig
 from .utils.signatures import update_forward_signature, update_generate_signature, update_signature
 
 __all__ = [
@@ -26,8 +27,6 @@ def check_if_peft_model(model_name_or_path: str | os.PathLike) -> bool:
     Returns:
         True when its `adapter_config.json` exists and parses as a known adapter config, else False.
     """
-    from .config import PeftConfig
-
     try:
         PeftConfig.from_pretrained(os.fspath(model_name_or_path))
     except Exception:  # any reason it cannot be loaded means "not a PEFT model" here, as in PEFT

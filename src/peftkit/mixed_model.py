@@ -56,7 +56,7 @@ class PeftMixedModel(PeftModel):
         **kwargs: Any,
     ) -> PeftMixedModel:
         """Load a single-method adapter folder (or Hub id) as the first adapter of a mixed model."""
-        from .utils.persistence import load_peft_model
+        from .persistence.folders import load_peft_model
 
         return load_peft_model(
             cls, model, model_id, adapter_name, is_trainable=is_trainable, config=config, **kwargs

@@ -19,6 +19,14 @@ from torch import nn
 
 from .config import PeftConfig
 from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from .persistence.distributed import gather_sharded_adapter_state_dict
+from .persistence.folders import (
+    load_adapter_into,
+    load_peft_model,
+    push_peft_model_to_hub,
+    save_peft_model,
+    write_model_card,
+)
 from .tuners._status import get_layer_status, get_model_status
 from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTunerLayer
 from .utils.cache_names import rename_cache_for
@@ -396,7 +404,7 @@ class PeftModel(nn.Module):
         kwargs.pop("task_ids", None)
         return self._call_routed(self.base_model, **{k: v for k, v in kwargs.items() if v is not None})
 
-    # ----- persistence (see peftkit.utils.persistence) -----
+    # ----- persistence (see peftkit.persistence.folders) -----
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
@@ -412,9 +420,6 @@ class PeftModel(nn.Module):
         Under FSDP2 call it on every rank: the sharded adapter tensors are gathered (a collective), then
         only the process with `is_main_process` writes.
         """
-        from .utils.distributed import gather_sharded_adapter_state_dict
-        from .utils.persistence import save_peft_model
-
         if kwargs.get("state_dict") is None:
             gathered = gather_sharded_adapter_state_dict(self, selected_adapters, save_embedding_layers)
             if gathered is not None:
@@ -445,10 +450,8 @@ class PeftModel(nn.Module):
         **kwargs: Any,
     ) -> PeftModel:
         """Load an adapter (folder or Hub id) onto `model`; the task class follows the config's task_type."""
-        from .utils.persistence import load_peft_model
-
         return load_peft_model(
-            cls,
+            cls._class_for_config,
             model,
             model_id,
             adapter_name=adapter_name,
@@ -460,6 +463,13 @@ class PeftModel(nn.Module):
             key_mapping=key_mapping,
             **kwargs,
         )
+
+    @classmethod
+    def _class_for_config(cls, config: PeftConfig) -> type[PeftModel]:
+        """The class `from_pretrained` builds: PeftModel itself picks the task class of `config.task_type`."""
+        if cls is PeftModel:
+            return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, cls)
+        return cls
 
     def load_adapter(
         self,
@@ -474,8 +484,6 @@ class PeftModel(nn.Module):
         **kwargs: Any,
     ) -> Any:
         """Load a further adapter from a folder or Hub id; returns the missing/unexpected keys."""
-        from .utils.persistence import load_adapter_into
-
         return load_adapter_into(
             self,
             model_id,
@@ -507,8 +515,6 @@ class PeftModel(nn.Module):
         Returns the commit URL. `save_kwargs` (e.g. `selected_adapters`, `safe_serialization`) go to
         `save_pretrained`; `tags` are added to the model card.
         """
-        from .utils.persistence import push_peft_model_to_hub
-
         return push_peft_model_to_hub(
             self,
             repo_id,
@@ -524,8 +530,6 @@ class PeftModel(nn.Module):
         )
 
     def create_or_update_model_card(self, output_dir: str) -> None:
-        from .utils.persistence import write_model_card
-
         write_model_card(self, output_dir)
 
 

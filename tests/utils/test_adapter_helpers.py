@@ -8,7 +8,7 @@ import torch
 from tests.conftest import llama_inputs, make_pair, tiny_llama
 
 import peftkit
-from peftkit.utils.adapter_contexts import disable_input_dtype_casting, rescale_adapter_scale
+from peftkit.adapter_contexts import disable_input_dtype_casting, rescale_adapter_scale
 from peftkit.utils.signatures import update_forward_signature, update_generate_signature, update_signature
 
 

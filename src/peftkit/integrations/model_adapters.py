@@ -18,11 +18,11 @@ from torch import nn
 
 from .. import functional
 from ..config import PeftConfig
-from ..tuners.tuners_utils import BaseTunerLayer
-from ..utils.distributed import gather_sharded_adapter_state_dict
+from ..persistence.distributed import gather_sharded_adapter_state_dict
+from ..persistence.folders import save_peft_model
+from ..persistence.state_dict import get_peft_model_state_dict, set_peft_model_state_dict
+from ..tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
 from ..utils.modules_to_save import ModulesToSaveWrapper
-from ..utils.persistence import save_peft_model, set_adapter_trainable
-from ..utils.save_and_load import get_peft_model_state_dict, set_peft_model_state_dict
 
 __all__ = [
     "AdapterMixin",

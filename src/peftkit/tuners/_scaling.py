@@ -3,6 +3,13 @@ keep a `scaling` dict: `scaling[a] = alpha[a] / r[a]` unless rescaled (LoRA, LoH
 
 from __future__ import annotations
 
+import math
+
+
+def rank_scaling(alpha: float, rank: int, use_rslora: bool = False) -> float:
+    """A low-rank adapter's scale: `alpha / r`, or `alpha / sqrt(r)` with rank-stabilised scaling (rsLoRA)."""
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
 
 class ScalingHelpers:
     scaling: dict[str, float]

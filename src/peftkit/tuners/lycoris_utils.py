@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PeftConfig
+from ..utils.other import get_pattern_key
 from ._scaling import ScalingHelpers
-from .lora.model import get_pattern_key
 from .tuners_utils import BaseTuner, BaseTunerLayer
 
 _SUPPORTED_BASES = "`torch.nn.Linear`, `torch.nn.Conv1d` and `torch.nn.Conv2d`"

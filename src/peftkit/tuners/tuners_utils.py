@@ -35,7 +35,13 @@ from ._targeting import (
 from ._tied_weights import warn_about_tied_weights
 from ._tuner_layer import BASE_ADAPTER_NAME, BaseTunerLayer, _as_list
 
-__all__ = ["BASE_ADAPTER_NAME", "BaseTuner", "BaseTunerLayer", "check_target_module_exists"]
+__all__ = [
+    "BASE_ADAPTER_NAME",
+    "BaseTuner",
+    "BaseTunerLayer",
+    "check_target_module_exists",
+    "set_adapter_trainable",
+]
 
 # Tuner methods that only some methods have; asking another tuner for them names the method in the error.
 _TUNER_ONLY_METHODS = ("add_weighted_adapter",)
@@ -453,6 +459,17 @@ def _meta_init(enabled: bool) -> Iterator[None]:
         return
     with torch.device("meta"):
         yield
+
+
+def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) -> None:
+    """Set `requires_grad` of every tensor of `adapter_name` (adapter layers and modules_to_save copies)."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            for tensor in module._adapter_tensors(adapter_name):
+                if tensor.is_floating_point():
+                    tensor.requires_grad_(trainable)
+        elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+            module.modules_to_save[adapter_name].requires_grad_(trainable)
 
 
 def check_target_module_exists(config: PeftConfig, key: str) -> bool:

@@ -1,4 +1,6 @@
-"""Utilities shared by every method: types, constants, state dicts, modules_to_save."""
+"""The ground floor: types, constants, warnings, file and Hub I/O, modules_to_save; nothing here imports
+from a higher floor. peft's `peft.utils` also offers the state-dict functions, which live on the
+persistence floor: they are resolved on first use (see `lazy_exports`)."""
 
 from .constants import (
     CONFIG_NAME,
@@ -7,11 +9,20 @@ from .constants import (
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
     WEIGHTS_NAME,
 )
+from .lazy_exports import lazy_exports
 from .modules_to_save import ModulesToSaveWrapper
 from .other import get_submodules as _get_submodules
 from .peft_types import PeftType, TaskType
-from .save_and_load import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from .warnings import NoMatchingPeftModuleError, PeftError, PeftWarning
+from .weights_io import load_peft_weights
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "get_peft_model_state_dict": "peftkit.persistence.state_dict",
+        "set_peft_model_state_dict": "peftkit.persistence.state_dict",
+    },
+)
 
 __all__ = [
     "CONFIG_NAME",

@@ -1,12 +1,17 @@
-"""Training on quantized or half-precision bases: preparing a k-bit model, mixed-precision casting, and
-merging adapters into a dequantized (plain floating-point) copy of a quantized base."""
+"""Training on quantized or half-precision bases: preparing a k-bit model and mixed-precision casting.
+(`merge_and_unload_dequantized` is LoRA's, in `tuners/lora/dequantized_merge.py`; importable here too.)"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["cast_mixed_precision_params", "merge_and_unload_dequantized", "prepare_model_for_kbit_training"]
+from .lazy_exports import lazy_exports
+
+# merging into a dequantized base is LoRA's (it needs LoRA's bitsandbytes layers): defined there
+_HOMES = {"merge_and_unload_dequantized": "peftkit.tuners.lora.dequantized_merge"}
+__all__ = ["cast_mixed_precision_params", "prepare_model_for_kbit_training", *_HOMES]
+__getattr__, __dir__ = lazy_exports(globals(), _HOMES)
 
 _HALF = (torch.float16, torch.bfloat16)
 # quantization methods whose layers keep their own dtypes: their parameters are never upcast
@@ -100,58 +105,3 @@ def cast_mixed_precision_params(model: nn.Module, dtype: torch.dtype) -> None:
         target = torch.float32 if param.requires_grad else dtype
         if param.dtype != target:
             param.data = param.data.to(target)
-
-
-def _float_dtype_of(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first unquantized floating-point parameter (fp32 if there is none)."""
-    for param in model.parameters():
-        if param.is_floating_point() and param.__class__.__name__ not in ("Params4bit", "Int8Params"):
-            return param.dtype
-    return torch.float32
-
-
-def merge_and_unload_dequantized(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Merge the active adapters of a model over a bitsandbytes-quantized base into a dequantized copy
-    of the base weights: returns the base model in plain floating point, every quantized linear layer
-    (adapted or not) replaced by an `nn.Linear` of `dtype`.
-
-    Unlike `merge_and_unload()` on a quantized base, nothing is requantized, so the merged model computes
-    what the unmerged adapter model computed up to the base's dequantization (no 4-/8-bit rounding of the
-    merged weight). `dtype` defaults to the dtype of the model's other floating-point parameters.
-
-    Args:
-        model: a `PeftModel` (or tuner) whose base holds bitsandbytes layers.
-        dtype: the dtype of the dequantized linear layers.
-    """
-    from ..tuners.lora.bnb import dense_linear, is_bnb_layer
-    from ..tuners.tuners_utils import BaseTuner, BaseTunerLayer
-    from .other import get_submodules
-
-    tuner = model.base_model if hasattr(model, "get_base_model") else model
-    if not isinstance(tuner, BaseTuner):
-        raise TypeError(f"Expected a PeftModel or tuner, got {type(model).__name__}.")
-    dtype = dtype or _float_dtype_of(tuner.model)
-    for module in tuner.model.modules():
-        if isinstance(module, BaseTunerLayer) and is_bnb_layer(module.base_layer):
-            if module.merged:
-                module.unmerge()
-            module.base_layer = dense_linear(module.base_layer, dtype)
-    base = tuner.merge_and_unload()
-    for key, module in list(base.named_modules()):
-        if is_bnb_layer(module):
-            parent, _, name = get_submodules(base, key)
-            setattr(parent, name, dense_linear(module, dtype))
-    _drop_quantization_marks(base)
-    return base
-
-
-def _drop_quantization_marks(model: nn.Module) -> None:
-    """A dequantized transformers model no longer claims to be quantized (saving, Trainer checks)."""
-    for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method", "hf_quantizer"):
-        if attr in model.__dict__:
-            delattr(model, attr)
-    if "is_quantized" in model.__dict__:
-        model.is_quantized = False
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")

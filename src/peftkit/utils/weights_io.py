@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .hub import AdapterNotCachedError, resolve_adapter_file
+from .hub import HUB_KWARGS, AdapterNotCachedError, resolve_adapter_file
 from .warnings import AdapterLoadError
 
 _PEFT_PREFIX = "base_model.model."
@@ -162,3 +162,28 @@ def read_adapter_weights(
     path, is_safetensors = find_weights_file(os.fspath(model_id), allow_bin=allow_bin, **hub_kwargs)
     tensors = load_weights_file(path, is_safetensors, device or "cpu")
     return apply_key_mapping(tensors, key_mapping) if key_mapping else tensors
+
+
+def load_peft_weights(
+    model_id: str,
+    device: str | None = None,
+    key_mapping: dict[str, str] | None = None,
+    **hf_hub_download_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Read an adapter's weights from a folder or Hub repo (safetensors preferred; `.bin` only with
+    `torch.load(weights_only=True)`).
+
+    Args:
+        model_id: a local adapter folder or a Hub repo id.
+        device: where the tensors go (CPU by default).
+        key_mapping: regex `pattern -> replacement` renames applied to the keys without their
+            `base_model.model.` prefix (first match wins), as in PEFT.
+        hf_hub_download_kwargs: `subfolder`, `revision`, `cache_dir`, `token`, `local_files_only`,
+            `force_download`.
+    """
+    unknown = sorted(set(hf_hub_download_kwargs) - set(HUB_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"load_peft_weights() got unexpected keyword arguments {unknown}; it accepts {list(HUB_KWARGS)}."
+        )
+    return read_adapter_weights(model_id, device=device, key_mapping=key_mapping, **hf_hub_download_kwargs)

@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING
+from ...utils.other import get_pattern_key
 from .._linear_kind import linear_or_conv1d
-from ..lora.model import get_pattern_key
 from ..tuners_utils import BaseTuner
 from .config import FourierFTConfig
 from .layer import FourierFTLayer, FourierFTLinear

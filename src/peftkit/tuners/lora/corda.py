@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ...utils.other import get_pattern_key
+
 _DAMPING = 0.01  # relative to the mean of the covariance's diagonal
 
 
@@ -158,7 +160,6 @@ def decompose(weight: torch.Tensor, covariance: torch.Tensor, r: int, method: st
 
 
 def _rank_for(lora_config: Any, name: str) -> int:
-    from .model import get_pattern_key
 
     key = get_pattern_key(lora_config.rank_pattern.keys(), name)
     return lora_config.rank_pattern.get(key, lora_config.r)

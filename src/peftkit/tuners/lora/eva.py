@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
 
 
@@ -143,7 +144,6 @@ def _target_layers(model: nn.Module, peft_config: Any, adapter_name: str) -> dic
 
 
 def _budget(layers: dict[str, nn.Module], peft_config: Any) -> dict[str, int]:
-    from .model import get_pattern_key
 
     ranks = {}
     for name in layers:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
 from torch import nn
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
 from .._linear_kind import UnsupportedLayerError, align_fan_in_fan_out
 from ..tuners_utils import BaseTuner
 from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .quantized import dispatch_quantized
-
-
-def get_pattern_key(pattern_keys, key: str) -> str:
-    """The first `rank_pattern`/`alpha_pattern` key that matches the end of module name `key`."""
-    for pattern in pattern_keys:
-        if re.match(rf"(.*\.)?({pattern})$", key):
-            return pattern
-    return key
 
 
 class LoraModel(BaseTuner):

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ..config import PeftConfig
+from ..tuners.tuners_utils import set_adapter_trainable
 from ..utils.warnings import AdapterLoadError
+from .state_dict import set_peft_model_state_dict
 
 
 def uses_prompt_loading(config: PeftConfig) -> bool:
@@ -36,9 +38,6 @@ def fill_prompt_adapter(
 ) -> Any:
     """Copy `weights` into adapter `adapter_name` and settle its trainability: modules_to_save copies
     follow `is_trainable`; prompt encoders and adaption prompts keep requires_grad as PEFT leaves them."""
-    from ..utils.persistence import set_adapter_trainable
-    from ..utils.save_and_load import set_peft_model_state_dict
-
     check_trainable_load(model.peft_config[adapter_name], is_trainable)
     try:
         result = set_peft_model_state_dict(

@@ -7,6 +7,9 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from .tuners.lora.layer import LoraLayer
+from .tuners.tuners_utils import BaseTunerLayer
+
 
 @contextmanager
 def rescale_adapter_scale(model: nn.Module, multiplier: float | int) -> Iterator[None]:
@@ -15,8 +18,6 @@ def rescale_adapter_scale(model: nn.Module, multiplier: float | int) -> Iterator
     The scalings are restored to their exact previous values afterwards (not divided back, which could
     leave rounding errors).
     """
-    from ..tuners.lora.layer import LoraLayer
-
     if isinstance(multiplier, bool) or not isinstance(multiplier, (float, int)):
         raise TypeError(f"Argument multiplier should be of type float, got {type(multiplier)}")
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
@@ -39,8 +40,6 @@ def disable_input_dtype_casting(model: nn.Module, active: bool = True) -> Iterat
     Useful when another mechanism (e.g. layerwise upcasting) manages dtypes. With `active=False`
     nothing changes.
     """
-    from ..tuners.tuners_utils import BaseTunerLayer
-
     if not active:
         yield
         return

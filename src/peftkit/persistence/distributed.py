@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..tuners._adapter_keys import adapter_key_map
+
 __all__ = ["gather_sharded_adapter_state_dict", "has_sharded_parameters"]
 
 
@@ -34,7 +36,6 @@ def gather_sharded_adapter_state_dict(
     """
     if not has_sharded_parameters(model):
         return None
-    from .save_and_load import adapter_key_map
 
     state = model.state_dict()
     wanted: set[str] = set()

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..prompt_learning.prompts import get_prompt_embedding_to_save
+from ..tuners._adapter_keys import adapter_key_map
 from ..utils.peft_types import PeftType
 from ..utils.warnings import AdapterLoadError, PeftWarning
-from .prompts import get_prompt_embedding_to_save
 
 PROMPT_KEY = "prompt_embeddings"
 _MULTITASK_KEYS = ("prefix_task_cols", "prefix_task_rows")
@@ -26,8 +27,6 @@ def _other_key_map(
     model: nn.Module, adapter_name: str, keys: list[str], save_embedding_layers: Any
 ) -> dict[str, str]:
     """modules_to_save copies (and embedding layers when asked): model key -> file key."""
-    from ..utils.save_and_load import adapter_key_map
-
     return {
         k: v
         for k, v in adapter_key_map(model, adapter_name, keys, save_embedding_layers).items()

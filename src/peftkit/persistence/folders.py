@@ -14,18 +14,34 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
+import tempfile
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 from torch import nn
 
+from .._version import __version__
 from ..config import PeftConfig
-from .constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .hub import split_hub_kwargs
-from .save_and_load import get_peft_model_state_dict, set_peft_model_state_dict
-from .warnings import AdapterLoadError, PeftWarning
+from ..tuners.lora.conversion import convert_to_lora
+from ..tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
+from ..utils.atomic_io import atomic_write_text, staged_file
+from ..utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from ..utils.hub import split_hub_kwargs
+from ..utils.warnings import AdapterLoadError, PeftWarning
+from ..utils.weights_io import (
+    prepare_for_saving,
+    read_adapter_weights,
+    weights_file_name,
+    write_weights_file,
+    written_shapes,
+)
+from .prompt_loading import check_trainable_load, fill_prompt_adapter, uses_prompt_loading
+from .state_dict import get_peft_model_state_dict, set_peft_model_state_dict
 
 # kwargs PeftConfig.from_pretrained understands (force_download only matters for weight files)
 _CONFIG_HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "local_files_only")
@@ -71,8 +87,6 @@ def _config_to_save(model: nn.Module, adapter_name: str) -> PeftConfig:
 
 def _check_written(path: str, expected: dict[str, torch.Tensor], safe: bool) -> None:
     """Read back what was written and compare keys and shapes with what the adapter holds."""
-    from .weights_io import written_shapes
-
     try:
         written = written_shapes(path, safe)
     except Exception as err:
@@ -91,9 +105,6 @@ def _save_adapter(
     metadata: dict,
 ) -> None:
     """Write one adapter's (prepared) weights and config into `folder` in the crash-safe order."""
-    from .atomic_io import staged_file
-    from .weights_io import weights_file_name, write_weights_file
-
     prepared = tensors
     path = os.path.join(folder, weights_file_name(safe_serialization))
     with staged_file(path) as staged:
@@ -119,8 +130,6 @@ def save_peft_model(
     **kwargs: Any,
 ) -> None:
     """Implementation of `PeftModel.save_pretrained` (see there)."""
-    from .. import __version__
-
     save_directory = os.fspath(save_directory)
     if os.path.isfile(save_directory):
         raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
@@ -140,7 +149,6 @@ def save_peft_model(
         return
     full_state_dict = kwargs.pop("state_dict", None)
     os.makedirs(save_directory, exist_ok=True)
-    from .weights_io import prepare_for_saving
 
     # gather and check everything first: a failure here leaves the folder untouched
     plans = []
@@ -156,8 +164,6 @@ def save_peft_model(
             raise ValueError(f"Adapter '{adapter_name}' has no tensors to save; nothing was written.")
         config = _config_to_save(model, adapter_name)
         if path_initial_model_for_weight_conversion is not None:  # PiSSA/OLoRA/CorDA -> plain LoRA, rank 2r
-            from ..tuners.lora.conversion import convert_to_lora
-
             tensors, config = convert_to_lora(
                 tensors, config, os.fspath(path_initial_model_for_weight_conversion)
             )
@@ -170,10 +176,6 @@ def save_peft_model(
 
 def write_model_card(model: nn.Module, output_dir: str) -> None:
     """Write a model card README.md (library, base model, tags) unless the folder already has one."""
-    import json
-
-    from .atomic_io import atomic_write_text
-
     path = os.path.join(output_dir, "README.md")
     if os.path.exists(path):
         return
@@ -214,7 +216,7 @@ def _default_device(model: nn.Module) -> torch.device:
 
 
 def load_peft_model(
-    cls: type,
+    cls: type | Callable[[PeftConfig], type],
     model: nn.Module,
     model_id: str | os.PathLike,
     adapter_name: str = "default",
@@ -226,14 +228,12 @@ def load_peft_model(
     key_mapping: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Implementation of `PeftModel.from_pretrained` (see there).
+    """Implementation of `PeftModel.from_pretrained` (see there). `cls` is the model class, or a function
+    that picks it from the loaded config (PeftModel picks its task class by `task_type`).
 
     The weights file is read before the model is touched, and a load that fails after the adapter
     layers were injected takes them out again, so a failed call leaves `model` as it was.
     """
-    from ..peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel
-    from .weights_io import read_adapter_weights
-
     model_id = os.fspath(model_id)
     hub_kwargs = split_hub_kwargs(kwargs)
     torch_device = kwargs.pop("torch_device", None)
@@ -256,12 +256,11 @@ def load_peft_model(
     if hasattr(config, "runtime_config"):
         config.runtime_config.ephemeral_gpu_offload = ephemeral_gpu_offload
     _warn_if_other_base(config, model, model_id)
-    from ..prompt_learning.loading import check_trainable_load
 
     check_trainable_load(config, is_trainable)
     config.inference_mode = not is_trainable
-    if cls is PeftModel and config.task_type in MODEL_TYPE_TO_PEFT_MODEL_MAPPING:
-        cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING[config.task_type]
+    if not isinstance(cls, type):
+        cls = cls(config)
     peft_model = cls(
         model,
         config,
@@ -326,8 +325,6 @@ def load_adapter_into(
     are an error unless `allow_missing_keys=True` (then a warning names them, as PEFT does). A failed load
     removes the adapter it had just created.
     """
-    from .weights_io import read_adapter_weights
-
     model_id = os.fspath(model_id)
     hub_kwargs = split_hub_kwargs(kwargs)
     kwargs.pop("ephemeral_gpu_offload", None)
@@ -382,8 +379,6 @@ def _fill_adapter(
     allow_missing_keys: bool = False,
 ) -> Any:
     """Copy `weights` into adapter `adapter_name`, then settle device, dtype and trainability."""
-    from ..prompt_learning.loading import fill_prompt_adapter, uses_prompt_loading
-
     if uses_prompt_loading(model.peft_config[adapter_name]):
         return fill_prompt_adapter(model, weights, model_id, adapter_name, is_trainable, allow_missing_keys)
     try:
@@ -411,8 +406,6 @@ def _fill_adapter(
 def _place_beside_base(tuner: nn.Module, adapter_name: str) -> None:
     """Assigned tensors (low_cpu_mem_usage) keep the file's device and dtype: move them to the base layer's,
     as freshly created adapter tensors would be."""
-    from ..tuners.tuners_utils import BaseTunerLayer
-
     for module in tuner.model.modules():
         if not isinstance(module, BaseTunerLayer):
             continue
@@ -424,20 +417,6 @@ def _place_beside_base(tuner: nn.Module, adapter_name: str) -> None:
             target_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
             if tensor.device != weight.device or tensor.dtype != target_dtype:
                 tensor.data = tensor.data.to(weight.device, dtype=target_dtype)
-
-
-def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) -> None:
-    """Set `requires_grad` of every tensor of `adapter_name` (adapter layers and modules_to_save copies)."""
-    from ..tuners.tuners_utils import BaseTunerLayer
-    from .modules_to_save import ModulesToSaveWrapper
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            for tensor in module._adapter_tensors(adapter_name):
-                if tensor.is_floating_point():
-                    tensor.requires_grad_(trainable)
-        elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
-            module.modules_to_save[adapter_name].requires_grad_(trainable)
 
 
 def push_peft_model_to_hub(
@@ -457,10 +436,6 @@ def push_peft_model_to_hub(
 
     Returns the commit URL (as a string, like PEFT's `push_to_hub`).
     """
-    import tempfile
-
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     repo_id = getattr(repo_url, "repo_id", None) or repo_id
@@ -482,8 +457,6 @@ def push_peft_model_to_hub(
 
 def _add_card_tags(path: str, tags: list[str]) -> None:
     """Append `tags` to the model card's tag list (the card was just written by save_pretrained)."""
-    import json
-
     with open(path, encoding="utf-8") as f:
         text = f.read()
     extra = "".join(f"- {json.dumps(t)}\n" for t in tags)
