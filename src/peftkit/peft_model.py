@@ -27,6 +27,17 @@ from .persistence.folders import (
     save_peft_model,
     write_model_card,
 )
+from .prompt_learning import (
+    add_prompt_adapter,
+    causal_lm_generate,
+    delete_prompt_adapter,
+    get_prompt,
+    get_prompt_embedding_to_save,
+    prompt_learning_forward,
+    seq2seq_generate,
+    set_prompt_adapter,
+    setup_prompt_learning,
+)
 from .tuners._status import get_layer_status, get_model_status
 from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTunerLayer
 from .utils.cache_names import rename_cache_for
@@ -70,6 +81,9 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: create the adapter weights on the meta device (to be filled from a file).
     """
 
+    # the task whose prompt-learning forward this class runs (set by each task class)
+    _prompt_task: TaskType | None = None
+
     def __init__(
         self,
         model: nn.Module,
@@ -84,8 +98,6 @@ class PeftModel(nn.Module):
         self.special_peft_forward_args = {"adapter_names"}
         self.peft_type = peft_config.peft_type
         if peft_config.is_prompt_learning:  # no tuner: base_model is the model itself (see prompt_learning)
-            from .prompt_learning import setup_prompt_learning
-
             setup_prompt_learning(self, model, peft_config, adapter_name)
             self._track_modules_to_save(peft_config)
             self._hf_peft_config_loaded = True
@@ -180,8 +192,6 @@ class PeftModel(nn.Module):
         self._check_adapter_type(peft_config)
         self._prepare_config_for_task(peft_config)
         if self._is_prompt_learning:
-            from .prompt_learning import add_prompt_adapter
-
             add_prompt_adapter(self, adapter_name, peft_config)
             self._track_modules_to_save(peft_config)
             return
@@ -219,8 +229,6 @@ class PeftModel(nn.Module):
                 f"Adapter {missing[0]} not found; available adapters: {sorted(self.peft_config)}."
             )
         if self._is_prompt_learning:
-            from .prompt_learning import set_prompt_adapter
-
             if len(names) != 1:
                 raise ValueError(f"A prompt-learning model has one active adapter at a time, got {names}.")
             set_prompt_adapter(self, names[0])
@@ -231,8 +239,6 @@ class PeftModel(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; if it was active, another one becomes active."""
         if self._is_prompt_learning:
-            from .prompt_learning import delete_prompt_adapter
-
             delete_prompt_adapter(self, adapter_name)
             return
         self.base_model.delete_adapter(adapter_name)
@@ -287,16 +293,12 @@ class PeftModel(nn.Module):
         self, batch_size: int, task_ids: torch.Tensor | None = None, max_cache_len: int | None = None
     ) -> Any:
         """The active prompt-learning adapter's virtual tokens for a batch (prefix tuning: a `Cache`)."""
-        from .prompt_learning import get_prompt
-
         if max_cache_len is not None:
             raise NotImplementedError("max_cache_len (static-cache prefixes) is not implemented in peftkit.")
         return get_prompt(self, batch_size, task_ids=task_ids)
 
     def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
         """What is saved as `prompt_embeddings` for prompt-learning adapter `adapter_name`."""
-        from .prompt_learning import get_prompt_embedding_to_save
-
         return get_prompt_embedding_to_save(self, adapter_name)
 
     # ----- parameters -----
@@ -398,8 +400,6 @@ class PeftModel(nn.Module):
     def _forward_task(self, **kwargs: Any) -> Any:
         """Call the base model with the task's named inputs, dropping the ones left as None."""
         if self._is_prompt_learning:
-            from .prompt_learning import prompt_learning_forward
-
             return prompt_learning_forward(self, **kwargs)
         kwargs.pop("task_ids", None)
         return self._call_routed(self.base_model, **{k: v for k, v in kwargs.items() if v is not None})
@@ -536,6 +536,8 @@ class PeftModel(nn.Module):
 class PeftModelForCausalLM(PeftModel):
     """A causal language model with adapters; `generate` honours `adapter_names=` per sample."""
 
+    _prompt_task = TaskType.CAUSAL_LM
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -562,8 +564,6 @@ class PeftModelForCausalLM(PeftModel):
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         if self._is_prompt_learning:
-            from .prompt_learning import causal_lm_generate, seq2seq_generate
-
             generate = seq2seq_generate if isinstance(self, PeftModelForSeq2SeqLM) else causal_lm_generate
             return generate(self, *args, **kwargs)
         return super().generate(*args, **kwargs)
@@ -574,6 +574,8 @@ class PeftModelForCausalLM(PeftModel):
 
 class PeftModelForSeq2SeqLM(PeftModelForCausalLM):
     """An encoder-decoder model with adapters."""
+
+    _prompt_task = TaskType.SEQ_2_SEQ_LM
 
     def forward(
         self,
@@ -634,6 +636,8 @@ class _WithTrainedHead(PeftModel):
 class PeftModelForSequenceClassification(_WithTrainedHead):
     """A sequence classifier with adapters; the classifier head (`classifier`/`score`) trains too."""
 
+    _prompt_task = TaskType.SEQ_CLS
+
     head_module_names = ("classifier", "score")
 
     def forward(
@@ -664,9 +668,13 @@ class PeftModelForSequenceClassification(_WithTrainedHead):
 class PeftModelForTokenClassification(PeftModelForSequenceClassification):
     """A token classifier with adapters; the classifier head trains too."""
 
+    _prompt_task = TaskType.TOKEN_CLS
+
 
 class PeftModelForQuestionAnswering(_WithTrainedHead):
     """An extractive QA model with adapters; `qa_outputs` trains too."""
+
+    _prompt_task = TaskType.QUESTION_ANS
 
     head_module_names = ("qa_outputs",)
 
@@ -703,6 +711,8 @@ class PeftModelForQuestionAnswering(_WithTrainedHead):
 
 class PeftModelForFeatureExtraction(PeftModel):
     """An encoder used for embeddings, with adapters."""
+
+    _prompt_task = TaskType.FEATURE_EXTRACTION
 
     def forward(
         self,

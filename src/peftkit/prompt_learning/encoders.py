@@ -5,6 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import PromptLearningConfig
+from ..tuners.multitask_prompt_tuning import MultitaskPromptEmbedding
+from ..tuners.p_tuning import PromptEncoder
+from ..tuners.prefix_tuning import PrefixEncoder
+from ..tuners.prompt_tuning import PromptEmbedding
 from ..utils.peft_types import PeftType
 
 
@@ -12,19 +16,11 @@ def build_prompt_encoder(config: PromptLearningConfig, word_embeddings: nn.Modul
     """The encoder for `config`'s method (its model-dependent fields already filled in)."""
     peft_type = config.peft_type
     if peft_type == PeftType.PROMPT_TUNING:
-        from ..tuners.prompt_tuning import PromptEmbedding
-
         return PromptEmbedding(config, word_embeddings)
     if peft_type == PeftType.MULTITASK_PROMPT_TUNING:
-        from ..tuners.multitask_prompt_tuning import MultitaskPromptEmbedding
-
         return MultitaskPromptEmbedding(config, word_embeddings)
     if peft_type == PeftType.P_TUNING:
-        from ..tuners.p_tuning import PromptEncoder
-
         return PromptEncoder(config)
     if peft_type == PeftType.PREFIX_TUNING:
-        from ..tuners.prefix_tuning import PrefixEncoder
-
         return PrefixEncoder(config)
     raise ValueError(f"{peft_type} is not a prompt-learning method peftkit implements.")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache, rename_cache_for
-from ..utils.peft_types import PeftType
+from ..utils.peft_types import PeftType, TaskType
 from . import heads
 from .prompts import get_prompt
 
@@ -349,8 +349,6 @@ def feature_extraction_forward(
 def prompt_learning_forward(peft_model: PeftModel, **kwargs: Any) -> Any:
     """The forward of `peft_model`'s task class with its active prompt-learning adapter (or of the base
     model alone inside `disable_adapter()`)."""
-    from .. import peft_model as pm
-
     if kwargs.pop("adapter_names", None) is not None:
         raise ValueError(
             "adapter_names= (a different adapter per sample) is not supported for prompt-learning adapters; "
@@ -360,19 +358,22 @@ def prompt_learning_forward(peft_model: PeftModel, **kwargs: Any) -> Any:
     if peft_model._prompt_learning.disabled:
         kwargs.pop("task_ids", None)
         return peft_model.base_model(**{k: v for k, v in kwargs.items() if v is not None})
-    dispatch = (
-        (pm.PeftModelForSeq2SeqLM, seq2seq_forward),
-        (pm.PeftModelForCausalLM, causal_lm_forward),
-        (pm.PeftModelForTokenClassification, token_classification_forward),
-        (pm.PeftModelForSequenceClassification, sequence_classification_forward),
-        (pm.PeftModelForQuestionAnswering, question_answering_forward),
-        (pm.PeftModelForFeatureExtraction, feature_extraction_forward),
-    )
-    for cls, forward in dispatch:
-        if isinstance(peft_model, cls):
-            return forward(peft_model, **kwargs)
+    forward = _TASK_FORWARDS.get(peft_model._prompt_task)
+    if forward is not None:
+        return forward(peft_model, **kwargs)
     raise ValueError(
         f"{type(peft_model).__name__} has no prompt-learning forward; create the model with get_peft_model and a "
         "config whose task_type names the task (CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, TOKEN_CLS, QUESTION_ANS, "
         "FEATURE_EXTRACTION)."
     )
+
+
+# the task forward of each PeftModel task class, by the task it declares (`PeftModel._prompt_task`)
+_TASK_FORWARDS = {
+    TaskType.SEQ_2_SEQ_LM: seq2seq_forward,
+    TaskType.CAUSAL_LM: causal_lm_forward,
+    TaskType.TOKEN_CLS: token_classification_forward,
+    TaskType.SEQ_CLS: sequence_classification_forward,
+    TaskType.QUESTION_ANS: question_answering_forward,
+    TaskType.FEATURE_EXTRACTION: feature_extraction_forward,
+}

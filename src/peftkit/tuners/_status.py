@@ -41,10 +41,15 @@ class TunerModelStatus:
     quantization_backend: str | None = None
 
 
-def _tuner(model: nn.Module) -> nn.Module:
-    from ..peft_model import PeftModel
+def _is_peft_model(model: nn.Module) -> bool:
+    """Whether `model` is a PeftModel, told by its shape: PeftModel sits above the tuners (importing it
+    here would be a cycle); it holds its tuner (or base model) as the submodule `base_model` and counts
+    its parameters itself, which neither a tuner nor a transformers model does."""
+    return "base_model" in model._modules and callable(getattr(model, "get_nb_trainable_parameters", None))
 
-    if isinstance(model, PeftModel):
+
+def _tuner(model: nn.Module) -> nn.Module:
+    if isinstance(model, nn.Module) and _is_peft_model(model):
         return model.base_model
     if isinstance(model, nn.Module) and any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         return model
@@ -95,11 +100,9 @@ def _agree(values: list[Any]) -> Any:
 
 def get_model_status(model: nn.Module) -> TunerModelStatus:
     """One summary for the whole model; fields that differ between layers read "irregular"."""
-    from ..peft_model import PeftModel
-
     tuner = _tuner(model)
     base = tuner.model if hasattr(tuner, "model") else tuner
-    if isinstance(model, PeftModel):
+    if _is_peft_model(model):
         trainable, total = model.get_nb_trainable_parameters()
     else:
         params = list(model.parameters())

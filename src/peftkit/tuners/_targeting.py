@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from torch import nn
 
 from ..utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
+from ..utils.modules_to_save import ModulesToSaveWrapper
 from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning
+from ._tuner_layer import BaseTunerLayer
 
 _REGEX_CHARS = re.compile(r"[\\^$*+?{}\[\]|()]")
 
@@ -68,9 +70,6 @@ def linear_like_types() -> tuple[type, ...]:
 def modules_outside_adapters(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) in `named_modules` order, not descending into adapter layers or modules_to_save
     wrappers (they are listed themselves): nothing inside them is ever a target."""
-    from ..utils.modules_to_save import ModulesToSaveWrapper
-    from .tuners_utils import BaseTunerLayer
-
     stop = (BaseTunerLayer, ModulesToSaveWrapper)
     found: list[tuple[str, nn.Module]] = []
     seen: set[int] = set()
@@ -100,7 +99,6 @@ def expand_all_linear(
     targets = config.target_modules
     if not (isinstance(targets, str) and targets.lower() == INCLUDE_LINEAR_LAYERS_SHORTHAND):
         return False
-    from .tuners_utils import BaseTunerLayer
 
     output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     excluded = list(excluded_names)

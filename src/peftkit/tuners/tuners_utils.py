@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..config import PeftConfig
 from ..utils.gc_pause import gc_paused
-from ..utils.modules_to_save import ModulesToSaveWrapper, set_modules_to_save
+from ..utils.modules_to_save import ModulesToSaveWrapper, has_ancestor_in, set_modules_to_save
 from ..utils.other import get_submodules
 from ..utils.warnings import PeftWarning
 from ._targeting import (
@@ -420,7 +420,7 @@ class BaseTuner(nn.Module):
             if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))
         ]
         # outermost first, so a wrapped wrapper is handled once
-        keys = [k for k in keys if not _has_ancestor_in(k, set(keys))]
+        keys = [k for k in keys if not has_ancestor_in(k, set(keys))]
         for key in tqdm(
             keys, disable=not progressbar, desc="Unloading " + ("and merging " if merge else "") + "model"
         ):
@@ -444,11 +444,6 @@ class BaseTuner(nn.Module):
 
     def get_nb_adapter_layers(self) -> int:
         return sum(1 for _ in self._tuner_layers(self.model))
-
-
-def _has_ancestor_in(key: str, owners: set[str]) -> bool:
-    parts = key.split(".")
-    return any(".".join(parts[:i]) in owners for i in range(1, len(parts)))
 
 
 @contextmanager

@@ -111,17 +111,21 @@ class ModulesToSaveWrapper(nn.Module):
             self.set_adapter(remaining[:1])
 
 
+def has_ancestor_in(key: str, owners: set[str]) -> bool:
+    """Whether a dotted module name above `key` (its parent, grandparent, ...) is one of `owners`."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in owners for i in range(1, len(parts)))
+
+
 def set_modules_to_save(
     model: nn.Module, adapter_name: str, module_names: Iterable[str], skip: Iterable[str] = ()
 ) -> list[str]:
     """Wrap (or add an adapter copy to) every module whose name ends with one of `module_names`."""
-    from ..tuners.tuners_utils import _has_ancestor_in
-
     names = list(module_names)
     owners = set(skip)
     wrapped: list[str] = []
     for key, module in list(model.named_modules()):
-        if not key or _has_ancestor_in(key, owners | set(wrapped)):
+        if not key or has_ancestor_in(key, owners | set(wrapped)):
             continue
         if not any(key == n or key.endswith("." + n) for n in names):
             continue

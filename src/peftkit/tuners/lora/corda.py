@@ -27,7 +27,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ...utils.other import get_pattern_key
+from .._targeting import is_targeted
 
 _DAMPING = 0.01  # relative to the mean of the covariance's diagonal
 
@@ -76,9 +78,6 @@ def _as_config(corda_config: Any) -> CordaConfig:
 def _targets(model: nn.Module, lora_config: Any) -> dict[str, nn.Module]:
     """The linear layers `lora_config` targets in `model`, by name."""
     from transformers.pytorch_utils import Conv1D
-
-    from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    from .._targeting import is_targeted
 
     config = lora_config
     if config.target_modules is None:

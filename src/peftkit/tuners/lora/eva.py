@@ -30,6 +30,7 @@ from torch import nn
 
 from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
+from .._targeting import is_targeted
 
 
 @dataclass
@@ -128,7 +129,6 @@ class _Statistics:
 def _target_layers(model: nn.Module, peft_config: Any, adapter_name: str) -> dict[str, nn.Module]:
     from transformers.pytorch_utils import Conv1D
 
-    from .._targeting import is_targeted
     from .layer import LoraLayer
 
     lora_layers = {

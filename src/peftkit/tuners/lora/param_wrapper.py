@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from ..._skip_init import empty_linear
+from ...utils.other import get_submodules
 from ...utils.warnings import NoMatchingPeftModuleError, PeftWarning
+from .._targeting import modules_outside_adapters
 from ..tuners_utils import BaseTunerLayer
 from .layer import LoraLayer
 
@@ -182,9 +184,6 @@ def _existing_wrapper(module: nn.Module, parameter_name: str) -> ParamWrapper | 
 
 def inject_parameters(tuner: Any, model: nn.Module, adapter_name: str) -> list[ParamWrapper]:
     """Wrap every parameter `config.target_parameters` names with a ParamWrapper for `adapter_name`."""
-    from ...utils.other import get_submodules
-    from .._targeting import modules_outside_adapters
-
     config = tuner.peft_config[adapter_name]
     targets = config.target_parameters
     if not isinstance(targets, (list, tuple, set)) or not all(isinstance(t, str) for t in targets):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ...utils.other import get_submodules
+from .._tuner_layer import BaseTunerLayer
 from .layer import TrainableTokensLayer
 
 
@@ -82,8 +83,6 @@ def _wrap(
     tied: TrainableTokensLayer | None,
     inference_mode: bool,
 ) -> TrainableTokensLayer:
-    from ..tuners_utils import BaseTunerLayer
-
     parent, target, target_name = get_submodules(model, name)
     if isinstance(target, TrainableTokensWrapper):
         target.token_adapter.update_layer(adapter_name, ids, inference_mode=inference_mode)
