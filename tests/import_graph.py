@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,21 @@ OPTIONAL = {
     "yaml",
     "accelerate",
     "torch.distributed",
+}
+
+# Required dependencies that the library imports only inside the functions that use them, and why.
+DEFERRED = {
+    "transformers": "`import peftkit` must not import transformers: the `peft` alias has to be in place "
+    "before transformers looks for peft, and transformers costs ~1.4 s of start-up",
+    "huggingface_hub": "~0.3 s of start-up; only utils/hub.py talks to the Hub",
+}
+
+# Top-floor packages that load the rest of the package late on purpose, and why.
+STARTUP = {
+    "peftkit.cli": "the command line answers --help and argument errors before it loads torch and the "
+    "library; a subcommand's imports run when it runs",
+    "peftkit.compat": "the alias module is loaded by a .pth file at every interpreter start, by path and "
+    "with the standard library only; it loads peftkit when `peft` is first imported",
 }
 
 # Public module paths kept for code written against peft (COMPAT.md): a module here only re-exports names
@@ -167,7 +183,9 @@ def cycles(modules: dict[str, Module], with_local: bool = False) -> list[list[st
     """The strongly connected components of more than one module in the import graph (Tarjan): of the
     imports run on import (`with_local=False`), or of every import, those inside functions too."""
     graph = {
-        name: sorted({t for t, _ in m.runtime + (m.local if with_local else []) if t in modules and t != name})
+        name: sorted(
+            {t for t, _ in m.runtime + (m.local if with_local else []) if t in modules and t != name}
+        )
         for name, m in modules.items()
     }
     index: dict[str, int] = {}
@@ -222,31 +240,42 @@ def upward(modules: dict[str, Module]) -> list[str]:
     return problems
 
 
-def local_imports(modules: dict[str, Module]) -> tuple[list[str], list[str]]:
-    """Imports inside functions: (of optional extras, of everything else)."""
-    optional, other = [], []
+def _matches(target: str, names: Iterable[str]) -> bool:
+    return any(target == n or target.startswith(n + ".") for n in names)
+
+
+def local_imports(modules: dict[str, Module]) -> dict[str, list[str]]:
+    """Imports inside functions, by kind: optional extras, deferred dependencies (DEFERRED), those of the
+    top-floor packages that load late on purpose (STARTUP), and the rest (each a way around a cycle)."""
+    kinds: dict[str, list[str]] = {"optional": [], "deferred": [], "startup": [], "local": []}
     for module in modules.values():
         for target, line in module.local:
             where = f"{module.path.relative_to(SRC)}:{line}: {target}"
-            top = target.split(".")[0]
-            is_optional = top in OPTIONAL or any(target.startswith(o + ".") or target == o for o in OPTIONAL)
-            (optional if is_optional else other).append(where)
-    return optional, other
+            if _matches(target, OPTIONAL):
+                kind = "optional"
+            elif _matches(target, DEFERRED):
+                kind = "deferred"
+            elif _matches(module.name, STARTUP):
+                kind = "startup"
+            else:
+                kind = "local"
+            kinds[kind].append(where)
+    return kinds
 
 
 def report(modules: dict[str, Module]) -> dict[str, list]:
-    optional, other = local_imports(modules)
     return {
         "cycles": cycles(modules),
         "cycles_with_local": cycles(modules, with_local=True),
         "upward": upward(modules),
-        "local": other,
-        "optional": optional,
+        **local_imports(modules),
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--edges", action="store_true", help="also print every run-time import")
     args = parser.parse_args()
     modules = load()
@@ -255,7 +284,11 @@ def main() -> int:
     print(f"import cycles at run time: {len(result['cycles'])}")
     print(f"import cycles counting imports inside functions: {len(result['cycles_with_local'])}")
     print(f"imports that go up a floor: {len(result['upward'])}")
-    print(f"imports inside functions: {len(result['local'])} (+ {len(result['optional'])} of optional extras)")
+    print(
+        f"imports inside functions: {len(result['local'])} in the library (besides: {len(result['optional'])} "
+        f"of optional extras, {len(result['deferred'])} of {' and '.join(DEFERRED)}, {len(result['startup'])} in "
+        f"{' and '.join(STARTUP)})"
+    )
     for component in result["cycles"]:
         print("cycle: " + " <-> ".join(component))
     for component in result["cycles_with_local"]:

@@ -15,7 +15,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .utils.atomic_io import atomic_write_text
 from .utils.constants import CONFIG_NAME
+from .utils.hub import resolve_adapter_file
 from .utils.peft_types import PeftType, TaskType, coerce_task_type
 from .utils.warnings import PeftWarning
 
@@ -67,8 +69,6 @@ class PeftConfigMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write `adapter_config.json` into `save_directory` (atomically); kwargs override fields."""
-        from .utils.atomic_io import atomic_write_text
-
         if os.path.isfile(save_directory):
             raise AssertionError(f"Provided path ({save_directory}) should be a directory, not a file")
         os.makedirs(save_directory, exist_ok=True)
@@ -132,8 +132,6 @@ class PeftConfigMixin:
         cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
     ) -> PeftConfigMixin:
         """Load a config from a local folder or a Hub repo id (`adapter_config.json`)."""
-        from .utils.hub import resolve_adapter_file
-
         hub_kwargs = {
             k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
         }

@@ -7,6 +7,7 @@ import warnings
 from torch import nn
 
 from .config import PeftConfig
+from .mixed_model import PeftMixedModel
 from .peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel, check_task_fits_model
 from .utils.peft_types import TaskType
 from .utils.warnings import PeftWarning
@@ -43,8 +44,6 @@ def get_peft_model(
             )
         peft_config.revision = revision
     if mixed:  # adapters of several methods on one model
-        from .mixed_model import PeftMixedModel
-
         return PeftMixedModel(model, peft_config, adapter_name=adapter_name)
     check_task_fits_model(peft_config.task_type, model)
     cls = (

@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import PeftConfig
 from .peft_model import PeftModel
+from .persistence.folders import load_peft_model
 from .tuners.mixed import MixedModel
 from .tuners.mixed.model import check_mixable
 
@@ -56,8 +57,6 @@ class PeftMixedModel(PeftModel):
         **kwargs: Any,
     ) -> PeftMixedModel:
         """Load a single-method adapter folder (or Hub id) as the first adapter of a mixed model."""
-        from .persistence.folders import load_peft_model
-
         return load_peft_model(
             cls, model, model_id, adapter_name, is_trainable=is_trainable, config=config, **kwargs
         )

@@ -20,6 +20,8 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
+from importlib.metadata import Distribution, DistributionFinder, version
 from typing import Any
 
 # The PEFT version the alias reports. peftkit follows peft 0.21.2's API and files, and also takes the cache
@@ -41,8 +43,6 @@ class PeftAliasError(RuntimeError):
 
 def _peftkit_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("peftkit")
     except Exception:
         return ""
@@ -122,8 +122,6 @@ class PeftAliasFinder(importlib.abc.MetaPathFinder):
         )
 
     def find_distributions(self, context: Any = None):
-        from importlib.metadata import DistributionFinder
-
         context = context or DistributionFinder.Context()
         name = (context.name or "").lower().replace("-", "_")
         if name == "peft" and context.path is sys.path:
@@ -134,8 +132,6 @@ _LOADER = _AliasLoader()
 
 
 def _distribution():
-    from importlib.metadata import Distribution
-
     class PeftAliasDistribution(Distribution):
         """The metadata of the `peft` the alias provides."""
 
@@ -242,6 +238,4 @@ def install_from_pth() -> None:
     try:
         install()
     except PeftAliasError as err:
-        import warnings
-
         warnings.warn(f"peftkit's `peft` alias is not active: {err}", RuntimeWarning, stacklevel=2)

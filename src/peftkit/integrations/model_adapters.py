@@ -23,6 +23,8 @@ from ..persistence.folders import save_peft_model
 from ..persistence.state_dict import get_peft_model_state_dict, set_peft_model_state_dict
 from ..tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
 from ..utils.modules_to_save import ModulesToSaveWrapper
+from ..utils.other import get_submodules
+from ..utils.weights_io import read_adapter_weights
 
 __all__ = [
     "AdapterMixin",
@@ -87,8 +89,6 @@ def load_adapter(
     the missing/unexpected keys. Frozen and the model in eval mode unless `is_trainable`. A failed load
     of a new adapter removes it again.
     """
-    from ..utils.weights_io import read_adapter_weights
-
     peft_model_id = os.fspath(peft_model_id)
     created = adapter_name not in (getattr(model, "peft_config", None) or {})
     weights = read_adapter_weights(peft_model_id, device=_device_of(model), **hub_kwargs)
@@ -115,8 +115,6 @@ def load_adapter(
 
 def _remove_new_adapter(model: nn.Module, adapter_name: str) -> None:
     """Undo a failed load: delete the adapter and put back the original layers of those left empty."""
-    from ..utils.other import get_submodules
-
     delete_adapter(model, adapter_name)
     for key, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer) and not module._get_available_adapters():

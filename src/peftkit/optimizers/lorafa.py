@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..tuners.lora.layer import LoraLayer
+
 
 class LoraFAOptimizer(torch.optim.Optimizer):
     """AdamW that updates `lora_B` with the LoRA-FA projected gradient and leaves `lora_A` alone.
@@ -171,8 +173,6 @@ def create_lorafa_optimizer(
 
 def _layer_scalings(model: nn.Module) -> dict[str, float]:
     """Parameter name -> the LoRA scaling of its layer, for every lora_A / lora_B weight."""
-    from ..tuners.lora.layer import LoraLayer
-
     found: dict[str, float] = {}
     for module_name, module in model.named_modules():
         if not isinstance(module, LoraLayer):

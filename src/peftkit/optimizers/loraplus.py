@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..tuners.lora.layer import Embedding as LoraEmbedding
+
 # Optimizers of bitsandbytes that keep 8-bit state: embeddings keep 32-bit state (as transformers' Trainer)
 _BNB_8BIT_OPTIMIZERS = ("Adam8bit", "AdamW8bit", "PagedAdam8bit", "PagedAdamW8bit")
 
@@ -63,8 +65,6 @@ def create_loraplus_optimizer(
         kwargs: `loraplus_weight_decay` (default 0.0) and `loraplus_lr_embedding` (default 1e-6) are read
             here; everything else goes to `optimizer_cls`.
     """
-    from ..tuners.lora.layer import Embedding as LoraEmbedding
-
     weight_decay = kwargs.pop("loraplus_weight_decay", 0.0)
     lr_embedding = kwargs.pop("loraplus_lr_embedding", 1e-6)
     decay = decay_parameter_names(model)

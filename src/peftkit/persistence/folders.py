@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi
 from torch import nn
 
 from .._version import __version__
@@ -31,7 +30,7 @@ from ..tuners.lora.conversion import convert_to_lora
 from ..tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
 from ..utils.atomic_io import atomic_write_text, staged_file
 from ..utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from ..utils.hub import split_hub_kwargs
+from ..utils.hub import hub_api, split_hub_kwargs
 from ..utils.warnings import AdapterLoadError, PeftWarning
 from ..utils.weights_io import (
     prepare_for_saving,
@@ -436,7 +435,7 @@ def push_peft_model_to_hub(
 
     Returns the commit URL (as a string, like PEFT's `push_to_hub`).
     """
-    api = HfApi(token=token)
+    api = hub_api(token=token)
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     repo_id = getattr(repo_url, "repo_id", None) or repo_id
     with tempfile.TemporaryDirectory() as folder:

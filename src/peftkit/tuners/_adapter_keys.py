@@ -14,11 +14,11 @@ import os
 import warnings
 
 import torch
-from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from ..mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from ..utils.constants import EMBEDDING_LAYER_NAMES
+from ..utils.hub import cached_hub_file
 from .tuners_utils import BaseTuner
 
 _MODULES_TO_SAVE = "modules_to_save"
@@ -90,10 +90,9 @@ def _base_config_file(base_path: str) -> str | None:
     if os.path.isdir(base_path) or base_path.count("/") > 1:
         return None
     try:
-        cached = try_to_load_from_cache(base_path, "config.json")
+        return cached_hub_file(base_path, "config.json")
     except Exception:  # an invalid repo id: there is nothing to compare with
         return None
-    return cached if isinstance(cached, str) else None
 
 
 def _vocab_was_resized(model: nn.Module, config) -> bool:

@@ -4,6 +4,9 @@ A Hub file comes through `hf_hub_download`, which serves it from the local cache
 fresh. Offline (`HF_HUB_OFFLINE=1`, read at call time, or `local_files_only=True`) only the cache is
 searched; a file the cache does not hold then raises `AdapterNotCachedError`, because offline we cannot
 tell "the repo has no such file" from "it was never downloaded".
+
+This is the one module that talks to `huggingface_hub`, and it imports it inside its functions: loading
+it costs ~0.3 s, which `import peftkit` does not pay unless something comes from or goes to the Hub.
 """
 
 from __future__ import annotations
@@ -113,3 +116,18 @@ def resolve_adapter_file(
             f"'{model_id}' is neither a local folder nor a Hub repo that can be reached (private repos need "
             f"`token=`): {err.__class__.__name__}."
         ) from err
+
+
+def cached_hub_file(repo_id: str, filename: str) -> str | None:
+    """The local path of `filename` of Hub repo `repo_id` if the Hub cache holds it (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename)
+    return cached if isinstance(cached, str) else None
+
+
+def hub_api(token: str | None = None) -> Any:
+    """A `huggingface_hub.HfApi` client."""
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)

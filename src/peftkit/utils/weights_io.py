@@ -13,6 +13,8 @@ import re
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from .hub import HUB_KWARGS, AdapterNotCachedError, resolve_adapter_file
@@ -44,8 +46,6 @@ def prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
     """The safetensors writer (a seam: tests replace it to simulate a crash mid-write)."""
-    from safetensors.torch import save_file
-
     save_file(tensors, path, metadata=metadata)
 
 
@@ -66,8 +66,6 @@ def write_weights_file(
 def written_shapes(path: str, safe: bool) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a weights file, read back from its header (safetensors) or its tensors (.bin)."""
     if safe:
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     loaded = torch.load(path, weights_only=True, map_location="cpu")
@@ -114,8 +112,6 @@ def load_weights_file(
     """Read a weights file; a truncated or corrupt file is an `AdapterLoadError` naming it."""
     try:
         if is_safetensors:
-            from safetensors.torch import load_file
-
             tensors = load_file(path, device=str(device))
         else:
             tensors = torch.load(path, map_location=device, weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..prompt_tuning.model import PromptEmbedding
@@ -15,8 +16,6 @@ def load_source_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A trained multitask adapter's tensors, read safely: safetensors, or a torch file with
     `weights_only=True` (never an arbitrary pickle)."""
     if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         return load_file(path, device="cpu")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompt_tuning_init_state_dict_path {path!r} does not exist.")
