@@ -153,9 +153,10 @@ def install_alora(tuner: Any, model: nn.Module, adapter_name: str) -> None:
         )
     for layer in layers:
         layer.set_lora_variant(adapter_name, AloraVariant(context))
-    if tuner.alora_hook is None:
-        tuner.alora_hook = ActivationHook()
+    hook = next((h for h in tuner._forward_pre_hooks.values() if isinstance(h, ActivationHook)), None)
+    if hook is None:  # the tuner's first aLoRA adapter
+        hook = ActivationHook()
         # the tuner's forward calls the model's forward directly, generate() calls the model: hook both
-        tuner.register_forward_pre_hook(tuner.alora_hook, with_kwargs=True)
-        model.register_forward_pre_hook(tuner.alora_hook, with_kwargs=True)
-    tuner.alora_hook.contexts[adapter_name] = context
+        tuner.register_forward_pre_hook(hook, with_kwargs=True)
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+    hook.contexts[adapter_name] = context

@@ -12,11 +12,9 @@ from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPIN
 from ...utils.warnings import PeftWarning
 from .._linear_kind import UnsupportedLayerError, align_fan_in_fan_out
 from ..tuners_utils import BaseTuner
-from .alora import ActivationHook
 from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .quantized import dispatch_quantized
-from .variants import check_mergeable
 
 
 def get_pattern_key(pattern_keys, key: str) -> str:
@@ -38,7 +36,6 @@ class LoraModel(BaseTuner):
     prefix = "lora_"
     tuner_layer_cls = LoraLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    alora_hook: ActivationHook | None = None  # set by the first aLoRA adapter (alora.install_alora)
 
     def _layer_kwargs(self, config: LoraConfig, key: str) -> dict[str, Any]:
         rank_key = get_pattern_key(config.rank_pattern.keys(), key)
@@ -186,6 +183,8 @@ class LoraModel(BaseTuner):
 
     def _check_variants_mergeable(self, adapter_names: list[str] | None) -> None:
         """Refuse, before any layer merges, to merge an adapter whose variant cannot be merged (aLoRA)."""
+        from .variants import check_mergeable
+
         names = self.active_adapters if adapter_names is None else list(adapter_names)
         check_mergeable((m for m in self.model.modules() if isinstance(m, LoraLayer)), names)
 
