@@ -11,11 +11,13 @@ receive the layer and the adapter's name:
     unmerged_weight(layer, name, W') -> W       its inverse
     forward(layer, name, x, result, base_result) -> y   the layer output with the adapter applied
 
-plus `supports_merge` / `supports_mixed_batch` (False: the operation is refused, naming `name`). Each hook
-defaults to what plain LoRA does, built from the layer's own formula (`layer._adapter_output`,
-`layer._delta_weight`), so a variant overrides only what it changes. DoRA (`dora.py`), aLoRA (`alora.py`)
-and bd-LoRA (`bdlora.py`) are variants; new ones (Arrow, KaSA, VeLoRA, QALoRA, ...) subclass `LoraVariant`
-and are attached with `layer.set_lora_variant(name, variant)`.
+plus the flags `supports_merge` / `supports_mixed_batch` (False: the operation is refused, and the error
+names the variant by its `LoraVariant.name`). Each hook defaults to what plain LoRA does, built from the
+layer's own formula (`layer._adapter_output`, `layer._delta_weight`), so a variant overrides only what it
+changes. DoRA (`dora.py`, chosen by `use_dora` when the adapter is created), aLoRA (`alora.py`) and
+bd-LoRA (`bdlora.py`, both attached by the tuner once the adapter's layers exist) are variants; new ones
+(Arrow, KaSA, VeLoRA, QALoRA, ...) subclass `LoraVariant` and are attached with
+`layer.set_lora_variant(adapter_name, variant)` or `layer.update_layer(..., lora_variant=variant)`.
 """
 
 from __future__ import annotations
