@@ -6,7 +6,7 @@ from tests.conftest import llama_inputs, make_pair, tiny_gpt2, tiny_llama
 from torch import nn
 
 from peftkit import LoraConfig, get_peft_model
-from peftkit.tuners.lora import fused_training
+from peftkit.tuners.lora import fast_paths
 
 ATOL = 1e-5
 
@@ -25,7 +25,7 @@ def _loss_and_grads(model, seed=0):
 
 
 def _unfused(monkeypatch):
-    monkeypatch.setattr(fused_training, "applies", lambda *args: False)
+    monkeypatch.setattr(fast_paths, "fused_training_applies", lambda *args: False)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1, "torch"])
@@ -39,8 +39,8 @@ def test_fused_equals_op_by_op(monkeypatch, dropout):
             if hasattr(module, "lora_dropout"):
                 module.lora_dropout["default"] = nn.Dropout(rate)
     calls = []
-    original = fused_training.forward
-    monkeypatch.setattr(fused_training, "forward", lambda *a: calls.append(1) or original(*a))
+    original = fast_paths.fused_training_forward
+    monkeypatch.setattr(fast_paths, "fused_training_forward", lambda *a: calls.append(1) or original(*a))
     fused = _loss_and_grads(ours)
     assert calls, "the fused node was not used"
     _unfused(monkeypatch)
@@ -56,7 +56,7 @@ def test_gpt2_conv1d_layers_fused_equal_op_by_op(monkeypatch):
     """transformers' Conv1D stores the weight transposed; the node reads it as (in, out)."""
     _, _, ours = make_pair(tiny_gpt2, {"target_modules": ["c_attn", "c_fc"], "fan_in_fan_out": True})
     layer = ours.train().base_model.model.transformer.h[0].attn.c_attn
-    assert fused_training.applies(layer, ["default"], torch.randn(2, 3, 32), (), {})
+    assert fast_paths.fused_training_applies(layer, ["default"], torch.randn(2, 3, 32), (), {})
     fused = _loss_and_grads(ours)
     _unfused(monkeypatch)
     plain = _loss_and_grads(ours)
@@ -85,22 +85,22 @@ def _layer(**config):
 def test_applies_only_where_the_fused_node_is_exact():
     x = torch.randn(3, 8)
     model, layer = _layer()
-    assert fused_training.applies(layer, ["default"], x, (), {})
-    assert not fused_training.applies(layer, ["default"], x.double(), (), {})  # would need a cast
-    with torch.no_grad():
-        assert not fused_training.applies(layer, ["default"], x, (), {})  # inference has its own fast path
+    assert fast_paths.fused_training_applies(layer, ["default"], x, (), {})
+    assert not fast_paths.fused_training_applies(layer, ["default"], x.double(), (), {})  # would need a cast
+    with torch.no_grad():  # inference has its own fast path
+        assert not fast_paths.fused_training_applies(layer, ["default"], x, (), {})
     model.eval()
-    assert not fused_training.applies(layer, ["default"], x, (), {})
+    assert not fast_paths.fused_training_applies(layer, ["default"], x, (), {})
     model.train()
     handle = layer.base_layer.register_forward_hook(lambda *a: None)
-    assert not fused_training.applies(layer, ["default"], x, (), {})  # hooks must still run
+    assert not fast_paths.fused_training_applies(layer, ["default"], x, (), {})  # hooks must still run
     handle.remove()
     layer.base_layer.bias.requires_grad_(True)  # a trained bias needs its gradient
-    assert not fused_training.applies(layer, ["default"], x, (), {})
+    assert not fast_paths.fused_training_applies(layer, ["default"], x, (), {})
     _, dora = _layer(use_dora=True)
-    assert not fused_training.applies(dora, ["default"], x, (), {})
+    assert not fast_paths.fused_training_applies(dora, ["default"], x, (), {})
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused_training.applies(_layer()[1], ["default"], x, (), {})
+        assert not fast_paths.fused_training_applies(_layer()[1], ["default"], x, (), {})
 
 
 def test_hooks_on_the_base_layer_still_run_in_training():

@@ -24,6 +24,7 @@ from torch import nn
 
 from ...utils.cache_names import get_cache
 from ...utils.warnings import PeftWarning
+from .variants import LoraVariant
 
 
 def find_offsets(input_ids: torch.Tensor, invocation: list[int]) -> list[int | None]:
@@ -86,14 +87,39 @@ class ActivationContext:
         positions = torch.arange(length, device=x.device)
         return (positions[None, :] >= length - offsets[:, None]).unsqueeze(-1)
 
-    def apply(self, layer: Any, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        mask = self.mask(x)
+
+class AloraVariant(LoraVariant):
+    """aLoRA on a Linear: LoRA's output, kept only at the positions its context's mask selects."""
+
+    name = "aLoRA"
+    supports_merge = False  # the adapter is not applied everywhere
+    supports_mixed_batch = False  # the offsets are per row of the whole batch, not of a group of samples
+
+    def __init__(self, context: ActivationContext) -> None:
+        self.context = context  # shared by the adapter's layers
+
+    def forward(
+        self, layer: Any, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
+    ) -> torch.Tensor:
+        mask = self.context.mask(x)
         if mask is None:
             return result
-        lora_A, lora_B = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
-        hidden = layer.lora_dropout[adapter_name](layer._cast_input_dtype(x, lora_A.weight.dtype))
-        delta = lora_B(lora_A(hidden)) * layer.scaling[adapter_name]
+        delta = layer._adapter_output(adapter_name, x, base_result)
         return result + (delta * mask.to(delta.dtype)).to(result.dtype)
+
+
+class ActivationHook:
+    """The model pre-hook that starts every aLoRA adapter's forward pass (one per tuner, for all of them):
+    it takes `alora_offsets=` out of the call and gives each context the call's inputs."""
+
+    def __init__(self) -> None:
+        self.contexts: dict[str, ActivationContext] = {}
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        offsets = kwargs.pop("alora_offsets", None)
+        for context in self.contexts.values():
+            context.begin_forward(args, kwargs, offsets)
+        return args, kwargs
 
 
 def install_alora(tuner: Any, model: nn.Module, adapter_name: str) -> None:
@@ -126,26 +152,11 @@ def install_alora(tuner: Any, model: nn.Module, adapter_name: str) -> None:
             "aLoRA applies to linear layers only."
         )
     for layer in layers:
-        if not hasattr(layer, "_alora"):
-            layer._alora = {}
-        layer._alora[adapter_name] = context
-    contexts = getattr(tuner, "_alora_contexts", None)
-    if contexts is None:
-        contexts = tuner._alora_contexts = {}
-
-        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            offsets = kwargs.pop("alora_offsets", None)
-            for ctx in contexts.values():
-                ctx.begin_forward(args, kwargs, offsets)
-            return args, kwargs
-
+        layer.set_lora_variant(adapter_name, AloraVariant(context))
+    hook = next((h for h in tuner._forward_pre_hooks.values() if isinstance(h, ActivationHook)), None)
+    if hook is None:  # the tuner's first aLoRA adapter
+        hook = ActivationHook()
         # the tuner's forward calls the model's forward directly, generate() calls the model: hook both
-        tuner.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        model.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    contexts[adapter_name] = context
-
-
-def check_mergeable(tuner: Any, adapter_names: list[str] | None) -> None:
-    names = tuner.active_adapters if adapter_names is None else list(adapter_names)
-    if any(name in getattr(tuner, "_alora_contexts", {}) for name in names):
-        raise NotImplementedError("aLoRA does not support merging.")
+        tuner.register_forward_pre_hook(hook, with_kwargs=True)
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+    hook.contexts[adapter_name] = context

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .variants import LoraVariant
+
 
 @dataclass
 class BdLoraConfig:
@@ -109,16 +111,6 @@ class BlockDiagonalLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"
 
 
-def factor_weight(module: nn.Module) -> torch.Tensor:
-    """A LoRA factor's (out, in) matrix, block-diagonal ones expanded."""
-    return module.dense_weight() if isinstance(module, BlockDiagonalLinear) else module.weight
-
-
-def is_plain(module: nn.Module) -> bool:
-    """Whether a LoRA factor is a dense `nn.Linear` (the fused fast paths apply)."""
-    return not isinstance(module, BlockDiagonalLinear)
-
-
 def check_bdlora_config(config: Any) -> None:
     """Reject combinations bd-LoRA does not define, before any layer is touched."""
     if config.use_dora:
@@ -131,10 +123,49 @@ def check_bdlora_config(config: Any) -> None:
         )
 
 
+class BdLoraVariant(LoraVariant):
+    """bd-LoRA on a Linear: the adapter's A (`side="A"`) or B (`side="B"`) is block-diagonal.
+
+    The formula is LoRA's, with the block-diagonal factor's own forward; the fast paths step aside (they
+    read the factors' weights as dense matrices) and `delta_weight` expands the blocks.
+    """
+
+    name = "bd-LoRA"
+
+    def __init__(self, side: str, nblocks: int, zero_init: bool) -> None:
+        self.side, self.nblocks, self.zero_init = side, nblocks, zero_init
+
+    def init(self, layer: Any, adapter_name: str, inference_mode: bool = False) -> None:
+        """Replace the dense factor by a block-diagonal one on the same device, in the same dtype, trainable
+        as it was; B starts at zero (unless `init_lora_weights=False`), so the adapter starts as a no-op."""
+        factors = layer.lora_A if self.side == "A" else layer.lora_B
+        old = factors[adapter_name]
+        with torch.device(old.weight.device):
+            factor = BlockDiagonalLinear(
+                old.in_features, old.out_features, self.nblocks, bias=old.bias is not None
+            )
+        if self.zero_init:
+            nn.init.zeros_(factor.weight)
+            if factor.bias is not None:
+                nn.init.zeros_(factor.bias)
+        factor.to(dtype=old.weight.dtype)
+        factors[adapter_name] = factor
+        factor.requires_grad_(old.weight.requires_grad)
+
+    def delta_weight(self, layer: Any, adapter_name: str) -> torch.Tensor:
+        weight_A, weight_B = (_dense(f[adapter_name]) for f in (layer.lora_A, layer.lora_B))
+        return layer._delta_from_factors(adapter_name, weight_A, weight_B)
+
+
+def _dense(factor: nn.Module) -> torch.Tensor:
+    """A factor's (out, in) matrix, a block-diagonal one expanded."""
+    return factor.dense_weight() if isinstance(factor, BlockDiagonalLinear) else factor.weight
+
+
 def make_block_diagonal(
     layer: Any, adapter_name: str, module_name: str, config: BdLoraConfig, init: Any
 ) -> None:
-    """Replace adapter `adapter_name`'s A or B in `layer` by a block-diagonal factor, as `config` says."""
+    """Give adapter `adapter_name` of `layer` a block-diagonal A or B, as `config` says for `module_name`."""
     from .layer import Linear
 
     bd_a, bd_b = config.sides(module_name)
@@ -149,14 +180,5 @@ def make_block_diagonal(
         raise ValueError(
             f"Block-diagonal LoRA needs r divisible by nblocks; got r={r} for {module_name}, nblocks={n}."
         )
-    old = layer.lora_A[adapter_name] if bd_a else layer.lora_B[adapter_name]
-    with torch.device(old.weight.device):
-        factor = BlockDiagonalLinear(old.in_features, old.out_features, n, bias=old.bias is not None)
-    if bd_b and init is not False:
-        nn.init.zeros_(factor.weight)  # B starts at zero: the adapter is a no-op at initialisation
-        if factor.bias is not None:
-            nn.init.zeros_(factor.bias)
-    factor.to(dtype=old.weight.dtype)
-    (layer.lora_A if bd_a else layer.lora_B)[adapter_name] = factor
-    trainable = old.weight.requires_grad
-    factor.requires_grad_(trainable)
+    variant = BdLoraVariant("A" if bd_a else "B", n, zero_init=bd_b and init is not False)
+    layer.set_lora_variant(adapter_name, variant)

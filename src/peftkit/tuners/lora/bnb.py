@@ -77,6 +77,8 @@ class _QuantizedLinear(Linear):
     """LoRA on a quantized linear layer: dense work goes through `_dense_base_weight` (dequantized)."""
 
     bits: int = 0
+    # as PEFT does over bitsandbytes: the adapter's output is cast to the base output's dtype, then added
+    casts_adapter_output = True
 
     def _dense_base_weight(self) -> torch.Tensor:
         base = self.get_base_layer()
@@ -110,30 +112,8 @@ class _QuantizedLinear(Linear):
             )
         super().unmerge()
 
-    def _apply_adapter(
-        self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
-    ) -> torch.Tensor:
-        # as PEFT does over bitsandbytes: the adapter's output is cast to the base output's dtype, then added
-        return result + self._adapter_output(adapter_name, x, base_result).to(result.dtype)
-
-    def _dora_weight_norm(self, adapter_name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return super()._dora_weight_norm(
-            adapter_name, self._dense_base_weight() if weight is None else weight
-        )
-
-    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
-        dropout = self.lora_dropout[adapter_name]
-        recompute_base = (
-            self.use_dora[adapter_name] and self.training and not isinstance(dropout, nn.Identity)
-        )
-        if not recompute_base:
-            return super()._adapter_output(adapter_name, x, base_result)
-        # DoRA with active dropout needs the base output of the dropped-out input (from the dense weight)
-        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        x_dropped = dropout(self._cast_input_dtype(x, lora_A.weight.dtype))
-        base_out = F.linear(x_dropped, self._dense_base_weight().to(x_dropped.dtype))
-        scale = self._dora_scale(adapter_name).view(1, -1)
-        return (scale - 1) * base_out + scale * lora_B(lora_A(x_dropped)) * self.scaling[adapter_name]
+    def _apply_base_weight(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._dense_base_weight().to(x.dtype))
 
 
 class Linear4bit(_QuantizedLinear):

@@ -355,6 +355,7 @@ def _set_eva_weights(layer: Any, adapter_name: str, rows: torch.Tensor, config: 
             use_dora=layer.use_dora[adapter_name],
             lora_bias=layer.lora_bias[adapter_name],
             inference_mode=config.inference_mode,
+            lora_variant=layer.lora_variant.get(adapter_name),  # e.g. aLoRA's, attached after creation
         )
         layer.cast_adapter_dtype(adapter_name)  # fp32 factors on a half-precision base, as at creation
     A, B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight

@@ -1,9 +1,15 @@
-"""LoRA layers: `y = base(x) + (alpha / r) * B(A(dropout(x)))`, for Linear, Embedding and ConvNd bases.
+"""LoRA layers, for Linear, Embedding and ConvNd bases:
 
-Each kind only says how A and B are shaped and applied; the framework (`BaseTunerLayer`) runs the loop
-over active adapters, mixed batches, merging and bookkeeping. DoRA (`use_dora`) re-normalises the
-adapted weight: `W' = m * (W + s B A) / ||W + s B A||` (norm per output channel, treated as a constant
-for the gradient, as in the DoRA paper, section 4.3).
+    y = base(x) + s * B(A(dropout(x))),     delta W = s * B A,     s = alpha / r  (alpha / sqrt(r): rsLoRA)
+
+with A: (r, in) and B: (out, r), B = 0 at initialisation so the adapter starts as a no-op. Each kind only
+says how A and B are shaped and applied (`_adapter_output`, `_delta_weight`); the framework
+(`BaseTunerLayer`) runs the loop over active adapters, mixed batches, merging and bookkeeping.
+
+An adapter that departs from this formula (DoRA, aLoRA, bd-LoRA, ...) has a variant object in
+`layer.lora_variant[name]` whose hooks replace the formula's pieces (variants.py). A Linear computes a
+plain adapter (no variant) through its fast paths where they apply (fast_paths.py): the same formula
+with fewer temporaries.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from ...utils.warnings import PeftWarning
 from .._dropout import input_dropout
 from .._scaling import ScalingHelpers
 from ..tuners_utils import BaseTunerLayer
-from . import dora, fused_training
-from .bdlora import factor_weight, is_plain
+from . import dora, fast_paths
 from .config import init_is_implemented
+from .variants import PLAIN_LORA, LoraVariant
 
 
 class LoraLayer(ScalingHelpers, BaseTunerLayer):
@@ -37,6 +43,9 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         "lora_magnitude_vector",
     )
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+    dora_variant: type[LoraVariant] = dora.DoraVariant  # the variant `use_dora=True` gives this layer kind
+    # False: the adapter's output is added in its own precision; True: cast to the base output's dtype first
+    casts_adapter_output: bool = False
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self._init_tuner_layer(base_layer)
@@ -51,6 +60,7 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         self.lora_magnitude_vector = nn.ModuleDict()
         self.use_dora: dict[str, bool] = {}
         self.lora_bias: dict[str, bool] = {}
+        self.lora_variant: dict[str, LoraVariant] = {}  # adapters that are not plain LoRA
         self.kwargs = kwargs
 
     def has_adapter(self, adapter_name: str) -> bool:
@@ -68,9 +78,11 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         use_dora: bool = False,
         lora_bias: bool = False,
         inference_mode: bool = False,
+        lora_variant: LoraVariant | None = None,
         **kwargs: Any,
     ) -> None:
-        """Create (or re-create) adapter `adapter_name` on this layer."""
+        """Create (or re-create) adapter `adapter_name` on this layer; with `use_dora`, a DoRA adapter, else
+        one with `lora_variant` (None: plain LoRA)."""
         if r <= 0:
             raise ValueError(f"`r` should be a positive integer value but the value passed is {r}")
         if not init_is_implemented(init_lora_weights):
@@ -84,14 +96,26 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         self.lora_dropout[adapter_name] = input_dropout(lora_dropout)
         self.use_dora[adapter_name] = use_dora
         self.lora_bias[adapter_name] = lora_bias
+        self.lora_variant.pop(adapter_name, None)  # the factors are initialised as plain LoRA's
         self._create_factors(adapter_name, r, lora_bias)
         self.reset_lora_parameters(adapter_name, init_lora_weights)
         self._finish_new_adapter(adapter_name, inference_mode)
-        if use_dora:  # the magnitude is computed from the placed factors, then placed itself
-            self.lora_magnitude_vector[adapter_name] = dora.MagnitudeVector(
-                self._dora_weight_norm(adapter_name)
-            )
-            self._finish_new_adapter(adapter_name, inference_mode)
+        variant = self.dora_variant() if use_dora else lora_variant
+        if variant is not None:
+            self.set_lora_variant(adapter_name, variant, inference_mode)
+
+    def set_lora_variant(self, adapter_name: str, variant: LoraVariant, inference_mode: bool = False) -> None:
+        """Make adapter `adapter_name` (its factors created) follow `variant` instead of plain LoRA."""
+        variant.init(self, adapter_name, inference_mode=inference_mode)
+        self.lora_variant[adapter_name] = variant
+
+    def _variant(self, adapter_name: str) -> LoraVariant:
+        """The hooks adapter `adapter_name` runs with: its variant's, or plain LoRA's."""
+        return self.lora_variant.get(adapter_name, PLAIN_LORA)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self.lora_variant.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         raise NotImplementedError
@@ -120,51 +144,63 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
             nn.init.zeros_(self.lora_embedding_A[adapter_name])
             nn.init.normal_(self.lora_embedding_B[adapter_name])
 
-    # ----- DoRA -----
+    # ----- the formula, and where a variant takes over -----
+    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        """`s * B(A(dropout(x)))`, in the factors' dtype (Linear and ConvNd: A and B are modules)."""
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        x = self._cast_input_dtype(x, lora_A.weight.dtype)
+        return lora_B(lora_A(self.lora_dropout[adapter_name](x))) * self.scaling[adapter_name]
+
+    def _add_adapter_output(self, result: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`result + output`: how an adapter's output joins the layer's output."""
+        return result + (output.to(result.dtype) if self.casts_adapter_output else output)
+
+    def _apply_adapter(
+        self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
+    ) -> torch.Tensor:
+        return self._variant(adapter_name).forward(self, adapter_name, x, result, base_result)
+
+    def _add_mixed_batch_outputs(
+        self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
+    ) -> torch.Tensor:
+        for name in set(adapter_names) if self.lora_variant else ():
+            variant = self.lora_variant.get(name)
+            if variant is not None and not variant.supports_mixed_batch:
+                raise ValueError(
+                    f"Mixed-adapter batches (adapter_names=) are not supported with {variant.name} adapters."
+                )
+        return super()._add_mixed_batch_outputs(x, result, adapter_names)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """The change adapter `adapter` makes to the base weight (`s * B A` in the base weight's layout)."""
+        return self._variant(adapter).delta_weight(self, adapter)
+
+    def _delta_weight(self, adapter: str) -> torch.Tensor:
+        """`s * B A` in the base weight's layout, fp32 when the factors are half precision on CPU."""
+        raise NotImplementedError
+
+    def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        return self._variant(adapter_name).merged_weight(self, adapter_name, weight)
+
+    def _unmerged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        return self._variant(adapter_name).unmerged_weight(self, adapter_name, weight)
+
+    # ----- the base layer's geometry (what DoRA-like variants need) -----
     def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
         """The base weight with output channels first (transposed for Conv1D / Embedding)."""
         return weight
 
-    def _dora_weight_norm(self, adapter_name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """||W + delta|| per output channel, in fp32, detached (DoRA treats it as a constant)."""
-        if weight is None:
-            weight = self.get_base_layer().weight
-        delta = self.get_delta_weight(adapter_name)
-        if delta.is_meta:  # low_cpu_mem_usage: only the shape matters, the values come from the file
-            weight = weight.to("meta")
-        adapted = self._weight_out_in(weight.float() + delta.float())
-        return dora.channel_norm(adapted.detach(), self._magnitude_shape())
-
     def _magnitude_shape(self) -> tuple[int, ...]:
+        """The shape of a per-output-channel vector as stored (DoRA's magnitude)."""
         return (-1,)
 
-    def _dora_scale(self, adapter_name: str) -> torch.Tensor:
-        """m / ||W + s B A||, shaped to broadcast over this layer's output."""
-        magnitude = self.lora_magnitude_vector[adapter_name].weight
-        norm = self._dora_weight_norm(adapter_name).to(magnitude.dtype)
-        return magnitude / norm
+    def _per_channel(self, vector: torch.Tensor) -> torch.Tensor:
+        """A per-output-channel vector shaped to broadcast over this layer's output."""
+        return vector
 
-    def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
-        adapted = super()._merged_weight(adapter_name, weight)
-        if not self.use_dora.get(adapter_name, False):
-            return adapted
-        norm = self._dora_weight_norm(adapter_name, weight)
-        self._caches[f"{adapter_name}-weight_norm"] = norm
-        scale = self.lora_magnitude_vector[adapter_name].weight.float() / norm
-        return self._scale_out_channels(adapted, scale)
-
-    def _unmerged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
-        if not self.use_dora.get(adapter_name, False):
-            return super()._unmerged_weight(adapter_name, weight)
-        norm = self._caches.pop(f"{adapter_name}-weight_norm")
-        scale = self.lora_magnitude_vector[adapter_name].weight.float() / norm
-        return (
-            self._scale_out_channels(weight.float(), 1 / scale) - self.get_delta_weight(adapter_name).float()
-        )
-
-    def _scale_out_channels(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Multiply each output channel of a base-layout weight by `scale`."""
-        return self._weight_out_in(self._weight_out_in(weight) * scale.reshape(-1, *[1] * (weight.dim() - 1)))
+    def _apply_base_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """`W x`: the base layer's weight applied to `x`, without its bias."""
+        raise NotImplementedError
 
     def _bias_delta(self, adapter_name: str) -> torch.Tensor | None:
         if not self.lora_bias.get(adapter_name, False):
@@ -183,6 +219,13 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         return "lora." + super().__repr__()
 
 
+def _for_cpu_matmul(weight_A: torch.Tensor, weight_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors in fp32 when they are half precision on CPU (slow and inexact half matmuls there)."""
+    if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
+        return weight_A.float(), weight_B.float()
+    return weight_A, weight_B
+
+
 def _in_out_features(base_layer: nn.Module) -> tuple[int, int]:
     from transformers.pytorch_utils import Conv1D
 
@@ -196,7 +239,12 @@ def _in_out_features(base_layer: nn.Module) -> tuple[int, int]:
 
 
 class Linear(LoraLayer, nn.Module):
-    """LoRA on `nn.Linear` or transformers' `Conv1D` (`fan_in_fan_out=True`: weight stored as (in, out))."""
+    """LoRA on `nn.Linear` or transformers' `Conv1D` (`fan_in_fan_out=True`: weight stored as (in, out)):
+
+        y = x W^T + b + s * dropout(x) A^T B^T (+ s * b_B with `lora_bias`),   delta W = s * B A
+
+    A and B are `nn.Linear`s (A: in -> r, B: r -> out). Plain adapters run through the fast paths.
+    """
 
     def __init__(
         self,
@@ -218,6 +266,8 @@ class Linear(LoraLayer, nn.Module):
         self.fan_in_fan_out = fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
         self.in_features, self.out_features = _in_out_features(base_layer)
+        # (key, stacked A, stacked s*B) of the last mixed batch's adapters (fast_paths.gathered_mixed_batch)
+        self.gathered_factors: tuple | None = None
         self._active_adapter = adapter_name
         self.update_layer(
             adapter_name,
@@ -230,13 +280,6 @@ class Linear(LoraLayer, nn.Module):
             lora_bias=lora_bias,
         )
 
-    def _forward_with(self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if fused_training.applies(
-            self, active, x, args, kwargs
-        ):  # training: one autograd node, fewer temporaries
-            return fused_training.forward(self, active[0], x)
-        return super()._forward_with(active, x, *args, **kwargs)
-
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         # uninitialised: reset_lora_parameters initialises them right away
         self.lora_A[adapter_name] = empty_linear(self.in_features, r, bias=False)
@@ -245,115 +288,49 @@ class Linear(LoraLayer, nn.Module):
     def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.T if self.fan_in_fan_out else weight
 
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """`s * B @ A`, transposed to (in, out) for Conv1D; fp32 when the factors are half precision."""
-        weight_A, weight_B = factor_weight(self.lora_A[adapter]), factor_weight(self.lora_B[adapter])
-        if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
-            weight_A, weight_B = weight_A.float(), weight_B.float()
+    def _per_channel(self, vector: torch.Tensor) -> torch.Tensor:
+        return vector.view(1, -1)
+
+    def _apply_base_weight(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._weight_out_in(self.weight).to(x.dtype))
+
+    def _delta_weight(self, adapter: str) -> torch.Tensor:
+        return self._delta_from_factors(adapter, self.lora_A[adapter].weight, self.lora_B[adapter].weight)
+
+    def _delta_from_factors(
+        self, adapter: str, weight_A: torch.Tensor, weight_B: torch.Tensor
+    ) -> torch.Tensor:
+        """`s * B @ A` from the (r, in) and (out, r) matrices, transposed to (in, out) for Conv1D."""
+        weight_A, weight_B = _for_cpu_matmul(weight_A, weight_B)
         return self._weight_out_in(weight_B @ weight_A) * self.scaling[adapter]
+
+    # ----- fast paths for plain adapters (fast_paths.py); anything else falls through to the formula -----
+    def _forward_with(self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if fast_paths.fused_training_applies(self, active, x, args, kwargs):
+            return fast_paths.fused_training_forward(self, active[0], x)
+        return super()._forward_with(active, x, *args, **kwargs)
 
     def _apply_adapter(
         self, adapter_name: str, x: torch.Tensor, result: torch.Tensor, base_result: torch.Tensor
     ) -> torch.Tensor:
-        """Fused fast path: `result += s * (x A^T) B^T` as one in-place addmm (no extra full-size tensors)."""
-        alora = getattr(self, "_alora", None)
-        if alora and adapter_name in alora:  # activated LoRA (alora.py): only tokens from the invocation on
-            return alora[adapter_name].apply(self, adapter_name, x, result)
-        scaling = self.scaling[adapter_name]
-        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        if (
-            self.use_dora[adapter_name]
-            or torch.is_tensor(scaling)
-            or not (is_plain(lora_A) and is_plain(lora_B))
-        ):
-            return super()._apply_adapter(adapter_name, x, result, base_result)
-        x = self._cast_input_dtype(x, lora_A.weight.dtype)
-        if self.training:  # dropout is a no-op in eval: skip even the call
-            x = self.lora_dropout[adapter_name](x)
-        hidden = F.linear(x, lora_A.weight)
-        if hidden.dtype != result.dtype or not result.is_contiguous():
-            # mixed precision: add in the adapter's precision, as the unfused formula does
-            return result + lora_B(hidden) * scaling
-        flat_result, flat_hidden = result.view(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
-        if torch.is_grad_enabled() and (result.requires_grad or hidden.requires_grad):
-            # autograd: out of place (an in-place update of a view would cost a full copy in backward)
-            fused = torch.addmm(flat_result, flat_hidden, lora_B.weight.t(), alpha=scaling).view(result.shape)
-        else:
-            fused = result
-            flat_result.addmm_(flat_hidden, lora_B.weight.t(), alpha=scaling)
-        if lora_B.bias is not None:
-            fused = fused + lora_B.bias * scaling
-        return fused
+        if fast_paths.in_place_add_applies(self, adapter_name):
+            return fast_paths.add_in_place(self, adapter_name, x, result)
+        return super()._apply_adapter(adapter_name, x, result, base_result)
 
     def _add_mixed_batch_outputs(
         self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
     ) -> torch.Tensor:
-        """All adapters of the batch in one gathered matmul pair (S-LoRA/punica style), not one pass each.
-
-        The A and B factors of the batch's adapters are stacked (zero-padded to the largest rank, the
-        scaling folded into B, slot 0 all zeros for "__base__") and gathered per sample for two `bmm`s.
-        """
-        names = tuple(sorted({n for n in adapter_names if self.has_adapter(n)}))
-        if any(n in getattr(self, "_alora", {}) for n in names):
-            raise ValueError("Mixed-adapter batches (adapter_names=) are not supported with aLoRA adapters.")
-        plain = all(
-            not self.use_dora[n]
-            and self.lora_B[n].bias is None
-            and is_plain(self.lora_A[n])
-            and is_plain(self.lora_B[n])
-            for n in names
-        )
-        if not names or not plain or x.dim() < 2 or any(torch.is_tensor(self.scaling[n]) for n in names):
-            return super()._add_mixed_batch_outputs(x, result, adapter_names)
-        stack_A, stack_B = self._stacked_factors(names)
-        slots = {name: i + 1 for i, name in enumerate(names)}
-        index = torch.tensor([slots.get(n, 0) for n in adapter_names], device=stack_A.device)
-        inputs = self._cast_input_dtype(x, stack_A.dtype).reshape(x.shape[0], -1, x.shape[-1])
-        hidden = torch.bmm(inputs, stack_A[index].transpose(1, 2))
-        delta = torch.bmm(hidden, stack_B[index].transpose(1, 2)).reshape(result.shape)
-        if delta.dtype == result.dtype:
-            return result.add_(delta)
-        return (result + delta).to(result.dtype)
-
-    def _stacked_factors(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked (A, s*B) of `names`, cached until a factor or scaling changes."""
-        weights = [(self.lora_A[n].weight, self.lora_B[n].weight) for n in names]
-        key = (names, tuple((a._version, a.data_ptr(), b._version, b.data_ptr()) for a, b in weights))
-        key += (tuple(self.scaling[n] for n in names),)
-        cached = getattr(self, "_stack_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        rank = max(self.r[n] for n in names)
-        first_A = weights[0][0]
-        stack_A = first_A.new_zeros(len(names) + 1, rank, first_A.shape[1])
-        stack_B = first_A.new_zeros(len(names) + 1, weights[0][1].shape[0], rank)
-        with torch.no_grad():
-            for slot, (name, (weight_A, weight_B)) in enumerate(zip(names, weights), start=1):
-                stack_A[slot, : weight_A.shape[0]] = weight_A
-                stack_B[slot, :, : weight_B.shape[1]] = weight_B * self.scaling[name]
-        self._stack_cache = (key, stack_A, stack_B)
-        return stack_A, stack_B
-
-    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
-        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        dropout = self.lora_dropout[adapter_name]
-        scaling = self.scaling[adapter_name]
-        x = self._cast_input_dtype(x, lora_A.weight.dtype)
-        if not self.use_dora[adapter_name]:
-            return lora_B(lora_A(dropout(x))) * scaling
-        x_dropped = dropout(x)
-        base_out = None
-        if isinstance(dropout, nn.Identity) or not self.training:
-            # with several adapters active, `base_result` is the output accumulated so far (as in PEFT)
-            base_out = base_result if self.bias is None else base_result - self.bias
-        else:
-            base_out = F.linear(x_dropped, self._weight_out_in(self.weight).to(x.dtype))
-        scale = self._dora_scale(adapter_name).view(1, -1)
-        return (scale - 1) * base_out + scale * lora_B(lora_A(x_dropped)) * scaling
+        gathered = fast_paths.gathered_mixed_batch(self, x, result, adapter_names)
+        if gathered is not None:
+            return gathered
+        return super()._add_mixed_batch_outputs(x, result, adapter_names)
 
 
 class Embedding(LoraLayer, nn.Module):
-    """LoRA on `nn.Embedding`: `y = E[x] + s * A.T[x] @ B.T` (A: (r, num_embeddings), B: (dim, r))."""
+    """LoRA on `nn.Embedding`: `y = E[x] + s * A.T[x] @ B.T` (A: (r, num_embeddings), B: (dim, r)); no dropout
+    (the input is indices)."""
+
+    dora_variant = dora.DoraEmbeddingVariant
 
     def __init__(
         self,
@@ -392,10 +369,9 @@ class Embedding(LoraLayer, nn.Module):
     def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.T  # (num_embeddings, dim): the embedding dim plays the output channel
 
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+    def _delta_weight(self, adapter: str) -> torch.Tensor:
         weight_A, weight_B = self.lora_embedding_A[adapter], self.lora_embedding_B[adapter]
-        if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
-            weight_A, weight_B = weight_A.float(), weight_B.float()
+        weight_A, weight_B = _for_cpu_matmul(weight_A, weight_B)
         return (weight_B @ weight_A).T * self.scaling[adapter]
 
     def _embed(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -413,15 +389,12 @@ class Embedding(LoraLayer, nn.Module):
     def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
         embedding_A = self.lora_embedding_A[adapter_name].T
         embedding_B = self.lora_embedding_B[adapter_name].T
-        lora_out = (self._embed(x, embedding_A) @ embedding_B) * self.scaling[adapter_name]
-        if not self.use_dora[adapter_name]:
-            return lora_out
-        scale = self._dora_scale(adapter_name)
-        return (scale - 1) * base_result + scale * lora_out
+        return (self._embed(x, embedding_A) @ embedding_B) * self.scaling[adapter_name]
 
 
 class _ConvNd(LoraLayer, nn.Module):
-    """LoRA on a convolution: A is a conv with the base kernel, B a 1x1 conv (grouped like the base)."""
+    """LoRA on a convolution: `y = conv(x, W) + b + s * conv_1x1(conv(dropout(x), A), B)`, A with the base's
+    kernel, stride and padding, B 1x1 (grouped like the base); `delta W` is A's kernel mixed by B."""
 
     def __init__(
         self,
@@ -472,16 +445,22 @@ class _ConvNd(LoraLayer, nn.Module):
     def _magnitude_shape(self) -> tuple[int, ...]:
         return (1, -1) + (1,) * (self._kernel_dim - 2)
 
+    def _per_channel(self, vector: torch.Tensor) -> torch.Tensor:
+        return vector.view(self._magnitude_shape())
+
+    def _apply_base_weight(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        return base._conv_forward(x, base.weight.to(x.dtype), None)
+
     def _check_mergeable(self) -> None:
         if self.get_base_layer().groups > 1:
             raise NotImplementedError(
                 "Merging LoRA into a grouped convolution (groups > 1) is not supported."
             )
 
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+    def _delta_weight(self, adapter: str) -> torch.Tensor:
         weight_A, weight_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-        if weight_A.dtype in (torch.float16, torch.bfloat16) and weight_A.device.type == "cpu":
-            weight_A, weight_B = weight_A.float(), weight_B.float()
+        weight_A, weight_B = _for_cpu_matmul(weight_A, weight_B)
         if all(k == 1 for k in self.get_base_layer().weight.shape[2:]):
             delta = (weight_B.flatten(1) @ weight_A.flatten(1)).reshape(
                 weight_B.shape[0], weight_A.shape[1], *weight_A.shape[2:]
@@ -490,25 +469,6 @@ class _ConvNd(LoraLayer, nn.Module):
             conv_fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[self._kernel_dim]
             delta = conv_fn(weight_A.transpose(0, 1), weight_B).transpose(0, 1)
         return delta * self.scaling[adapter]
-
-    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
-        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        dropout = self.lora_dropout[adapter_name]
-        scaling = self.scaling[adapter_name]
-        x = self._cast_input_dtype(x, lora_A.weight.dtype)
-        if not self.use_dora[adapter_name]:
-            return lora_B(lora_A(dropout(x))) * scaling
-        x_dropped = dropout(x)
-        base = self.get_base_layer()
-        if isinstance(dropout, nn.Identity) or not self.training:
-            bias = base.bias
-            base_out = (
-                base_result if bias is None else base_result - bias.view(1, -1, *[1] * (self._kernel_dim - 2))
-            )
-        else:
-            base_out = base._conv_forward(x_dropped, base.weight.to(x.dtype), None)
-        scale = self._dora_scale(adapter_name)
-        return (scale - 1) * base_out + scale * lora_B(lora_A(x_dropped)) * scaling
 
 
 class Conv1d(_ConvNd):

@@ -167,21 +167,26 @@ class LoraModel(BaseTuner):
         return token_state_keys(self.model, adapter_name)
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        from .alora import check_mergeable
         from .layer_replication import check_no_shared_merge
 
         check_no_shared_merge(self)
-        check_mergeable(self, adapter_names)
+        self._check_variants_mergeable(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def _check_variants_mergeable(self, adapter_names: list[str] | None) -> None:
+        """Refuse, before any layer merges, to merge an adapter whose variant cannot be merged (aLoRA)."""
+        from .variants import check_mergeable
+
+        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        check_mergeable((m for m in self.model.modules() if isinstance(m, LoraLayer)), names)
 
     def _unload_and_optionally_merge(self, merge: bool, *args: Any, **kwargs: Any) -> nn.Module:
         from ..trainable_tokens.wrapper import drop_token_wrappers
-        from .alora import check_mergeable
         from .layer_replication import check_no_shared_merge
 
         if merge:
             check_no_shared_merge(self)
-            check_mergeable(self, kwargs.get("adapter_names", args[2] if len(args) > 2 else None))
+            self._check_variants_mergeable(kwargs.get("adapter_names", args[2] if len(args) > 2 else None))
         model = super()._unload_and_optionally_merge(merge, *args, **kwargs)
         drop_token_wrappers(model)
         return model

@@ -105,7 +105,7 @@ class ParamWrapper(LoraLayer, nn.Module):
         """Adapter tensors go to the targeted parameter's device and float dtype."""
         return self.get_param()
 
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+    def _delta_weight(self, adapter: str) -> torch.Tensor:
         """`s B A` (2-d), or per expert `s B_e A_e` stacked to (E, out, in)."""
         weight_A, weight_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
         scaling = self.scaling[adapter]

@@ -1,0 +1,219 @@
+"""Fast paths of a LoRA Linear: the formula `y = base(x) + s * B(A(dropout(x)))` with fewer temporaries.
+
+Each path computes what the op-by-op formula (`LoraLayer._adapter_output`) computes, for a *plain* adapter
+only (`is_plain_adapter`: no variant, a float scaling); every other adapter, and every case a path does
+not cover, keeps the op-by-op formula or its variant's `forward`. The layer asks here first:
+
+- fused training (`fused_training_applies` / `fused_training_forward`): one autograd node for the base
+  layer and the adapter, see `_LoraLinear`;
+- in-place add (`in_place_add_applies` / `add_in_place`): `result += s * (x A^T) B^T` as one `addmm`;
+- gathered mixed batch (`gathered_mixed_batch`): with `adapter_names=`, every adapter of the batch in
+  one pair of `bmm`s over stacked factors, not one pass per adapter.
+
+The fused training node. The unfused formula, run op by op under autograd, allocates two output-sized
+tensors per layer and step that it does not need (the out-of-place sum with the adapter's output, and a
+copy of the output gradient in its backward) and two input-sized ones (the adapter's share of the input
+gradient, then the sum of both shares). On CPU those temporaries cost more than the rank-r matmuls
+themselves. The node (frozen W and b, an `nn.Linear` or transformers' `Conv1D`, which stores `W^T`) adds
+the adapter into the base output in place, and in backward adds the adapter's input gradient into the
+base layer's in place:
+
+    forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
+    backward:  dh = s dy B;  dB = s dy^T h;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
+
+With peftkit's dropout `d(x) = x * keep * k` the mask is applied in the node too, and the adapter's input
+gradient `(dh A) * keep * k` is added into `dx` in place; any other dropout runs before the node and
+`d(x)` gets its gradient `dh A` as an input of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as module_internals
+
+from .._dropout import AdapterDropout
+
+
+def is_plain_adapter(layer: Any, name: str) -> bool:
+    """Whether adapter `name` of `layer` is plain LoRA, the only kind the fast paths compute: no variant
+    (DoRA, aLoRA, bd-LoRA, ...: see variants.py) and a float scaling (hotswap may make it a tensor)."""
+    return name not in layer.lora_variant and not torch.is_tensor(layer.scaling[name])
+
+
+# ----- fused training -----
+def fused_training_applies(layer: Any, active: list[str], x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """Whether `layer` can run `active` through the fused training node for input `x`."""
+    if len(active) != 1 or args or kwargs or not (layer.training and torch.is_grad_enabled()):
+        return False
+    name = active[0]
+    base = layer.base_layer
+    if type(base) not in _base_types() or base.weight.requires_grad:
+        return False
+    if base.bias is not None and base.bias.requires_grad:
+        return False
+    # hooks on the base layer (or global ones) would be skipped by calling its weight directly
+    if base._forward_hooks or base._forward_pre_hooks or _global_hooks():
+        return False
+    if not is_plain_adapter(layer, name) or layer.lora_B[name].bias is not None:
+        return False
+    lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
+    dtype = base.weight.dtype
+    same_dtype = x.dtype == dtype == lora_A.weight.dtype == lora_B.weight.dtype
+    return same_dtype and x.is_floating_point() and not torch.is_autocast_enabled(x.device.type)
+
+
+def _base_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style: y = x W + b, weight stored (in, out)
+
+    return (nn.Linear, Conv1D)
+
+
+def _global_hooks() -> bool:
+    return bool(module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks)
+
+
+def fused_training_forward(layer: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's training output for adapter `name` (requires `fused_training_applies(...)`)."""
+    base = layer.base_layer
+    dropout = layer.lora_dropout[name]
+    mask = dropout.cheap_mask(x) if isinstance(dropout, AdapterDropout) and dropout.p > 0 else None
+    # the cheap dropout mask is applied inside the node; any other dropout runs before it, under autograd
+    dropped = None if mask is not None or isinstance(dropout, nn.Identity) else dropout(x)
+    keep, keep_scale = mask if mask is not None else (None, 1.0)
+    factors = layer.lora_A[name].weight, layer.lora_B[name].weight
+    weight_in_out = base.weight.t() if type(base) is nn.Linear else base.weight  # (in, out) for both
+    return _LoraLinear.apply(
+        x, dropped, keep, keep_scale, weight_in_out, base.bias, *factors, layer.scaling[name]
+    )
+
+
+# ----- in-place add -----
+def in_place_add_applies(layer: Any, name: str) -> bool:
+    """Whether adapter `name` may be added by `add_in_place` (a layer that casts the adapter's output to
+    the base output's dtype before adding it, as over bitsandbytes, keeps that order op by op)."""
+    return not layer.casts_adapter_output and is_plain_adapter(layer, name)
+
+
+def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """`result + s * (x A^T) B^T (+ s b_B)`, the second product as one `addmm` into `result` (in place
+    when autograd does not need `result`): no extra full-size tensors."""
+    scaling = layer.scaling[name]
+    lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
+    x = layer._cast_input_dtype(x, lora_A.weight.dtype)
+    if layer.training:  # dropout is a no-op in eval: skip even the call
+        x = layer.lora_dropout[name](x)
+    hidden = F.linear(x, lora_A.weight)
+    if hidden.dtype != result.dtype or not result.is_contiguous():
+        # mixed precision: add in the adapter's precision, as the unfused formula does
+        return result + lora_B(hidden) * scaling
+    flat_result, flat_hidden = result.view(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
+    if torch.is_grad_enabled() and (result.requires_grad or hidden.requires_grad):
+        # autograd: out of place (an in-place update of a view would cost a full copy in backward)
+        fused = torch.addmm(flat_result, flat_hidden, lora_B.weight.t(), alpha=scaling).view(result.shape)
+    else:
+        fused = result
+        flat_result.addmm_(flat_hidden, lora_B.weight.t(), alpha=scaling)
+    if lora_B.bias is not None:
+        fused = fused + lora_B.bias * scaling
+    return fused
+
+
+# ----- gathered mixed batch -----
+def gathered_mixed_batch(
+    layer: Any, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
+) -> torch.Tensor | None:
+    """`result` with sample i's adapter `adapter_names[i]` added, all adapters in one gathered matmul pair
+    (S-LoRA/punica style); None when the path does not apply (the layer then runs one pass per adapter).
+
+    The A and B factors of the batch's adapters are stacked (zero-padded to the largest rank, the
+    scaling folded into B, slot 0 all zeros for "__base__") and gathered per sample for two `bmm`s.
+    """
+    names = tuple(sorted({n for n in adapter_names if layer.has_adapter(n)}))
+    if not names or x.dim() < 2:
+        return None
+    if not all(is_plain_adapter(layer, n) and layer.lora_B[n].bias is None for n in names):
+        return None
+    stack_A, stack_B = _stacked_factors(layer, names)
+    slots = {name: i + 1 for i, name in enumerate(names)}
+    index = torch.tensor([slots.get(n, 0) for n in adapter_names], device=stack_A.device)
+    inputs = layer._cast_input_dtype(x, stack_A.dtype).reshape(x.shape[0], -1, x.shape[-1])
+    hidden = torch.bmm(inputs, stack_A[index].transpose(1, 2))
+    delta = torch.bmm(hidden, stack_B[index].transpose(1, 2)).reshape(result.shape)
+    if delta.dtype == result.dtype:
+        return result.add_(delta)
+    return (result + delta).to(result.dtype)
+
+
+def _stacked_factors(layer: Any, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked (A, s*B) of `names`, kept in `layer.gathered_factors` until a factor or scaling changes."""
+    weights = [(layer.lora_A[n].weight, layer.lora_B[n].weight) for n in names]
+    key = (names, tuple((a._version, a.data_ptr(), b._version, b.data_ptr()) for a, b in weights))
+    key += (tuple(layer.scaling[n] for n in names),)
+    cached = layer.gathered_factors
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    rank = max(layer.r[n] for n in names)
+    first_A = weights[0][0]
+    stack_A = first_A.new_zeros(len(names) + 1, rank, first_A.shape[1])
+    stack_B = first_A.new_zeros(len(names) + 1, weights[0][1].shape[0], rank)
+    with torch.no_grad():
+        for slot, (name, (weight_A, weight_B)) in enumerate(zip(names, weights), start=1):
+            stack_A[slot, : weight_A.shape[0]] = weight_A
+            stack_B[slot, :, : weight_B.shape[1]] = weight_B * layer.scaling[name]
+    layer.gathered_factors = (key, stack_A, stack_B)
+    return stack_A, stack_B
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        dropped: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        keep_scale: float,
+        weight_in_out: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_A: torch.Tensor,
+        lora_B: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
+        """`dropped`: the adapter input from a dropout run outside; or `keep` (0/1) and `keep_scale`: the
+        dropout mask to apply here; neither: no dropout."""
+        flat_x = x.reshape(-1, x.shape[-1])
+        if keep is not None:
+            keep = keep.reshape(flat_x.shape)
+            adapter_input = (flat_x * keep).mul_(keep_scale)
+        else:
+            adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
+        out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
+        hidden = adapter_input @ lora_A.t()
+        out.addmm_(hidden, lora_B.t(), alpha=scaling)
+        ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B, keep)
+        ctx.scaling, ctx.keep_scale, ctx.input_shape = scaling, keep_scale, x.shape
+        ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+        adapter_input, hidden, weight_in_out, lora_A, lora_B, keep = ctx.saved_tensors
+        needs_x, needs_dropped, _, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
+        grad = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
+        grad_A = grad_hidden.t() @ adapter_input if needs_A else None
+        grad_B = (grad.t() @ hidden).mul_(ctx.scaling) if needs_B else None
+        grad_x = grad_dropped = None
+        if needs_x:
+            grad_x = grad @ weight_in_out.t()
+            if ctx.adapter_sees_x and keep is None:
+                grad_x.addmm_(grad_hidden, lora_A)
+            elif ctx.adapter_sees_x:  # through the mask: d(x * keep * k)/dx = keep * k
+                grad_x.add_((grad_hidden @ lora_A).mul_(keep), alpha=ctx.keep_scale)
+            grad_x = grad_x.view(ctx.input_shape)
+        if needs_dropped:
+            grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
+        return grad_x, grad_dropped, None, None, None, None, grad_A, grad_B, None
