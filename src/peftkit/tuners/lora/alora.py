@@ -24,6 +24,7 @@ from torch import nn
 
 from ...utils.cache_names import get_cache
 from ...utils.warnings import PeftWarning
+from .layer import Linear, LoraLayer
 from .variants import LoraVariant
 
 
@@ -124,8 +125,6 @@ class ActivationHook:
 
 def install_alora(tuner: Any, model: nn.Module, adapter_name: str) -> None:
     """Make adapter `adapter_name` activated: its Linear layers apply it after the invocation only."""
-    from .layer import Linear, LoraLayer
-
     config = tuner.peft_config[adapter_name]
     invocation = list(config.alora_invocation_tokens)
     if not invocation:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ...utils import merge_utils
+from .layer import LoraLayer
 
 SVD_TYPES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
 FACTOR_TYPES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -106,8 +107,6 @@ def add_weighted_adapter(
     majority_sign_method: str = "total",
 ) -> None:
     """Create adapter `adapter_name` from `adapters` combined with `weights` (see the module docstring)."""
-    from .layer import LoraLayer
-
     _validate(model, adapters, weights, adapter_name, combination_type, density)
     rank, targets = _new_rank_and_targets(model, adapters, combination_type, svd_rank)
     first = model.peft_config[adapters[0]]

@@ -15,59 +15,14 @@ block-diagonal factor expanded (`dense_weight`) is what merging adds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .layer import Linear
+from .sub_configs import BdLoraConfig
 from .variants import LoraVariant
-
-
-@dataclass
-class BdLoraConfig:
-    """Which targets get a block-diagonal A (`target_modules_bd_a`) or B (`target_modules_bd_b`).
-
-    A pattern matches a module when it is a substring of the module's name (its last dotted part).
-    Row-sharded layers (attention out, MLP down) should have bd-A; column-sharded layers (q, k, v, MLP
-    up/gate) bd-B. `nblocks` is the serving sharding degree. With `match_strict`, every LoRA target must
-    match one of the two lists.
-    """
-
-    target_modules_bd_a: list[str] | None = field(
-        default=None, metadata={"help": "Modules whose LoRA-A is block-diagonal (substring match)."}
-    )
-    target_modules_bd_b: list[str] | None = field(
-        default=None, metadata={"help": "Modules whose LoRA-B is block-diagonal (substring match)."}
-    )
-    nblocks: int = field(default=1, metadata={"help": "Number of blocks of each block-diagonal factor."})
-    match_strict: bool = field(
-        default=True, metadata={"help": "Require every target to match target_modules_bd_a or _bd_b."}
-    )
-
-    def __post_init__(self) -> None:
-        overlap = set(self.target_modules_bd_a or []) & set(self.target_modules_bd_b or [])
-        if overlap:
-            raise ValueError(
-                f"Found overlapping modules in target_modules_bd lists:{self.target_modules_bd_a} (A) and "
-                f"{self.target_modules_bd_b} (B). A module's A or its B can be block-diagonal, not both."
-            )
-        if not isinstance(self.nblocks, int) or self.nblocks < 1:
-            raise ValueError(f"BdLoraConfig.nblocks must be a positive integer, got {self.nblocks!r}.")
-
-    def sides(self, module_name: str) -> tuple[bool, bool]:
-        """(A is block-diagonal, B is block-diagonal) for the module called `module_name`."""
-        name = module_name.rpartition(".")[2]
-        bd_a = any(p in name for p in self.target_modules_bd_a or [])
-        bd_b = any(p in name for p in self.target_modules_bd_b or [])
-        if bd_a and bd_b:
-            raise ValueError(f"Target {module_name} matches both the A and the B block-diagonal patterns.")
-        if not (bd_a or bd_b) and self.match_strict:
-            raise ValueError(
-                f"Target {module_name} matches neither A nor B block-diagonal patterns.If this is intentional, set "
-                "match_strict=False in BdLoraConfig during initialization. "
-            )
-        return bd_a, bd_b
 
 
 class BlockDiagonalLinear(nn.Module):
@@ -166,8 +121,6 @@ def make_block_diagonal(
     layer: Any, adapter_name: str, module_name: str, config: BdLoraConfig, init: Any
 ) -> None:
     """Give adapter `adapter_name` of `layer` a block-diagonal A or B, as `config` says for `module_name`."""
-    from .layer import Linear
-
     bd_a, bd_b = config.sides(module_name)
     if not (bd_a or bd_b):
         return

@@ -9,11 +9,8 @@ from typing import Any, Literal
 from ...config import PeftConfig
 from ...utils.peft_types import PeftType
 
-# The sub-configs live beside their method; PEFT code imports them from the config module.
-from .bdlora import BdLoraConfig
-from .corda import CordaConfig
-from .eva import EvaConfig
-from .loftq import LoftQConfig
+# PEFT code imports the sub-configs from the config module
+from .sub_configs import BdLoraConfig, CordaConfig, EvaConfig, LoftQConfig
 
 __all__ = ["BdLoraConfig", "CordaConfig", "EvaConfig", "LoftQConfig", "LoraConfig", "LoraRuntimeConfig"]
 

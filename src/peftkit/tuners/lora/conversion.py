@@ -24,14 +24,13 @@ import os
 import torch
 
 from ...config import PeftConfig
+from ...utils.weights_io import read_adapter_weights
 
 _A_KEYS = (".lora_A.weight", ".lora_embedding_A")
 _B_KEYS = (".lora_B.weight", ".lora_embedding_B")
 
 
 def _read_initial(path: str) -> dict[str, torch.Tensor]:
-    from ...utils.weights_io import read_adapter_weights
-
     if not os.path.isdir(path):
         raise ValueError(
             f"path_initial_model_for_weight_conversion={path!r} is not a folder. Pass the folder where the adapter "

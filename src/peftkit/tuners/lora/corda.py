@@ -19,10 +19,11 @@ targeted module (`module.eigens`); creating the adapter with `init_lora_weights=
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,34 +31,10 @@ from torch import nn
 from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ...utils.other import get_pattern_key
 from .._targeting import is_targeted
+from .inits import register_init_scheme
+from .sub_configs import CordaConfig
 
 _DAMPING = 0.01  # relative to the mean of the covariance's diagonal
-
-
-@dataclass
-class CordaConfig:
-    """Options of the CorDA calibration (`LoraConfig(init_lora_weights="corda", corda_config=...)`)."""
-
-    cache_file: str | None = field(
-        default=None, metadata={"help": "File caching the decomposition (reused when it exists)."}
-    )
-    covariance_file: str | None = field(
-        default=None, metadata={"help": "File caching the input covariances (reused when it exists)."}
-    )
-    corda_method: Literal["ipm", "kpm"] = field(
-        default="ipm", metadata={"help": "'ipm': adapter on the largest components; 'kpm': on the smallest."}
-    )
-    verbose: bool = field(default=False, metadata={"help": "Print progress."})
-    use_float16_for_covariance: bool = field(
-        default=False, metadata={"help": "Accumulate covariances in float16 (half the memory, less precise)."}
-    )
-    prune_temporary_fields: bool = field(
-        default=True, metadata={"help": "Remove the covariances and counters from the modules afterwards."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.corda_method not in ("ipm", "kpm"):
-            raise ValueError(f"corda_method must be 'ipm' or 'kpm', got {self.corda_method!r}.")
 
 
 @dataclass
@@ -86,7 +63,6 @@ def _targets(model: nn.Module, lora_config: Any) -> dict[str, nn.Module]:
             raise ValueError(
                 "preprocess_corda needs lora_config.target_modules (no default for this model type)."
             )
-        import copy
 
         config = copy.copy(lora_config)
         config.target_modules = set(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
@@ -246,3 +222,6 @@ def init_corda(layer: Any, adapter_name: str) -> None:
             if not param.is_meta:
                 param.data = value.to(device=param.device, dtype=param.dtype).contiguous()
     del base.eigens
+
+
+register_init_scheme("corda", init_corda)

@@ -22,38 +22,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
 from .._targeting import is_targeted
-
-
-@dataclass
-class EvaConfig:
-    """Options of EVA (`LoraConfig(init_lora_weights="eva", eva_config=EvaConfig(...))`)."""
-
-    rho: float = field(default=2.0, metadata={"help": "Rho value for EVA redistribution"})
-    tau: float = field(default=0.99, metadata={"help": "Cosine similarity threshold for early stopping"})
-    use_label_mask: bool = field(default=True, metadata={"help": "Use label mask for EVA initialization"})
-    label_mask_value: int = field(
-        default=-100,
-        metadata={"help": "if use_label_mask=True the value to look for to mask out ignored tokens"},
-    )
-    whiten: bool = field(default=False, metadata={"help": "Apply whitening to singular vectors"})
-    adjust_scaling_factors: bool = field(
-        default=True, metadata={"help": "Adjust LoRA scaling factors after the rank redistribution"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.rho < 1.0:
-            raise ValueError("`rho` must be >= 1.0")
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError("`tau` must be between 0.0 and 1.0.")
+from .inits import register_init_scheme
+from .layer import LoraLayer
+from .sub_configs import EvaConfig
 
 
 def forward_fn_dict(model: nn.Module, inputs: dict) -> Any:
@@ -128,8 +108,6 @@ class _Statistics:
 
 def _target_layers(model: nn.Module, peft_config: Any, adapter_name: str) -> dict[str, nn.Module]:
     from transformers.pytorch_utils import Conv1D
-
-    from .layer import LoraLayer
 
     lora_layers = {
         name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A
@@ -235,7 +213,6 @@ def get_eva_state_dict(
 def _progress(dataloader: Iterable, show: bool) -> Iterable:
     if not show:
         return dataloader
-    from tqdm import tqdm
 
     return tqdm(dataloader, desc="EVA")
 
@@ -307,8 +284,6 @@ def initialize_lora_eva_weights(
         gather_distributed_inputs: sum the statistics over processes under torch.distributed.
         show_progress_bar: show a progress bar over the batches.
     """
-    from .layer import LoraLayer
-
     config = model.peft_config[adapter_name]
     if config.init_lora_weights != "eva":
         warnings.warn(
@@ -370,3 +345,6 @@ def init_eva_placeholder(layer: Any, adapter_name: str) -> None:
 
     `initialize_lora_eva_weights` (or loading a saved adapter) fills the real values.
     """
+
+
+register_init_scheme("eva", init_eva_placeholder)

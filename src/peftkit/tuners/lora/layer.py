@@ -29,6 +29,7 @@ from .._scaling import ScalingHelpers
 from ..tuners_utils import BaseTunerLayer
 from . import dora, fast_paths
 from .config import init_is_implemented
+from .inits import apply_init
 from .variants import PLAIN_LORA, LoraVariant
 
 
@@ -136,9 +137,15 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
             if self.lora_bias[adapter_name]:
                 nn.init.zeros_(self.lora_B[adapter_name].bias)
             if isinstance(init_lora_weights, str) and init_lora_weights != "gaussian":
-                from .inits import apply_init  # PiSSA, OLoRA, orthogonal, CorDA, EVA, LoftQ
-
-                apply_init(self, adapter_name, init_lora_weights)
+                if not isinstance(self, Linear):
+                    raise ValueError(
+                        f"init_lora_weights={init_lora_weights!r} is defined for LoRA on linear layers only, not on "
+                        f"{type(self).__name__}; use init_lora_weights=True for this layer (e.g. leave it out of "
+                        "target_modules for this adapter)."
+                    )
+                apply_init(
+                    self, adapter_name, init_lora_weights
+                )  # PiSSA, OLoRA, orthogonal, CorDA, EVA, LoftQ
         if adapter_name in self.lora_embedding_A:
             # A is read as a lookup table, so it starts at zero and B is random (the product is still 0)
             nn.init.zeros_(self.lora_embedding_A[adapter_name])

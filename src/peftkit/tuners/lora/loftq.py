@@ -23,21 +23,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from .bnb import is_bnb_layer
+from .inits import register_init_scheme
+from .layer import LoraLayer
+from .sub_configs import LoftQConfig
+
 _NF4_BLOCKSIZE = 64
-
-
-@dataclass
-class LoftQConfig:
-    """LoftQ options (`LoraConfig(init_lora_weights="loftq", loftq_config=LoftQConfig(...))`)."""
-
-    loftq_bits: int = field(default=4, metadata={"help": "Quantization bits for LoftQ"})
-    loftq_iter: int = field(default=1, metadata={"help": "Alternating iterations for LoftQ"})
 
 
 def _bnb_functional() -> Any:
@@ -154,8 +151,6 @@ class _LazyWeights:
     """Tensor lookup across safetensors shards, tolerant of a leading `model.`-style prefix difference."""
 
     def __init__(self, files: list[str]) -> None:
-        from safetensors import safe_open
-
         self._handles = [safe_open(path, framework="pt", device="cpu") for path in files]
         self._where = {key: handle for handle in self._handles for key in handle.keys()}  # noqa: SIM118
 
@@ -188,9 +183,6 @@ def replace_lora_weights_loftq(
         callback: `callback(model, module_name) -> bool` after each layer; False rolls that layer back
             (e.g. keep the change only if the logits got closer to the unquantized model's).
     """
-    from .bnb import is_bnb_layer
-    from .layer import LoraLayer
-
     if model_path is None:
         config = getattr(peft_model, "config", None)
         model_path = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
@@ -224,3 +216,6 @@ def replace_lora_weights_loftq(
             "replace_lora_weights_loftq found no LoRA layer on a bitsandbytes-quantized layer; load the base model "
             "quantized (BitsAndBytesConfig(load_in_4bit=True)) before adding the adapter."
         )
+
+
+register_init_scheme("loftq", init_loftq)

@@ -11,10 +11,17 @@ from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPIN
 from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
 from .._linear_kind import UnsupportedLayerError, align_fan_in_fan_out
+from ..trainable_tokens.wrapper import drop_token_wrappers, inject_trainable_tokens, token_state_keys
 from ..tuners_utils import BaseTuner
+from .alora import install_alora
+from .arithmetic import add_weighted_adapter
+from .bdlora import check_bdlora_config, make_block_diagonal
 from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
+from .layer_replication import apply_layer_replication, check_no_shared_merge, is_replica_tie
+from .param_wrapper import inject_parameters
 from .quantized import dispatch_quantized
+from .variants import check_mergeable
 
 
 class LoraModel(BaseTuner):
@@ -89,8 +96,6 @@ class LoraModel(BaseTuner):
         combination_type: "svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear",
         "dare_ties_svd", "dare_linear_svd", "magnitude_prune" or "magnitude_prune_svd".
         """
-        from .arithmetic import add_weighted_adapter
-
         add_weighted_adapter(
             self,
             adapters,
@@ -109,7 +114,6 @@ class LoraModel(BaseTuner):
         # replicated layers share their base weights by design (and merging them is refused)
         if getattr(self, "_layer_replication", None) is None:
             return False
-        from .layer_replication import is_replica_tie
 
         return is_replica_tie(name, others)
 
@@ -117,29 +121,19 @@ class LoraModel(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
         config = self.peft_config[adapter_name]
         if config.layer_replication:
-            from .layer_replication import apply_layer_replication
-
             apply_layer_replication(self, model, config.layer_replication)
         if config.use_bdlora is not None:
-            from .bdlora import check_bdlora_config
-
             check_bdlora_config(config)
         super().inject_adapter(model, adapter_name, **kwargs)
         if config.use_bdlora is not None:
             self._make_block_diagonal(model, adapter_name)
         if config.target_parameters:
-            from .param_wrapper import inject_parameters
-
             for layer in inject_parameters(self, model, adapter_name):
                 if kwargs.get("autocast_adapter_dtype", True):
                     layer.cast_adapter_dtype(adapter_name)
         if config.alora_invocation_tokens is not None:
-            from .alora import install_alora
-
             install_alora(self, model, adapter_name)
         if config.trainable_token_indices:
-            from ..trainable_tokens.wrapper import inject_trainable_tokens
-
             indices, active = config.trainable_token_indices, self.active_adapters
             layers = inject_trainable_tokens(model, adapter_name, indices, active, config.inference_mode)
             if kwargs.get("autocast_adapter_dtype", True):
@@ -148,8 +142,6 @@ class LoraModel(BaseTuner):
 
     def _make_block_diagonal(self, model: nn.Module, adapter_name: str) -> None:
         """bd-LoRA: the adapter's A or B becomes block-diagonal where `use_bdlora` says (see bdlora.py)."""
-        from .bdlora import make_block_diagonal
-
         config = self.peft_config[adapter_name]
         try:
             for name, module in list(model.named_modules()):
@@ -162,28 +154,19 @@ class LoraModel(BaseTuner):
             raise
 
     def _tuner_state_keys(self, adapter_name: str) -> dict[str, str]:
-        from ..trainable_tokens.wrapper import token_state_keys
-
         return token_state_keys(self.model, adapter_name)
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        from .layer_replication import check_no_shared_merge
-
         check_no_shared_merge(self)
         self._check_variants_mergeable(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def _check_variants_mergeable(self, adapter_names: list[str] | None) -> None:
         """Refuse, before any layer merges, to merge an adapter whose variant cannot be merged (aLoRA)."""
-        from .variants import check_mergeable
-
         names = self.active_adapters if adapter_names is None else list(adapter_names)
         check_mergeable((m for m in self.model.modules() if isinstance(m, LoraLayer)), names)
 
     def _unload_and_optionally_merge(self, merge: bool, *args: Any, **kwargs: Any) -> nn.Module:
-        from ..trainable_tokens.wrapper import drop_token_wrappers
-        from .layer_replication import check_no_shared_merge
-
         if merge:
             check_no_shared_merge(self)
             self._check_variants_mergeable(kwargs.get("adapter_names", args[2] if len(args) > 2 else None))
