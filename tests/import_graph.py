@@ -164,8 +164,7 @@ def floor_of(name: str) -> int:
 def cycles(modules: dict[str, Module]) -> list[list[str]]:
     """The strongly connected components of more than one module in the run-time import graph (Tarjan)."""
     graph = {
-        name: sorted({t for t, _ in m.runtime if t in modules and t != name})
-        for name, m in modules.items()
+        name: sorted({t for t, _ in m.runtime if t in modules and t != name}) for name, m in modules.items()
     }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -237,7 +236,9 @@ def report(modules: dict[str, Module]) -> dict[str, list]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--edges", action="store_true", help="also print every run-time import")
     args = parser.parse_args()
     modules = load()
@@ -245,7 +246,9 @@ def main() -> int:
     print(f"modules: {len(modules)}")
     print(f"import cycles at run time: {len(result['cycles'])}")
     print(f"imports that go up a floor: {len(result['upward'])}")
-    print(f"imports inside functions: {len(result['local'])} (+ {len(result['optional'])} of optional extras)")
+    print(
+        f"imports inside functions: {len(result['local'])} (+ {len(result['optional'])} of optional extras)"
+    )
     for component in result["cycles"]:
         print("cycle: " + " <-> ".join(component))
     for line in result["upward"]:
