@@ -222,12 +222,12 @@ def _check_unique(
                 f"{_class_name(model_cls)} are already registered for PeftType.{other.name}; each method "
                 "needs its own config and model classes (subclass them)."
             )
-        other_prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(other)
-        if prefix is not None and prefix == other_prefix and not _related(model_cls, other_model):
-            raise ValueError(
-                f"register_peft_method(name={peft_type.value.lower()!r}): prefix {prefix!r} is already used by "
-                f"PeftType.{other.name}; choose a prefix of its own for {_class_name(model_cls)}.prefix."
-            )
+    owners = [t for t, p in PEFT_TYPE_TO_PREFIX_MAPPING.items() if prefix is not None and p == prefix]
+    if owners and not any(_related(model_cls, PEFT_TYPE_TO_TUNER_MAPPING.get(t)) for t in owners):
+        raise ValueError(
+            f"register_peft_method(name={peft_type.value.lower()!r}): prefix {prefix!r} is already used by "
+            f"PeftType.{owners[0].name}; choose a prefix of its own for {_class_name(model_cls)}.prefix."
+        )
 
 
 def _related(a: type | None, b: type | None) -> bool:
