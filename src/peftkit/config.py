@@ -26,6 +26,12 @@ PEFT_FORMAT_VERSION = "0.21.2"
 _RUNTIME_ONLY_FIELDS = ("runtime_config",)
 
 
+def as_set(value: Any) -> Any:
+    """A list or tuple of module names as a set (how configs hold them); anything else (None, a regex
+    string, a set) unchanged."""
+    return set(value) if isinstance(value, (list, tuple)) else value
+
+
 def _to_json_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
