@@ -27,6 +27,16 @@ PEFT_FORMAT_VERSION = "0.21.2"
 # Fields that exist at run time only and are never written (PEFT leaves them out too).
 _RUNTIME_ONLY_FIELDS = ("runtime_config",)
 
+# PeftType -> its config class, filled by `register_peft_method`; kept on the config floor because
+# `from_peft_type` reads it (peft code imports it from `peftkit.mapping`, which re-exports it)
+PEFT_TYPE_TO_CONFIG_MAPPING: dict[PeftType, type[PeftConfig]] = {}
+
+
+def as_set(value: Any) -> Any:
+    """A list or tuple of module names as a set (how configs hold them); anything else (None, a regex
+    string, a set) unchanged."""
+    return set(value) if isinstance(value, (list, tuple)) else value
+
 
 def _to_json_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
@@ -85,8 +95,6 @@ class PeftConfigMixin:
     @classmethod
     def from_peft_type(cls, **kwargs: Any) -> PeftConfigMixin:
         """Build the config class that `kwargs["peft_type"]` names (or `cls` itself when it is concrete)."""
-        from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
         peft_type = kwargs.get("peft_type")
         if peft_type is None:
             config_cls = cls

@@ -1,4 +1,5 @@
-"""The method registry (one place to register a method) and the low-level injection API."""
+"""The method registry (filled by each method's one `register_peft_method` call) and the low-level
+injection API."""
 
 from __future__ import annotations
 
@@ -7,27 +8,25 @@ from typing import Any
 from torch import nn
 
 from .config import PeftConfig
-from .utils.peft_types import PeftType
+from .tuners._registration import register_peft_method
+from .tuners._registry import (
+    PEFT_TYPE_TO_CONFIG_MAPPING,
+    PEFT_TYPE_TO_DEFAULT_TARGET_MODULES,
+    PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
+    PEFT_TYPE_TO_PREFIX_MAPPING,
+    PEFT_TYPE_TO_TUNER_MAPPING,
+)
 
-PEFT_TYPE_TO_CONFIG_MAPPING: dict[PeftType, type[PeftConfig]] = {}
-PEFT_TYPE_TO_TUNER_MAPPING: dict[PeftType, type] = {}
-PEFT_TYPE_TO_PREFIX_MAPPING: dict[PeftType, str] = {}
-
-
-def register_peft_method(
-    *,
-    peft_type: PeftType | str,
-    config_cls: type[PeftConfig],
-    model_cls: type | None,
-    prefix: str | None = None,
-) -> None:
-    """Make a method known by its PeftType: its config class, its tuner class, its parameter prefix."""
-    peft_type = PeftType(peft_type)
-    PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
-    if model_cls is not None:
-        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = model_cls
-    if prefix is not None:
-        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = prefix
+__all__ = [
+    "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_DEFAULT_TARGET_MODULES",
+    "PEFT_TYPE_TO_MIXED_MODEL_MAPPING",
+    "PEFT_TYPE_TO_PREFIX_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING",
+    "get_peft_config",
+    "inject_adapter_in_model",
+    "register_peft_method",
+]
 
 
 def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:

@@ -26,8 +26,6 @@ from ..utils.other import get_pattern_key
 from ._scaling import ScalingHelpers
 from .tuners_utils import BaseTuner, BaseTunerLayer
 
-_SUPPORTED_BASES = "`torch.nn.Linear`, `torch.nn.Conv1d` and `torch.nn.Conv2d`"
-
 
 @dataclass
 class LycorisConfig(PeftConfig):
@@ -197,20 +195,4 @@ def lycoris_layer_kwargs(config: LycorisConfig, key: str) -> dict[str, Any]:
 
 
 class LycorisTuner(BaseTuner):
-    """The tuner of a LyCORIS method: `layers_mapping` maps each supported base type to its layer class."""
-
-    layers_mapping: dict[type[nn.Module], type[LycorisLayer]] = {}
-
-    def _create_new_module(
-        self, config: LycorisConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> LycorisLayer:
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        # `self` may be a mixed-model tuner: the mapping is the one of `config`'s method
-        mapping = self._method_for(config).layers_mapping
-        layer_cls = next((cls for kind, cls in mapping.items() if isinstance(base, kind)), None)
-        if layer_cls is None:
-            raise TypeError(
-                f"Target module of type {type(base)} not supported, currently only adapters for {_SUPPORTED_BASES} "
-                "are supported."
-            )
-        return layer_cls(target, adapter_name, **kwargs)
+    """The tuner base of a LyCORIS method (peft's name); each method declares its `layer_classes`."""

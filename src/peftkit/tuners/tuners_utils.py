@@ -24,6 +24,8 @@ from ..utils.gc_pause import gc_paused
 from ..utils.modules_to_save import ModulesToSaveWrapper, has_ancestor_in, set_modules_to_save
 from ..utils.other import get_submodules
 from ..utils.warnings import PeftWarning
+from ._dispatch import LayerClasses, LayerDispatcher, create_layer
+from ._registry import default_target_modules
 from ._targeting import (
     expand_all_linear,
     is_targeted,
@@ -51,13 +53,14 @@ class BaseTuner(nn.Module):
     """Wraps a model and adapts the modules an adapter config targets.
 
     A method subclass sets `prefix` (the start of its parameter names, e.g. "lora_"), `tuner_layer_cls`,
-    `target_module_mapping` (default targets per `model_type`), and implements `_create_new_module` and
-    `_layer_kwargs`. Everything else is shared.
+    `layer_classes` (base-layer type -> its layer class, see `_dispatch`) and implements `_layer_kwargs`;
+    its default targets per `model_type` are given to `register_peft_method`. Everything else is shared.
     """
 
     prefix: str = ""
     tuner_layer_cls: type[BaseTunerLayer] = BaseTunerLayer
-    target_module_mapping: dict[str, Any] = {}
+    layer_classes: LayerClasses = {}
+    layer_dispatchers: tuple[LayerDispatcher, ...] = ()
 
     def __init__(
         self,
@@ -117,8 +120,13 @@ class BaseTuner(nn.Module):
         return _as_list(self.active_adapter)
 
     # ----- hooks for methods -----
-    def _create_new_module(self, config: PeftConfig, adapter_name: str, target: nn.Module, **kwargs: Any):
-        raise NotImplementedError
+    def _create_new_module(
+        self, config: PeftConfig, adapter_name: str, target: nn.Module, /, **kwargs: Any
+    ) -> nn.Module:
+        """The adapter layer for `target`, picked by the declared dispatch of `config`'s method (its
+        `layer_dispatchers`, then its `layer_classes`; see `_dispatch.create_layer`). The first arguments
+        are positional-only: a layer argument may itself be called `config`."""
+        return create_layer(self._method_for(config), config, adapter_name, target, kwargs)
 
     def _layer_kwargs(self, config: PeftConfig, key: str) -> dict[str, Any]:
         """The per-module keyword arguments for `update_layer` (e.g. rank from rank_pattern)."""
@@ -162,15 +170,15 @@ class BaseTuner(nn.Module):
         return config
 
     def _method_for(self, config: PeftConfig) -> type[BaseTuner]:
-        """The tuner class whose layer rules (`_layer_kwargs`, `_create_new_module`, `tuner_layer_cls`,
-        `target_module_mapping`) apply to `config`: this tuner's own class, or, in a mixed model, the
-        class of `config`'s method."""
+        """The tuner class whose layer rules (`_layer_kwargs`, `layer_classes`, `layer_dispatchers`,
+        `tuner_layer_cls`) apply to `config`: this tuner's own class, or, in a mixed model, the class of
+        `config`'s method."""
         return type(self)
 
     def _prepare_adapter_config(self, config: PeftConfig, model_config: dict) -> PeftConfig:
         if config.target_modules is None:
             model_type = model_config.get("model_type")
-            mapping = self._method_for(config).target_module_mapping
+            mapping = default_target_modules(config.peft_type)
             if model_type not in mapping:
                 raise ValueError(
                     f"target_modules is None and peftkit has no default targets for model_type {model_type!r}: "

@@ -3,17 +3,14 @@ and pruned ranks on save/load."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...config import PeftConfig
-from ...utils.constants import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
-from ...utils.warnings import PeftWarning
+from .._dispatch import CONV1D
 from ..lora.model import LoraModel
-from ..tuners_utils import BaseTunerLayer
 from .allocator import RankAllocator, find_mask
 from .config import AdaLoraConfig
 from .layer import AdaLoraLayer, SVDConv2d, SVDLinear
@@ -36,7 +33,8 @@ class AdaLoraModel(LoraModel):
 
     prefix = "lora_"
     tuner_layer_cls = AdaLoraLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
+    layer_classes = {nn.Linear: SVDLinear, CONV1D: SVDLinear, nn.Conv2d: SVDConv2d}
+    layer_dispatchers = ()  # LoRA's quantized layers are not AdaLoRA layers: quantized bases are adapted as Linear
 
     @property
     def trainable_adapter_name(self) -> str | None:
@@ -79,30 +77,6 @@ class AdaLoraModel(LoraModel):
             "fan_in_fan_out": config.fan_in_fan_out,
             "init_lora_weights": config.init_lora_weights,
         }
-
-    def _create_new_module(
-        self, config: AdaLoraConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> AdaLoraLayer:
-        from transformers.pytorch_utils import Conv1D
-
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if isinstance(base, nn.Conv2d):
-            kwargs["fan_in_fan_out"] = False
-            return SVDConv2d(target, adapter_name, **kwargs)
-        if isinstance(base, (nn.Linear, Conv1D)):
-            conv1d = isinstance(base, Conv1D)
-            if kwargs["fan_in_fan_out"] != conv1d:
-                warnings.warn(
-                    f"fan_in_fan_out is set to {kwargs['fan_in_fan_out']} but the target module is "
-                    f"`{type(base).__name__}`. Setting fan_in_fan_out to {conv1d}.",
-                    PeftWarning,
-                )
-                kwargs["fan_in_fan_out"] = config.fan_in_fan_out = conv1d
-            return SVDLinear(target, adapter_name, **kwargs)
-        raise ValueError(
-            f"Target module {base} is not supported. Currently, only `torch.nn.Linear`, `Conv1D`, and "
-            "`torch.nn.Conv2d` are supported."
-        )
 
     def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(f"{type(self).__name__} does not support add_weighted_adapter method.")

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig
+from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 
 _VALID_BIAS = ("none", "all", "boft_only")
-
-
-def _as_set(value):
-    return set(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -57,8 +53,8 @@ class BOFTConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.BOFT
-        self.target_modules = _as_set(self.target_modules)
-        self.exclude_modules = _as_set(self.exclude_modules)
+        self.target_modules = as_set(self.target_modules)
+        self.exclude_modules = as_set(self.exclude_modules)
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError(
                 "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "

@@ -6,8 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING
-from .._linear_kind import layer_for_base
 from ..tuners_utils import BaseTuner
 from .config import BOFTConfig
 from .layer import BOFTLayer, Conv2d, Linear
@@ -23,7 +21,7 @@ class BOFTModel(BaseTuner):
 
     prefix = "boft_"
     tuner_layer_cls = BOFTLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING
+    layer_classes = {nn.Linear: Linear, nn.Conv2d: Conv2d}
 
     def _layer_kwargs(self, config: BOFTConfig, key: str) -> dict[str, Any]:
         return {
@@ -34,10 +32,3 @@ class BOFTModel(BaseTuner):
             "init_weights": config.init_weights,
             "fan_in_fan_out": config.fan_in_fan_out,
         }
-
-    def _create_new_module(
-        self, config: BOFTConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> BOFTLayer:
-        return layer_for_base(
-            target, {nn.Linear: Linear, nn.Conv2d: Conv2d}, "BOFT", config, adapter_name, **kwargs
-        )

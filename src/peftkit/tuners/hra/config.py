@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig
+from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 
 
@@ -40,10 +40,8 @@ class HRAConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.HRA
-        if isinstance(self.target_modules, (list, tuple)):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, (list, tuple)):
-            self.exclude_modules = set(self.exclude_modules)
+        self.target_modules = as_set(self.target_modules)
+        self.exclude_modules = as_set(self.exclude_modules)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"`r` should be a positive integer value, got r={self.r!r}.")
         if self.bias not in ("none", "all", "hra_only"):

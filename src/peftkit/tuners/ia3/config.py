@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig
+from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _as_set(value):
-    return set(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -40,9 +36,9 @@ class IA3Config(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.IA3
-        self.target_modules = _as_set(self.target_modules)
-        self.exclude_modules = _as_set(self.exclude_modules)
-        self.feedforward_modules = _as_set(self.feedforward_modules)
+        self.target_modules = as_set(self.target_modules)
+        self.exclude_modules = as_set(self.exclude_modules)
+        self.feedforward_modules = as_set(self.feedforward_modules)
         both_sets = isinstance(self.target_modules, set) and isinstance(self.feedforward_modules, set)
         if both_sets and not self.feedforward_modules <= self.target_modules:
             extra = sorted(self.feedforward_modules - self.target_modules)

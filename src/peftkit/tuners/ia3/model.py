@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
-from ...utils.constants import (
-    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
-    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
-)
-from ...utils.warnings import PeftWarning
+from ...utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
+from .._dispatch import CONV1D
 from ..tuners_utils import BaseTuner
 from .config import IA3Config
 from .layer import Conv2d, Conv3d, IA3Layer, Linear
@@ -38,7 +34,7 @@ class IA3Model(BaseTuner):
 
     prefix = "ia3_"
     tuner_layer_cls = IA3Layer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    layer_classes = {nn.Linear: Linear, CONV1D: Linear, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
 
     def _prepare_adapter_config(self, config: IA3Config, model_config: dict) -> IA3Config:
         config = super()._prepare_adapter_config(config, model_config)
@@ -56,43 +52,6 @@ class IA3Model(BaseTuner):
 
     def _layer_kwargs(self, config: IA3Config, key: str) -> dict[str, Any]:
         return {"config": config, "is_feedforward": _is_feedforward(config, key)}
-
-    def _create_new_module(
-        self, ia3_config: IA3Config, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> nn.Module:
-        from transformers.pytorch_utils import Conv1D
-
-        config = ia3_config
-        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
-        is_feedforward = kwargs["is_feedforward"]
-        if isinstance(base, nn.Conv2d):
-            return Conv2d(target, adapter_name, config, is_feedforward=is_feedforward)
-        if isinstance(base, nn.Conv3d):
-            return Conv3d(target, adapter_name, config, is_feedforward=is_feedforward)
-        if isinstance(base, nn.Linear):
-            if config.fan_in_fan_out:
-                warnings.warn(
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
-                    "Setting fan_in_fan_out to False.",
-                    PeftWarning,
-                )
-                config.fan_in_fan_out = False
-            return Linear(target, adapter_name, config, is_feedforward=is_feedforward)
-        if isinstance(base, Conv1D):
-            if not config.fan_in_fan_out:
-                warnings.warn(
-                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.",
-                    PeftWarning,
-                )
-                config.fan_in_fan_out = True
-            return Linear(
-                target, adapter_name, config, is_feedforward=is_feedforward, is_target_conv_1d_layer=True
-            )
-        raise ValueError(
-            f"Target module {base} (type {type(base).__name__}) is not supported by IA3. Currently, only "
-            "`torch.nn.Linear`, `torch.nn.Conv2d`, `torch.nn.Conv3d` and `transformers.pytorch_utils.Conv1D` are "
-            "supported; remove it from target_modules."
-        )
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
         """Add adapter `adapter_name` whose vectors are `sum_i weights[i] * l_i` over `adapters`.

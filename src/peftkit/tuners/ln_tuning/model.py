@@ -6,7 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
 from ..tuners_utils import BaseTuner
 from .config import LNTuningConfig
 from .layer import LNTuningLayer
@@ -22,12 +21,7 @@ class LNTuningModel(BaseTuner):
 
     prefix = "ln_tuning_"
     tuner_layer_cls = LNTuningLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
+    layer_classes = {nn.Module: LNTuningLayer}  # any module: its copy is trained in full
 
     def _layer_kwargs(self, config: LNTuningConfig, key: str) -> dict[str, Any]:
         return {"config": config}
-
-    def _create_new_module(
-        self, peft_config: LNTuningConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> nn.Module:
-        return LNTuningLayer(target, adapter_name, peft_config)

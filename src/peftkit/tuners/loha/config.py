@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...config import as_set
 from ...utils.peft_types import PeftType
 from ..lycoris_utils import LycorisConfig
-
-
-def _as_set(value):
-    return set(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -48,8 +45,8 @@ class LoHaConfig(LycorisConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.LOHA
-        self.target_modules = _as_set(self.target_modules)
-        self.exclude_modules = _as_set(self.exclude_modules)
+        self.target_modules = as_set(self.target_modules)
+        self.exclude_modules = as_set(self.exclude_modules)
         self._validate_lycoris("LoHa")
         if not isinstance(self.init_weights, bool):
             raise ValueError(f"LoHa init_weights must be True or False, got {self.init_weights!r}.")

@@ -6,7 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
 from ..lycoris_utils import LycorisTuner, lycoris_layer_kwargs
 from .config import LoHaConfig
 from .layer import Conv1d, Conv2d, Linear, LoHaLayer
@@ -22,12 +21,7 @@ class LoHaModel(LycorisTuner):
 
     prefix = "hada_"
     tuner_layer_cls = LoHaLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING
-    layers_mapping: dict[type[nn.Module], type[LoHaLayer]] = {
-        nn.Conv2d: Conv2d,
-        nn.Conv1d: Conv1d,
-        nn.Linear: Linear,
-    }
+    layer_classes = {nn.Linear: Linear, nn.Conv1d: Conv1d, nn.Conv2d: Conv2d}
 
     def _layer_kwargs(self, config: LoHaConfig, key: str) -> dict[str, Any]:
         # LoHa always rescales the rows kept by rank dropout

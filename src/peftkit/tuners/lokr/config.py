@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...config import as_set
 from ...utils.peft_types import PeftType
 from ..lycoris_utils import LycorisConfig
-
-
-def _as_set(value):
-    return set(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -56,8 +53,8 @@ class LoKrConfig(LycorisConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.LOKR
-        self.target_modules = _as_set(self.target_modules)
-        self.exclude_modules = _as_set(self.exclude_modules)
+        self.target_modules = as_set(self.target_modules)
+        self.exclude_modules = as_set(self.exclude_modules)
         self._validate_lycoris("LoKr")
         if self.init_weights not in (True, False, "lycoris"):
             raise ValueError(

@@ -6,7 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING
 from ..lycoris_utils import LycorisTuner, lycoris_layer_kwargs
 from .config import LoKrConfig
 from .layer import Conv1d, Conv2d, Linear, LoKrLayer
@@ -22,12 +21,7 @@ class LoKrModel(LycorisTuner):
 
     prefix = "lokr_"
     tuner_layer_cls = LoKrLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING
-    layers_mapping: dict[type[nn.Module], type[LoKrLayer]] = {
-        nn.Conv2d: Conv2d,
-        nn.Conv1d: Conv1d,
-        nn.Linear: Linear,
-    }
+    layer_classes = {nn.Linear: Linear, nn.Conv1d: Conv1d, nn.Conv2d: Conv2d}
 
     def _layer_kwargs(self, config: LoKrConfig, key: str) -> dict[str, Any]:
         return {

@@ -1,7 +1,7 @@
 """LoRA: low-rank adaptation (Hu et al., 2021), with rsLoRA and DoRA options."""
 
-from ...mapping import register_peft_method
-from ...utils.peft_types import PeftType
+from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from .._registration import register_peft_method
 from .bdlora import BdLoraConfig
 from .config import LoraConfig, LoraRuntimeConfig
 from .corda import CordaConfig
@@ -11,7 +11,13 @@ from .loftq import LoftQConfig
 from .model import LoraModel
 from .param_wrapper import ParamWrapper
 
-register_peft_method(peft_type=PeftType.LORA, config_cls=LoraConfig, model_cls=LoraModel, prefix="lora_")
+register_peft_method(
+    name="lora",
+    config_cls=LoraConfig,
+    model_cls=LoraModel,
+    is_mixed_compatible=True,
+    default_target_modules=TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+)
 
 __all__ = [
     "BdLoraConfig",

@@ -7,10 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
-from .._linear_kind import UnsupportedLayerError, align_fan_in_fan_out
+from .._dispatch import CONV1D
 from ..trainable_tokens.wrapper import drop_token_wrappers, inject_trainable_tokens, token_state_keys
 from ..tuners_utils import BaseTuner
 from .alora import install_alora
@@ -34,7 +33,16 @@ class LoraModel(BaseTuner):
 
     prefix = "lora_"
     tuner_layer_cls = LoraLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    layer_classes = {
+        nn.Linear: Linear,
+        CONV1D: Linear,
+        nn.Embedding: Embedding,
+        nn.Conv1d: Conv1d,
+        nn.Conv2d: Conv2d,
+        nn.Conv3d: Conv3d,
+    }
+    # bitsandbytes layers subclass nn.Linear: they must be dispatched before the plain Linear entry
+    layer_dispatchers = (dispatch_quantized,)
 
     def _layer_kwargs(self, config: LoraConfig, key: str) -> dict[str, Any]:
         rank_key = get_pattern_key(config.rank_pattern.keys(), key)
@@ -50,33 +58,6 @@ class LoraModel(BaseTuner):
             "lora_bias": config.lora_bias,
             **({"loftq_config": config.loftq_config} if config.init_lora_weights == "loftq" else {}),
         }
-
-    def _create_new_module(
-        self, config: LoraConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> nn.Module:
-        from transformers.pytorch_utils import Conv1D
-
-        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
-        # bitsandbytes layers subclass nn.Linear: they must be dispatched before the plain Linear branch
-        quantized = dispatch_quantized(target, adapter_name, **kwargs)
-        if quantized is not None:
-            return quantized
-        if isinstance(base, nn.Embedding):
-            kwargs.pop("fan_in_fan_out", None)
-            return Embedding(target, adapter_name, **kwargs)
-        if isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            kwargs.pop("fan_in_fan_out", None)
-            conv_cls = {3: Conv1d, 4: Conv2d, 5: Conv3d}[base.weight.dim()]
-            return conv_cls(target, adapter_name, **kwargs)
-        if isinstance(base, (nn.Linear, Conv1D)):
-            is_conv1d = align_fan_in_fan_out(base, config)
-            kwargs["fan_in_fan_out"] = config.fan_in_fan_out
-            return Linear(target, adapter_name, is_target_conv_1d_layer=is_conv1d, **kwargs)
-        raise UnsupportedLayerError(
-            f"Target module {base} (type {type(base).__name__}) is not supported by LoRA. Currently, only the "
-            "following modules are supported: `torch.nn.Linear`, `torch.nn.Embedding`, `torch.nn.Conv1d`, "
-            "`torch.nn.Conv2d`, `torch.nn.Conv3d`, `transformers.pytorch_utils.Conv1D`."
-        )
 
     def add_weighted_adapter(
         self,

@@ -1,41 +1,39 @@
-"""MixedModel: adapters of different layer methods (LoRA, LoHa, LoKr, AdaLoRA, OFT, SHiRA) on one model.
+"""MixedModel: adapters of different layer methods on one model (those registered as mixed-compatible:
+LoRA, LoHa, LoKr, AdaLoRA, OFT).
 
 Each adapter's layers are created by its own method's tuner; a module already adapted by another method
 is wrapped again, so a module can hold e.g. a LoHa layer whose `base_layer` is a LoRA layer (the same
 tree and keys as PEFT's mixed model). Several adapters, of any of these types, can be active at once.
+
+`COMPATIBLE_TUNER_TYPES` (PEFT's name) is read from the registry each time it is asked for, so it lists
+exactly the registered methods that said `is_mixed_compatible=True`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...config import PeftConfig
-from ...utils.peft_types import PeftType
+from .._registry import PEFT_TYPE_TO_MIXED_MODEL_MAPPING, mixed_compatible_types
 from ..tuners_utils import BaseTuner
 
-COMPATIBLE_TUNER_TYPES = (
-    PeftType.LORA,
-    PeftType.LOHA,
-    PeftType.LOKR,
-    PeftType.ADALORA,
-    PeftType.OFT,
-    PeftType.SHIRA,
-)
+
+def __getattr__(name: str) -> Any:
+    if name == "COMPATIBLE_TUNER_TYPES":
+        return mixed_compatible_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _method_tuner(config: PeftConfig) -> type[BaseTuner]:
-    from ...mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
-    tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING.get(config.peft_type)
-    if tuner_cls is None:
-        raise ValueError(
-            f"peftkit does not implement {config.peft_type.value} yet, so it cannot be mixed in."
-        )
-    return tuner_cls
+    check_mixable(config)
+    return PEFT_TYPE_TO_MIXED_MODEL_MAPPING[config.peft_type]
 
 
 def check_mixable(config: PeftConfig) -> None:
     """Raise when `config`'s method cannot take part in a mixed model."""
-    if config.peft_type not in COMPATIBLE_TUNER_TYPES:
-        names = ", ".join(t.value for t in COMPATIBLE_TUNER_TYPES)
+    compatible = mixed_compatible_types()
+    if config.peft_type not in compatible:
+        names = ", ".join(t.value for t in compatible)
         raise ValueError(
             f"The provided `peft_type` '{config.peft_type.value}' is not compatible with the `PeftMixedModel`. "
             f"Compatible types are: {names}."

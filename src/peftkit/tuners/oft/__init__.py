@@ -1,11 +1,17 @@
 """OFT: orthogonal finetuning (Qiu et al., 2023), with the Cayley-Neumann parametrisation (Liu et al., 2024)."""
 
-from ...mapping import register_peft_method
-from ...utils.peft_types import PeftType
+from ...utils.constants import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
+from .._registration import register_peft_method
 from .config import OFTConfig
 from .layer import Conv2d, Embedding, Linear, OFTLayer, OFTRotationModule
 from .model import OFTModel
 
-register_peft_method(peft_type=PeftType.OFT, config_cls=OFTConfig, model_cls=OFTModel, prefix="oft_")
+register_peft_method(
+    name="oft",
+    config_cls=OFTConfig,
+    model_cls=OFTModel,
+    is_mixed_compatible=True,
+    default_target_modules=TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING,
+)
 
 __all__ = ["Conv2d", "Embedding", "Linear", "OFTConfig", "OFTLayer", "OFTModel", "OFTRotationModule"]

@@ -6,15 +6,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ...config import PeftConfig
+from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
 
 _VALID_BIAS = ("none", "all", "oft_only")
-
-
-def _as_set(value):
-    return set(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -58,8 +54,8 @@ class OFTConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.OFT
-        self.target_modules = _as_set(self.target_modules)
-        self.exclude_modules = _as_set(self.exclude_modules)
+        self.target_modules = as_set(self.target_modules)
+        self.exclude_modules = as_set(self.exclude_modules)
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError(
                 "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "

@@ -6,8 +6,6 @@ from typing import Any
 
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
-from .._linear_kind import layer_for_base
 from ..tuners_utils import BaseTuner
 from .config import OFTConfig
 from .layer import Conv2d, Embedding, Linear, OFTLayer
@@ -23,7 +21,7 @@ class OFTModel(BaseTuner):
 
     prefix = "oft_"
     tuner_layer_cls = OFTLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
+    layer_classes = {nn.Linear: Linear, nn.Conv2d: Conv2d, nn.Embedding: Embedding}
 
     def _layer_kwargs(self, config: OFTConfig, key: str) -> dict[str, Any]:
         return {
@@ -38,15 +36,3 @@ class OFTModel(BaseTuner):
             "init_weights": config.init_weights,
             "fan_in_fan_out": config.fan_in_fan_out,
         }
-
-    def _create_new_module(
-        self, config: OFTConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> OFTLayer:
-        return layer_for_base(
-            target,
-            {nn.Linear: Linear, nn.Conv2d: Conv2d, nn.Embedding: Embedding},
-            "OFT",
-            config,
-            adapter_name,
-            **kwargs,
-        )

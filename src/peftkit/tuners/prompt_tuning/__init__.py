@@ -1,10 +1,9 @@
 """Prompt tuning: trained soft prompts prepended to the input embeddings (Lester et al., 2021)."""
 
-from ...mapping import register_peft_method
-from ...utils.peft_types import PeftType
+from .._registration import register_peft_method
 from .config import PromptTuningConfig, PromptTuningInit
 from .model import PromptEmbedding
 
-register_peft_method(peft_type=PeftType.PROMPT_TUNING, config_cls=PromptTuningConfig, model_cls=None)
+register_peft_method(name="prompt_tuning", config_cls=PromptTuningConfig, model_cls=None)
 
 __all__ = ["PromptEmbedding", "PromptTuningConfig", "PromptTuningInit"]

@@ -1,17 +1,13 @@
 """Trainable tokens: train selected rows of an embedding matrix (PEFT's TRAINABLE_TOKENS method)."""
 
-from ...mapping import register_peft_method
-from ...utils.peft_types import PeftType
+from .._registration import register_peft_method
 from .config import TrainableTokensConfig
 from .layer import TrainableTokensLayer
 from .model import TrainableTokensModel
 from .wrapper import TrainableTokensWrapper
 
 register_peft_method(
-    peft_type=PeftType.TRAINABLE_TOKENS,
-    config_cls=TrainableTokensConfig,
-    model_cls=TrainableTokensModel,
-    prefix="trainable_tokens_",
+    name="trainable_tokens", config_cls=TrainableTokensConfig, model_cls=TrainableTokensModel
 )
 
 __all__ = ["TrainableTokensConfig", "TrainableTokensLayer", "TrainableTokensModel", "TrainableTokensWrapper"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig
+from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 
 
@@ -35,5 +35,4 @@ class TrainableTokensConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.TRAINABLE_TOKENS
-        if isinstance(self.target_modules, (list, tuple)):
-            self.target_modules = set(self.target_modules)
+        self.target_modules = as_set(self.target_modules)

@@ -19,6 +19,8 @@ class TrainableTokensModel(BaseTuner):
 
     prefix = "trainable_tokens_"
     tuner_layer_cls = TrainableTokensLayer
+    # an embedding, or a linear output head (tied to the embedding, or targeted by name)
+    layer_classes = {nn.Embedding: TrainableTokensLayer, nn.Linear: TrainableTokensLayer}
 
     def _prepare_adapter_config(
         self, config: TrainableTokensConfig, model_config: dict
@@ -37,11 +39,6 @@ class TrainableTokensModel(BaseTuner):
 
     def _layer_kwargs(self, config: TrainableTokensConfig, key: str) -> dict[str, Any]:
         return {"token_indices": config.token_indices, "init_weights": config.init_weights}
-
-    def _create_new_module(
-        self, config: TrainableTokensConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> nn.Module:
-        return TrainableTokensLayer(target, adapter_name, **kwargs)
 
     def _expected_tie(self, name: str, others: list[str]) -> bool:
         # a tied output head is adapted too, with the same trained rows (_adapt_tied_output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from ...config import PeftConfig
+from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
 
@@ -51,8 +51,7 @@ class VeraConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.VERA
-        if isinstance(self.target_modules, (list, tuple)):
-            self.target_modules = set(self.target_modules)
+        self.target_modules = as_set(self.target_modules)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"VeRA rank r must be a positive integer, got r={self.r!r}.")
         if not 0.0 <= float(self.vera_dropout) < 1.0:

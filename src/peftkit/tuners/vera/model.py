@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...utils.constants import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
 from .._buffer_dict import BufferDict
-from .._linear_kind import linear_or_conv1d
+from .._dispatch import CONV1D, base_of
+from .._linear_kind import conv1d_type
 from ..tuners_utils import BaseTuner
 from .config import VeraConfig
 from .layer import Linear, VeraLayer
@@ -32,12 +32,10 @@ def draw_projections(
 
 def _linear_dims(module: nn.Module) -> tuple[int, int] | None:
     """(in, out) of a Linear or Conv1D base layer; None for layer kinds VeRA does not adapt."""
-    from transformers.pytorch_utils import Conv1D
-
-    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    base = base_of(module)
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features
-    if isinstance(base, Conv1D):
+    if isinstance(base, conv1d_type()):
         return base.weight.shape[0], base.weight.shape[1]
     return None
 
@@ -56,7 +54,7 @@ class VeraModel(BaseTuner):
 
     prefix = "vera_lambda_"
     tuner_layer_cls = VeraLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
+    layer_classes = {nn.Linear: Linear, CONV1D: Linear}
 
     def _check_new_adapter_config(self, config: VeraConfig) -> None:
         super()._check_new_adapter_config(config)
@@ -99,21 +97,6 @@ class VeraModel(BaseTuner):
 
     def _layer_kwargs(self, config: VeraConfig, key: str) -> dict[str, Any]:
         return {"vera_A": self.vera_A, "vera_B": self.vera_B, "r": config.r, "config": config}
-
-    def _create_new_module(
-        self, vera_config: VeraConfig, adapter_name: str, target: nn.Module, **kwargs: Any
-    ) -> nn.Module:
-        config = vera_config
-        is_conv1d = linear_or_conv1d(target, config, "VeRA")
-        return Linear(
-            target,
-            kwargs["vera_A"],
-            kwargs["vera_B"],
-            adapter_name,
-            config,
-            r=kwargs["r"],
-            is_target_conv_1d_layer=is_conv1d,
-        )
 
     def _cast_adapter_dtype(self, adapter_name: str, layers: list[nn.Module] | None = None) -> None:
         super()._cast_adapter_dtype(adapter_name, layers)
