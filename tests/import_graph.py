@@ -2,6 +2,7 @@
 
     python tests/import_graph.py            # the counts, then each problem
     python tests/import_graph.py --edges    # also every module-level import between peftkit modules
+    python tests/import_graph.py --src OTHER_CHECKOUT/src   # the same for another checkout
 
 Read from the source with `ast` (nothing is imported). An import counts as run time when it is executed
 on import of its module: module level, outside `if TYPE_CHECKING:`. Imports inside a function are
@@ -277,7 +278,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--edges", action="store_true", help="also print every run-time import")
+    parser.add_argument("--src", type=Path, help="the src/ folder to read (default: this checkout's)")
     args = parser.parse_args()
+    if args.src is not None:
+        global SRC
+        SRC = args.src.resolve()
     modules = load()
     result = report(modules)
     print(f"modules: {len(modules)}")

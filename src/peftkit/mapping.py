@@ -41,7 +41,12 @@ def inject_adapter_in_model(
     low_cpu_mem_usage: bool = False,
     state_dict: dict | None = None,
 ) -> nn.Module:
-    """Add an adapter to `model` in place, without the PeftModel wrapper; returns the model."""
+    """Add an adapter to `model` in place, without the PeftModel wrapper; returns the model.
+
+    With `state_dict` (adapter tensors keyed as in `model`), the modules its keys name are adapted
+    rather than those the config's `target_modules` selects (only the keys are read): for checkpoints
+    whose targets are not known.
+    """
     if peft_config.is_prompt_learning or peft_config.is_adaption_prompt:
         raise ValueError(
             "`inject_adapter_in_model` does not support prompt learning and adaption prompt yet."
@@ -55,6 +60,7 @@ def inject_adapter_in_model(
         peft_config,
         adapter_name=adapter_name,
         low_cpu_mem_usage=low_cpu_mem_usage,
+        state_dict=state_dict,
         autocast_adapter_dtype=False,
     )
     return tuner.model

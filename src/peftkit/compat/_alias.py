@@ -32,10 +32,6 @@ from typing import Any
 PEFT_COMPAT_VERSION = "0.22.0"
 ENV_SWITCH = "PEFTKIT_PEFT_ALIAS"  # "0" keeps an environment-wide (.pth) alias off for one process
 
-# names integrations import from `peft` that peftkit may not implement yet: a placeholder class stands in
-# (isinstance checks are False, using it raises a clear error) instead of an ImportError at import time
-_PLACEHOLDER_NAMES = ("PeftMixedModel", "PrefixTuningConfig", "PromptLearningConfig")
-
 
 class PeftAliasError(RuntimeError):
     """The `peft` alias cannot be installed (the real `peft` is importable, or it is too late)."""
@@ -54,29 +50,17 @@ def alias_version() -> str:
     return f"{PEFT_COMPAT_VERSION}+peftkit.{own}" if own else PEFT_COMPAT_VERSION
 
 
-def _placeholder(name: str) -> type:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            f"peftkit does not implement peft.{name} yet (the `peft` alias maps to peftkit)."
-        )
-
-    return type(name, (), {"__init__": refuse, "__module__": "peft", "__doc__": f"Not implemented: {name}."})
-
-
 def _top_module() -> types.ModuleType:
     """The `peft` module: peftkit's namespace with PEFT's version."""
     import peftkit
 
     module = types.ModuleType("peft", "peftkit under the name `peft` (installed by peftkit.compat).")
-    placeholders: dict[str, type] = {}
 
     def __getattr__(name: str) -> Any:
         try:
             return getattr(peftkit, name)
         except AttributeError:
-            if name not in _PLACEHOLDER_NAMES:
-                raise AttributeError(f"module 'peft' (peftkit) has no attribute {name!r}") from None
-            return placeholders.setdefault(name, _placeholder(name))
+            raise AttributeError(f"module 'peft' (peftkit) has no attribute {name!r}") from None
 
     def __dir__() -> list[str]:
         return sorted(set(dir(peftkit)) | set(module.__dict__))

@@ -15,7 +15,6 @@ from torch import nn
 
 from ..config import PromptLearningConfig
 from ..utils.modules_to_save import ModulesToSaveWrapper, set_modules_to_save
-from ..utils.peft_types import TaskType
 from .encoders import build_prompt_encoder
 from .model_config import fill_prompt_learning_config
 
@@ -126,11 +125,6 @@ def delete_prompt_adapter(peft_model: PeftModel, adapter_name: str) -> None:
             module.delete_adapter(adapter_name)
     if state.active_adapter == adapter_name:
         set_prompt_adapter(peft_model, next(iter(state.peft_config)))
-
-
-def is_seq2seq(peft_model: PeftModel) -> bool:
-    config = peft_model._prompt_learning.peft_config[peft_model._prompt_learning.active_adapter]
-    return config.task_type == TaskType.SEQ_2_SEQ_LM
 
 
 def encoder_device(encoder: nn.Module) -> torch.device:

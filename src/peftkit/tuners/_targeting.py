@@ -13,9 +13,11 @@ import difflib
 import re
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
+from ..config import PeftConfig
 from ..utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
 from ..utils.modules_to_save import ModulesToSaveWrapper
 from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning
@@ -190,3 +192,40 @@ def no_match_error(config, model: nn.Module) -> NoMatchingPeftModuleError:
         f"{'Closest' if close else 'Some'} available module names (type): {listing}. "
         "Fix target_modules to name existing modules (exact name, dotted suffix, or one regex string)."
     )
+
+
+def modules_named_in_state_dict(
+    config: PeftConfig,
+    adapter_name: str,
+    state_dict: dict[str, Any],
+    prefix: str,
+    modules: list[tuple[str, nn.Module]],
+    from_config: list[str],
+) -> list[str]:
+    """The modules that `state_dict`'s adapter keys (`<module>.<prefix>...`) name, in model order, for
+    `inject_adapter(state_dict=...)`; warns where they differ from `from_config` (the config's targets)."""
+    if getattr(config, "target_parameters", None):
+        raise ValueError(
+            "inject_adapter(state_dict=...) finds target modules from the state dict's keys, which cannot name "
+            "the parameters `target_parameters` adapts; inject this adapter without a state_dict."
+        )
+    marker = "." + prefix
+    # torch.compile's wrapper adds `_orig_mod.` in front of every key
+    named = {k.rsplit(marker, 1)[0].removeprefix("_orig_mod.") for k in state_dict if marker in k}
+    matched = [key for key, _ in modules if key in named]
+    if not matched:
+        raise ValueError(
+            f"The state_dict passed for adapter '{adapter_name}' names no module of the model: it has no key "
+            f"of the form '<module>{marker}...' whose module exists (e.g. {sorted(state_dict)[:3]}). Pass the "
+            "adapter's tensors keyed as in the model, without the 'base_model.model.' prefix."
+        )
+    only_config = sorted(set(from_config) - set(matched))
+    only_state = sorted(set(matched) - set(from_config))
+    if only_config or only_state:
+        warnings.warn(
+            f"Adapter '{adapter_name}' is injected where the state_dict's keys say, which differs from its "
+            f"target_modules: targeted by the config only: {only_config}; named by the state_dict only: "
+            f"{only_state}.",
+            PeftWarning,
+        )
+    return matched

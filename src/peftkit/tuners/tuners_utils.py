@@ -29,6 +29,7 @@ from ._registry import default_target_modules
 from ._targeting import (
     expand_all_linear,
     is_targeted,
+    modules_named_in_state_dict,
     modules_outside_adapters,
     no_match_error,
     unmatched_list_entries,
@@ -85,6 +86,7 @@ class BaseTuner(nn.Module):
             adapter_name,
             autocast_adapter_dtype=autocast_adapter_dtype,
             low_cpu_mem_usage=low_cpu_mem_usage,
+            **({} if state_dict is None else {"state_dict": state_dict}),
         )
         # a further injection into an adapted model (transformers' add_adapter/load_adapter): one config
         # dict for all the model's adapters, and the new adapter is the active one, as in PEFT
@@ -213,7 +215,12 @@ class BaseTuner(nn.Module):
         low_cpu_mem_usage: bool = False,
         state_dict: dict | None = None,
     ) -> None:
-        """Create adapter `adapter_name` (its config already in `self.peft_config`) in every targeted module."""
+        """Create adapter `adapter_name` (its config already in `self.peft_config`) in every targeted module.
+
+        With `state_dict` (adapter tensors keyed as in the model, e.g. from a checkpoint saved without its
+        config), the modules its keys name are adapted instead of those `target_modules` selects; only
+        the keys are read. A warning lists where the two disagree.
+        """
         config = self.peft_config[adapter_name]
         self._check_new_adapter_config(config)
         config = self._prepare_adapter_config(config, self.get_model_config(model))
@@ -223,6 +230,10 @@ class BaseTuner(nn.Module):
         warn_if_regex_in_list(config.target_modules)
 
         matched = [key for key, _ in modules if is_targeted(config, key)]
+        if state_dict is not None:
+            matched = modules_named_in_state_dict(
+                config, adapter_name, state_dict, self._method_for(config).prefix, modules, matched
+            )
         # a method may target parameters instead of modules (LoRA's target_parameters); it checks those itself
         if not matched and not getattr(config, "target_parameters", None):
             raise no_match_error(config, model)
