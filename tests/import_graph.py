@@ -264,6 +264,24 @@ def local_imports(modules: dict[str, Module]) -> dict[str, list[str]]:
     return kinds
 
 
+def method_imports(modules: dict[str, Module]) -> set[tuple[str, str]]:
+    """(method, other method) for each import from one method's folder into another's (`tuners.<m>`)."""
+
+    def method(name: str) -> str | None:
+        parts = name.split(".")
+        if len(parts) > 2 and parts[1] == "tuners" and not parts[2].startswith("_"):
+            return parts[2] if parts[2] not in ("tuners_utils", "lycoris_utils") else None
+        return None
+
+    pairs = set()
+    for name, module in modules.items():
+        for target, _ in module.runtime + module.local:
+            source, other = method(name), method(target)
+            if source and other and source != other:
+                pairs.add((source, other))
+    return pairs
+
+
 def report(modules: dict[str, Module]) -> dict[str, list]:
     return {
         "cycles": cycles(modules),

@@ -40,6 +40,18 @@ def test_imports_inside_functions_stay_within_budget(result):
     assert len(result["local"]) <= LOCAL_IMPORT_BUDGET, "\n".join(result["local"])
 
 
+# A method imports another only where it truly builds on it.
+BUILDS_ON = {
+    ("adalora", "lora"),  # AdaLoRA is LoRA with an SVD-shaped, pruned rank
+    ("multitask_prompt_tuning", "prompt_tuning"),  # a shared prompt-tuning prompt, scaled per task
+    ("lora", "trainable_tokens"),  # LoraConfig(trainable_token_indices=...)
+}
+
+
+def test_a_method_imports_another_only_where_it_builds_on_it():
+    assert import_graph.method_imports(import_graph.load()) <= BUILDS_ON
+
+
 def test_every_module_is_on_a_floor():
     for name in import_graph.load():
         import_graph.floor_of(name)  # raises KeyError naming the module otherwise

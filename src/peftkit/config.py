@@ -206,3 +206,14 @@ class PromptLearningConfig(PeftConfig):
     @property
     def is_prompt_learning(self) -> bool:
         return True
+
+
+def coerce_enum(enum_cls: type[enum.Enum], value: Any, field_name: str) -> enum.Enum:
+    """`value` as a member of `enum_cls`, or a ValueError that lists the valid spellings."""
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        valid = ", ".join(m.value for m in enum_cls)
+        raise ValueError(f"{field_name}={value!r} is not valid; use one of {valid}.") from None

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..tuners._scaling import rank_scaling
 from ..tuners.lora.layer import LoraLayer
 
 
@@ -150,7 +151,7 @@ def create_lorafa_optimizer(
             )
     else:
         use_rslora = any(settings.values())
-    scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+    scaling = rank_scaling(lora_alpha, r, use_rslora)
     names, params, scalings = [], [], []
     layer_scaling = _layer_scalings(model)
     for name, param in model.named_parameters():

@@ -25,7 +25,7 @@ from torch import nn
 from ..._skip_init import empty_linear, skip_init
 from ...utils.warnings import PeftWarning
 from .._dropout import input_dropout
-from .._scaling import ScalingHelpers
+from .._scaling import ScalingHelpers, rank_scaling
 from ..tuners_utils import BaseTunerLayer
 from . import dora, fast_paths
 from .config import init_is_implemented
@@ -93,7 +93,7 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
             )
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
-        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        self.scaling[adapter_name] = rank_scaling(lora_alpha, r, use_rslora)
         self.lora_dropout[adapter_name] = input_dropout(lora_dropout)
         self.use_dora[adapter_name] = use_dora
         self.lora_bias[adapter_name] = lora_bias

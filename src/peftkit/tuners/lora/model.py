@@ -10,7 +10,11 @@ from torch import nn
 from ...utils.other import get_pattern_key
 from ...utils.warnings import PeftWarning
 from .._dispatch import CONV1D
-from ..trainable_tokens.wrapper import drop_token_wrappers, inject_trainable_tokens, token_state_keys
+from ..trainable_tokens.wrapper import (  # LoRA builds on trainable tokens for trainable_token_indices
+    drop_token_wrappers,
+    inject_trainable_tokens,
+    token_state_keys,
+)
 from ..tuners_utils import BaseTuner
 from .alora import install_alora
 from .arithmetic import add_weighted_adapter

@@ -5,9 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ...config import PromptLearningConfig
+from ...config import PromptLearningConfig, coerce_enum
 from ...utils.peft_types import PeftType
-from ..prompt_tuning.config import coerce_enum
 
 
 class PromptEncoderReparameterizationType(str, enum.Enum):

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import PromptLearningConfig
+from ...config import PromptLearningConfig, coerce_enum
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
 
@@ -19,17 +19,6 @@ class PromptTuningInit(str, enum.Enum):
     TEXT = "TEXT"
     SAMPLE_VOCAB = "SAMPLE_VOCAB"
     RANDOM = "RANDOM"
-
-
-def coerce_enum(enum_cls: type[enum.Enum], value: Any, field_name: str) -> enum.Enum:
-    """`value` as a member of `enum_cls`, or a ValueError that lists the valid spellings."""
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = ", ".join(m.value for m in enum_cls)
-        raise ValueError(f"{field_name}={value!r} is not valid; use one of {valid}.") from None
 
 
 def strip_remote_code(tokenizer_kwargs: dict | None, source: str) -> dict | None:
