@@ -43,13 +43,16 @@ def transformers_on_peft(base, folder: Path) -> dict:
     theirs.add_adapter(peft.LoraConfig(target_modules=TARGETS))
     portable_init_(theirs, seed=ADAPTER_SEED, only_trainable=True)
     theirs.save_pretrained(folder)
+    saved_config = json.loads((folder / "adapter_config.json").read_text())
+    # peft writes target_modules from a set, so its order follows the per-process string hash.
+    saved_config["target_modules"] = sorted(saved_config["target_modules"])
     return {
         "active_adapters": theirs.active_adapters(),
         "trainable": _trainable(theirs),
         "logits": _logits(theirs),
         "adapter_state_dict": theirs.get_adapter_state_dict(),
         "saved_weights": load_file(folder / "adapter_model.safetensors"),
-        "saved_config": json.loads((folder / "adapter_config.json").read_text()),
+        "saved_config": saved_config,
     }
 
 
