@@ -30,6 +30,7 @@ FLOORS: list[tuple[str, list[str]]] = [
         [
             "peftkit._skip_init",
             "peftkit._version",
+            "peftkit.import_utils",
             "peftkit.utils",
         ],
     ),

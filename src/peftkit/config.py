@@ -15,13 +15,15 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._version import __version__  # noqa: F401  (peft offers the package version here too)
 from .utils.atomic_io import atomic_write_text
 from .utils.constants import CONFIG_NAME
 from .utils.hub import resolve_adapter_file
 from .utils.peft_types import PeftType, TaskType, coerce_task_type
-from .utils.warnings import PeftWarning
+from .utils.warnings import MissingConfigKeysError, PeftWarning
 
-# The on-disk format we write is the one PEFT 0.21.2 reads; `peft_version` records that format.
+# The on-disk format we write is the one PEFT 0.21.2 reads; a new config's `peft_version` records that
+# format, and a loaded one keeps the version it was written with (PEFT does the same).
 PEFT_FORMAT_VERSION = "0.21.2"
 
 # Fields that exist at run time only and are never written (PEFT leaves them out too).
@@ -65,6 +67,8 @@ class PeftConfigMixin:
 
     def __post_init__(self) -> None:
         self.task_type = coerce_task_type(self.task_type)
+        if self.peft_version is None:
+            self.peft_version = PEFT_FORMAT_VERSION
         if self.peft_type is not None and not isinstance(self.peft_type, PeftType):
             self.peft_type = PeftType(self.peft_type)
 
@@ -84,7 +88,6 @@ class PeftConfigMixin:
         os.makedirs(save_directory, exist_ok=True)
         output = self.to_json_dict()
         output.update({k: _to_json_value(v) for k, v in kwargs.items()})
-        output["peft_version"] = PEFT_FORMAT_VERSION
         text = json.dumps(output, indent=2, sort_keys=True) + "\n"
         atomic_write_text(os.path.join(save_directory, CONFIG_NAME), text)
 
@@ -154,9 +157,14 @@ class PeftConfigMixin:
             )
         loaded = cls.from_json_file(path)
         loaded.update(kwargs)
-        if "peft_type" in loaded or cls in (PeftConfigMixin, PeftConfig):
-            return cls.from_peft_type(**loaded)
-        return cls._from_known_keys(loaded)
+        if "peft_type" not in loaded:
+            # TypeError, as PEFT raises: this is most often a model's config.json or a hand-written file
+            raise MissingConfigKeysError(
+                f"The {cls.__name__} config that is trying to be loaded is missing required keys: {{'peft_type'}} "
+                f"({path} is not a PEFT adapter config). Point from_pretrained at the adapter folder, whose "
+                "adapter_config.json save_pretrained wrote, or pass the config's class and fields in code."
+            )
+        return cls.from_peft_type(**loaded)
 
     # ----- kinds -----
     @property

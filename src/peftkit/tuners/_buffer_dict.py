@@ -6,7 +6,7 @@ Methods with fixed random tensors (VeRA's projections) keep them per adapter nam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -39,6 +39,12 @@ class BufferDict(nn.Module):
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+    def update(self, buffers: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Add or replace buffers from a mapping or from (name, tensor) pairs, as `dict.update` does."""
+        pairs = buffers.items() if isinstance(buffers, Mapping) else buffers
+        for key, value in pairs:
+            self[key] = value
 
     def keys(self):
         return self._buffers.keys()

@@ -104,6 +104,12 @@ class BaseTunerLayer:
     def _get_available_adapters(self) -> set[str]:
         return {name for attr in self.adapter_layer_names for name in getattr(self, attr)}
 
+    def _all_available_adapter_names(self) -> list[str]:
+        """Every adapter name this layer has anything for, weights or settings (e.g. a scaling), sorted."""
+        return sorted(
+            {name for container in self._adapter_dicts() if hasattr(container, "keys") for name in container}
+        )
+
     def _adapter_tensors(self, adapter_name: str) -> Iterator[torch.Tensor]:
         """Every parameter and buffer that belongs to `adapter_name` in this layer."""
         for attr in self.adapter_layer_names:

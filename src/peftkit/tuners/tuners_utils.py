@@ -23,7 +23,7 @@ from ..config import PeftConfig
 from ..utils.gc_pause import gc_paused
 from ..utils.modules_to_save import ModulesToSaveWrapper, has_ancestor_in, set_modules_to_save
 from ..utils.other import get_submodules
-from ..utils.warnings import PeftWarning
+from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning  # noqa: F401  (peft exports the error here)
 from ._dispatch import LayerClasses, LayerDispatcher, create_layer
 from ._registry import default_target_modules
 from ._targeting import (
@@ -411,10 +411,12 @@ class BaseTuner(nn.Module):
             module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
     def unmerge_adapter(self) -> None:
-        """Take every merged adapter back out of the base weights."""
-        for module in self._tuner_layers(self.model):
-            if module.merged:
-                module.unmerge()
+        """Take every merged adapter back out of the base weights (a warning, as in PEFT, when none is)."""
+        merged_layers = [module for module in self._tuner_layers(self.model) if module.merged]
+        if not merged_layers:
+            warnings.warn("Already unmerged. Nothing to do.", PeftWarning)
+        for module in merged_layers:
+            module.unmerge()
 
     def merge_and_unload(
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None

@@ -13,9 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .auxiliary_wrapper import AuxiliaryTrainingWrapper
 
-class ModulesToSaveWrapper(nn.Module):
-    """Routes the forward through the active adapter's copy of the module (the original when disabled)."""
+
+class ModulesToSaveWrapper(AuxiliaryTrainingWrapper):
+    """Routes the forward through the active adapter's copy of the module (the original when disabled).
+
+    Attributes the wrapper does not have are those of that same module (`wrapper.out_features`)."""
 
     def __init__(self, module_to_save: nn.Module, adapter_name: str) -> None:
         super().__init__()
@@ -38,11 +42,7 @@ class ModulesToSaveWrapper(nn.Module):
     def active_adapters(self) -> list[str]:
         return [self._active_adapter] if isinstance(self._active_adapter, str) else list(self._active_adapter)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self._current_module().weight
-
-    def _current_module(self) -> nn.Module:
+    def wrapped_module(self) -> nn.Module:
         name = self.active_adapter
         if self._disable_adapters or name not in self.modules_to_save:
             return self.original_module
@@ -73,7 +73,7 @@ class ModulesToSaveWrapper(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None or self._disable_adapters:
-            return self._current_module()(x, *args, **kwargs)
+            return self.wrapped_module()(x, *args, **kwargs)
         return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
 
     def _mixed_batch_forward(

@@ -7,19 +7,37 @@ from collections.abc import Iterable
 
 from torch import nn
 
-# PEFT's paths for what integrations import from `peft.utils.other` (see peftkit.compat); PEFT's
-# AuxiliaryTrainingWrapper is the base class of its modules_to_save wrapper, ours is that wrapper
+# PEFT's paths for what integrations and user code import from `peft.utils.other` (see peftkit.compat)
+from .auxiliary_wrapper import AuxiliaryTrainingWrapper
+from .device import infer_device
 from .fsdp import fsdp_auto_wrap_policy
-from .modules_to_save import ModulesToSaveWrapper as AuxiliaryTrainingWrapper
+from .lazy_exports import lazy_exports
+from .modules_to_save import ModulesToSaveWrapper
 
-__all__ = ["AuxiliaryTrainingWrapper", "fsdp_auto_wrap_policy", "get_pattern_key", "get_submodules"]
+# The trainable-tokens wrapper belongs to its method, a floor above this one.
+__getattr__, __dir__ = lazy_exports(
+    globals(), {"TrainableTokensWrapper": "peftkit.tuners.trainable_tokens.wrapper"}
+)
+
+__all__ = [
+    "AuxiliaryTrainingWrapper",
+    "ModulesToSaveWrapper",
+    "TrainableTokensWrapper",  # noqa: F822  (resolved by __getattr__)
+    "fsdp_auto_wrap_policy",
+    "get_pattern_key",
+    "get_submodules",
+    "infer_device",
+]
 
 
 def get_submodules(model: nn.Module, key: str) -> tuple[nn.Module, nn.Module, str]:
-    """Return (parent, module, attribute name) for the dotted module name `key`."""
+    """Return (parent, module, attribute name) for the dotted module name `key`.
+
+    The root (`key=""`) is its own parent, with the empty name, as in PEFT: callers that walk
+    `named_modules()` meet it first.
+    """
     parent_name, _, target_name = key.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    return parent, getattr(parent, target_name), target_name
+    return model.get_submodule(parent_name), model.get_submodule(key), target_name
 
 
 def get_pattern_key(pattern_keys: Iterable[str], key: str) -> str:

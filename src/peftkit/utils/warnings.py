@@ -17,3 +17,7 @@ class AdapterLoadError(PeftError, ValueError):
 
 class NoMatchingPeftModuleError(PeftError, ValueError):
     """No module of the model matched an adapter's `target_modules`."""
+
+
+class MissingConfigKeysError(PeftError, TypeError):
+    """A config file lacks keys every PEFT config has (`peft_type`): it is not an adapter config."""

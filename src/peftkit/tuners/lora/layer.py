@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._skip_init import empty_linear, skip_init
+from ...utils.lazy_exports import lazy_exports
 from ...utils.warnings import PeftWarning
 from .._dropout import input_dropout
 from .._scaling import ScalingHelpers, rank_scaling
@@ -31,6 +32,9 @@ from . import dora, fast_paths
 from .config import init_is_implemented
 from .inits import apply_init
 from .variants import PLAIN_LORA, LoraVariant
+
+# PEFT code imports the nn.Parameter wrapper from here; it subclasses LoraLayer, so it lives in its own file.
+__getattr__, __dir__ = lazy_exports(globals(), {"ParamWrapper": "peftkit.tuners.lora.param_wrapper"})
 
 
 class LoraLayer(ScalingHelpers, BaseTunerLayer):

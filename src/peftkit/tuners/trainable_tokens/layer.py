@@ -17,33 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._buffer_dict import BufferDict
 from ..tuners_utils import BaseTunerLayer
-
-
-class BufferDict(nn.Module):
-    """Non-persistent buffers keyed by adapter name (the original rows; never saved)."""
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._buffers
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._buffers[key]
-
-    def __setitem__(self, key: str, value: torch.Tensor) -> None:
-        self.register_buffer(key, value, persistent=False)
-
-    def __delitem__(self, key: str) -> None:
-        del self._buffers[key]
-        self._non_persistent_buffers_set.discard(key)
-
-    def __iter__(self):
-        return iter(self._buffers)
-
-    def keys(self):
-        return self._buffers.keys()
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self._buffers.items())
 
 
 class TrainableTokensLayer(BaseTunerLayer, nn.Module):

@@ -14,13 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...utils.auxiliary_wrapper import AuxiliaryTrainingWrapper
 from ...utils.other import get_submodules
 from .._tuner_layer import BaseTunerLayer
 from .layer import TrainableTokensLayer
 
 
-class TrainableTokensWrapper(nn.Module):
-    """Holds the TrainableTokensLayer of an embedding trained with LoRA's `trainable_token_indices`."""
+class TrainableTokensWrapper(AuxiliaryTrainingWrapper):
+    """Holds the TrainableTokensLayer of an embedding trained with LoRA's `trainable_token_indices`.
+
+    Attributes it does not have (weight, num_embeddings, padding_idx...) are the embedding's."""
 
     def __init__(self, token_adapter: TrainableTokensLayer) -> None:
         super().__init__()
@@ -30,13 +33,8 @@ class TrainableTokensWrapper(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.token_adapter(x, *args, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:  # embedding attributes (weight, num_embeddings, padding_idx...) of the base
-            if name == "token_adapter":
-                raise
-            return getattr(self.token_adapter.get_base_layer(), name)
+    def wrapped_module(self) -> nn.Module:
+        return self.token_adapter.get_base_layer()
 
 
 def _named(model: nn.Module, suffix: str) -> list[str]:
