@@ -78,7 +78,9 @@ def test_config_version_and_recorded_peft_version(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "peft_version": "0.13.0"}))
     for lib, side in ((peft, "theirs"), (peftkit, "ours")):
         lib.PeftConfig.from_pretrained(folder).save_pretrained(tmp_path / side)
-    ours, theirs = (json.loads((tmp_path / s / "adapter_config.json").read_text()) for s in ("ours", "theirs"))
+    ours, theirs = (
+        json.loads((tmp_path / s / "adapter_config.json").read_text()) for s in ("ours", "theirs")
+    )
     assert ours["peft_version"] == theirs["peft_version"] == "0.13.0"
 
 
