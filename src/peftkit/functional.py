@@ -11,7 +11,7 @@ from torch import nn
 
 from .mapping import inject_adapter_in_model
 from .persistence.state_dict import get_peft_model_state_dict, set_peft_model_state_dict
-from .tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
+from .tuners.tuners_utils import BaseTunerLayer, check_adapters_not_merged, set_adapter_trainable
 from .utils.modules_to_save import ModulesToSaveWrapper
 
 __all__ = [
@@ -51,6 +51,7 @@ def delete_adapter(
     None when the model has no adapter layer. `prefix` (e.g. "lora_") is accepted for PEFT's signature;
     each layer knows its own adapter tensors, so it is not needed.
     """
+    check_adapters_not_merged(model, adapter_name)
     layers = [m for m in model.modules() if isinstance(m, (layer_cls, ModulesToSaveWrapper))]
     for module in layers:
         module.delete_adapter(adapter_name)

@@ -7,8 +7,10 @@ import warnings
 from torch import nn
 
 from .config import PeftConfig
+from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from .mixed_model import PeftMixedModel
 from .peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel, check_task_fits_model
+from .tuners.tuners_utils import BaseTunerLayer
 from .utils.peft_types import TaskType
 from .utils.warnings import PeftWarning
 
@@ -30,6 +32,20 @@ def get_peft_model(
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(
             f"peft_config must be a PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}."
+        )
+    if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
+        # Mostly notebooks re-running a cell: the new config would silently sit beside the old adapters.
+        warnings.warn(
+            "You are trying to modify a model with PEFT for a second time. If you want to reload the model with a "
+            "different config, make sure to call `.unload()` before.",
+            PeftWarning,
+        )
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_config.peft_type)
+    if prefix and adapter_name in prefix:
+        warnings.warn(
+            f"Adapter name '{adapter_name}' should not be contained in the prefix '{prefix}': loading would "
+            "mistake the adapter's name for part of its parameter names. Choose another adapter name.",
+            PeftWarning,
         )
     base_config = getattr(model, "config", None)
     name_or_path = getattr(base_config, "_name_or_path", None) or getattr(model, "name_or_path", None)

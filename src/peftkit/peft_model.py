@@ -39,7 +39,7 @@ from .prompt_learning import (
     setup_prompt_learning,
 )
 from .tuners._status import get_layer_status, get_model_status
-from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTunerLayer
+from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTuner, BaseTunerLayer
 from .utils.cache_names import rename_cache_for
 from .utils.modules_to_save import ModulesToSaveWrapper
 from .utils.peft_types import TaskType
@@ -253,11 +253,29 @@ class PeftModel(nn.Module):
             finally:
                 self._prompt_learning.disabled = False
             return
+        # Leave the layers as the block found them: all disabled stays disabled. A mix of enabled and
+        # disabled layers is most likely a mistake; as in PEFT, it warns and every layer is enabled after.
+        states = self._layers_disabled_states()
+        if states == {True, False}:
+            warnings.warn(
+                "The model contains some adapter layers that are enabled and others that are disabled. This is "
+                "most likely unintentional. After exiting the disable_adapter context, all adapters will be "
+                "enabled.",
+                PeftWarning,
+            )
         self.base_model.disable_adapter_layers()
         try:
             yield
         finally:
-            self.base_model.enable_adapter_layers()
+            if states != {True}:
+                self.base_model.enable_adapter_layers()
+
+    def _layers_disabled_states(self) -> set[bool]:
+        """The set of `disable_adapters` flags over the adapter layers ({True, False} when they differ)."""
+        tuner = self.base_model
+        if not isinstance(tuner, BaseTuner):  # adaption prompt swaps its modules in and out as a whole
+            return {not tuner._enabled}
+        return {layer.disable_adapters for layer in tuner._tuner_layers(tuner.model)}
 
     def _refuse_for_prompt_learning(self, method: str) -> None:
         if self._is_prompt_learning:

@@ -9,6 +9,7 @@ from torch import nn
 
 import peftkit
 from peftkit import LoraConfig, get_peft_model, inject_adapter_in_model
+from peftkit.tuners.lora import LoraLayer
 from peftkit.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 
 
@@ -142,11 +143,17 @@ def test_unsupported_module_type_names_it_and_the_supported_ones():
     assert "LayerNorm" in str(err.value) and "torch.nn.Linear" in str(err.value)
 
 
-def test_modules_to_save_overlapping_target_is_rejected():
-    with pytest.raises(ValueError, match="modules_to_save"):
-        get_peft_model(
+def test_modules_to_save_overlapping_target_is_trained_fully_not_adapted_as_in_peft():
+    with pytest.warns(UserWarning, match=r"lm_head.*not adapted"):
+        model = get_peft_model(
             tiny_llama(), LoraConfig(target_modules=["q_proj", "lm_head"], modules_to_save=["lm_head"])
         )
+    assert type(model.base_model.model.lm_head).__name__ == "ModulesToSaveWrapper"
+    assert "lm_head" not in " ".join(model.base_model.targeted_module_names)
+    assert isinstance(model.base_model.model.model.layers[0].self_attn.q_proj, LoraLayer)
+    # only fully trained modules matched: nothing would be adapted
+    with pytest.raises(ValueError, match=r"match only modules that modules_to_save trains fully"):
+        get_peft_model(tiny_llama(), LoraConfig(target_modules=["lm_head"], modules_to_save=["lm_head"]))
 
 
 def test_rank_pattern_sets_per_module_rank():

@@ -183,17 +183,19 @@ def write_model_card(model: nn.Module, output_dir: str) -> None:
     method = getattr(config.peft_type, "value", str(config.peft_type)).lower()
     task = getattr(config.task_type, "value", None)
     pipeline = {"CAUSAL_LM": "text-generation", "SEQ_2_SEQ_LM": "text2text-generation"}.get(task or "")
+    # As PEFT: the base model and the transformers tags only for a transformers model (one with a config);
+    # a custom torch module has no model id to point at.
+    is_transformers = getattr(_base_model(model), "config", None) is not None
     # JSON strings are valid YAML scalars: paths and ids with ':' or quotes stay intact
-    lines = ["---", f"base_model: {json.dumps(base)}", "library_name: peft"]
+    lines = (
+        ["---"] + ([f"base_model: {json.dumps(base)}"] if is_transformers else []) + ["library_name: peft"]
+    )
     if pipeline:
         lines.append(f"pipeline_tag: {pipeline}")
-    lines += [
-        "tags:",
-        f"- {json.dumps('base_model:adapter:' + base)}",
-        f"- {method}",
-        "- peftkit",
-        "- transformers",
-    ]
+    lines.append("tags:")
+    if is_transformers:
+        lines.append(f"- {json.dumps('base_model:adapter:' + base)}")
+    lines += [f"- {method}", "- peftkit"] + (["- transformers"] if is_transformers else [])
     lines += ["---", "", f"# {method.upper()} adapter" + (f" for {base}" if base else ""), ""]
     lines += ["Saved with peftkit in the PEFT adapter format: it loads with `peftkit` and with `peft`.", ""]
     atomic_write_text(path, "\n".join(lines))

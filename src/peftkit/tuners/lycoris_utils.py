@@ -105,6 +105,11 @@ class LycorisLayer(ScalingHelpers, BaseTunerLayer, nn.Module):
         """The base convolution's kernel size; `()` for a linear layer."""
         return tuple(self.get_base_layer().weight.shape[2:])
 
+    @property
+    def weight_in_features(self) -> int:
+        """The input size of the base weight: `in_channels // groups` for a grouped convolution."""
+        return self.get_base_layer().weight.shape[1]
+
     def _uses_tucker(self, use_effective_conv2d: bool) -> bool:
         """LyCORIS's "effective conv": only for convolutions whose kernel is not 1 (x 1)."""
         return use_effective_conv2d and any(k != 1 for k in self.kernel_size)

@@ -11,7 +11,7 @@ unload, trainable-parameter bookkeeping, `modules_to_save`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,6 +48,21 @@ __all__ = [
 
 # Tuner methods that only some methods have; asking another tuner for them names the method in the error.
 _TUNER_ONLY_METHODS = ("add_weighted_adapter",)
+
+
+def check_adapters_not_merged(model: nn.Module, adapter_names: str | Iterable[str]) -> None:
+    """Refuse to delete adapters that are merged: their delta would stay in the base weights with nothing
+    left to take it out."""
+    wanted = set(_as_list(adapter_names))
+    merged = sorted(
+        {name for m in model.modules() if isinstance(m, BaseTunerLayer) for name in m.merged_adapters}
+        & wanted
+    )
+    if merged:
+        raise ValueError(
+            f"Cannot delete adapter(s) {merged} while they are merged into the base weights: call "
+            "unmerge_adapter() first (or merge_and_unload() to keep their effect in a plain model)."
+        )
 
 
 class BaseTuner(nn.Module):
@@ -182,6 +197,8 @@ class BaseTuner(nn.Module):
             model_type = model_config.get("model_type")
             mapping = default_target_modules(config.peft_type)
             if model_type not in mapping:
+                if getattr(config, "target_parameters", None):
+                    return config  # the adapter targets parameters only; no module is matched (as in PEFT)
                 raise ValueError(
                     f"target_modules is None and peftkit has no default targets for model_type {model_type!r}: "
                     "please specify target_modules in the config (e.g. ['q_proj', 'v_proj'] or 'all-linear')."
@@ -234,17 +251,29 @@ class BaseTuner(nn.Module):
             matched = modules_named_in_state_dict(
                 config, adapter_name, state_dict, self._method_for(config).prefix, modules, matched
             )
+        # As in PEFT, a module listed in modules_to_save is fully trained and never adapted as well.
+        fully_trained = [k for k in matched if any(k == n or k.endswith("." + n) for n in modules_to_save)]
+        matched = [k for k in matched if k not in fully_trained]
+        if fully_trained and matched:
+            warnings.warn(
+                f"target_modules of adapter '{adapter_name}' also match {fully_trained}, which modules_to_save "
+                "trains fully: they are not adapted (as in PEFT). Leave them out of target_modules to silence this.",
+                PeftWarning,
+            )
         # a method may target parameters instead of modules (LoRA's target_parameters); it checks those itself
         if not matched and not getattr(config, "target_parameters", None):
+            if fully_trained:
+                raise ValueError(
+                    f"target_modules of adapter '{adapter_name}' match only modules that modules_to_save trains "
+                    f"fully ({fully_trained}), so nothing would be adapted: a module is either fully trained "
+                    "(modules_to_save) or adapted. Remove it from one of them."
+                )
             raise no_match_error(config, model)
         wrapped = [k for k, m in modules if k in matched and isinstance(m, ModulesToSaveWrapper)]
-        overlap = [
-            n for n in modules_to_save if any(k == n or k.endswith("." + n) for k in matched)
-        ] + wrapped
-        if overlap:
+        if wrapped:
             raise ValueError(
-                f"modules_to_save {overlap} overlap the adapted target modules; a module can be fully trained "
-                "(modules_to_save) or adapted, not both. Remove it from one of them."
+                f"{wrapped} are fully trained by another adapter's modules_to_save and cannot be adapted too; "
+                "leave them out of target_modules."
             )
         try:
             self._pre_injection_hook(model, config, adapter_name, matched)
@@ -391,6 +420,7 @@ class BaseTuner(nn.Module):
         """Remove `adapter_name` from every layer and from `peft_config`."""
         if adapter_name not in self.peft_config:
             raise ValueError(f"Adapter {adapter_name} does not exist; available: {sorted(self.peft_config)}.")
+        check_adapters_not_merged(self.model, adapter_name)
         del self.peft_config[adapter_name]
         new_active: list[str] | None = None
         for module in self.model.modules():

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._linalg import solve
 from ..tuners_utils import BaseTunerLayer
 
 
@@ -31,7 +32,7 @@ def cayley_blocks(params: torch.Tensor) -> torch.Tensor:
     """`(I + Q)(I - Q)^-1` for each block of `params`, `Q` its skew-symmetric part."""
     q = 0.5 * (params - params.transpose(-1, -2))
     eye = torch.eye(q.shape[-1], device=q.device, dtype=q.dtype).expand_as(q)
-    return torch.linalg.solve(eye - q, eye + q)  # (I - Q)^-1 (I + Q) = (I + Q)(I - Q)^-1: they commute
+    return solve(eye - q, eye + q)  # (I - Q)^-1 (I + Q) = (I + Q)(I - Q)^-1: they commute
 
 
 @lru_cache(maxsize=256)

@@ -23,7 +23,7 @@ class LoHaLayer(LycorisLayer):
     def create_adapter_parameters(
         self, adapter_name: str, r: int, use_effective_conv2d: bool = False, **kwargs: Any
     ) -> None:
-        out_dim, in_dim, kernel = self.out_features, self.in_features, self.kernel_size
+        out_dim, in_dim, kernel = self.out_features, self.weight_in_features, self.kernel_size
         if self._uses_tucker(use_effective_conv2d):
             core = kernel if len(kernel) == 2 else (*kernel, 1)  # Conv1d: a (k, 1) core
             for i in ("1", "2"):

@@ -66,7 +66,7 @@ class LoKrLayer(LycorisLayer):
         decompose_factor: int = -1,
         **kwargs: Any,
     ) -> None:
-        in_m, in_n = factorization(self.in_features, decompose_factor)
+        in_m, in_n = factorization(self.weight_in_features, decompose_factor)
         out_l, out_k = factorization(self.out_features, decompose_factor)
         if decompose_both and r < max(out_l, in_m) / 2:
             self._new_parameter("lokr_w1_a", adapter_name, out_l, r)

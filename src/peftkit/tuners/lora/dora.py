@@ -50,6 +50,14 @@ class DoraVariant(LoraVariant):
         self._norm_at_merge: torch.Tensor | None = None  # ||V|| when merged: unmerging divides by it
 
     def init(self, layer: LoraLayer, adapter_name: str, inference_mode: bool = False) -> None:
+        groups = getattr(layer.get_base_layer(), "groups", 1)
+        if groups > 1:
+            # A grouped convolution's LoRA factors do not form one weight delta of the base weight's shape,
+            # so DoRA's per-channel norm ||W + s B A|| is undefined (peft reshapes a mismatched product).
+            raise ValueError(
+                f"DoRA is not supported on a grouped convolution ({layer.get_base_layer()!r}, groups={groups}): "
+                "use plain LoRA (use_dora=False) on this layer, or exclude it with `exclude_modules`."
+            )
         # the magnitude starts at ||W + s B A|| of the initialised factors, so the adapter starts as LoRA does
         layer.lora_magnitude_vector[adapter_name] = MagnitudeVector(self.weight_norm(layer, adapter_name))
         layer._finish_new_adapter(adapter_name, inference_mode)

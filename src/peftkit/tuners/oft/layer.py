@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...utils.warnings import PeftWarning
+from .._linalg import solve
 from ..tuners_utils import BaseTunerLayer
 
 
@@ -50,7 +51,7 @@ def cayley(q: torch.Tensor, use_neumann: bool, num_terms: int) -> torch.Tensor:
     """The rotation blocks of skew-symmetric `q` (module docstring)."""
     eye = torch.eye(q.shape[-1], device=q.device, dtype=q.dtype).expand_as(q)
     if not use_neumann:
-        return torch.linalg.solve(eye + q, eye - q)
+        return solve(eye + q, eye - q)
     if num_terms == 1:
         return eye.clone()
     if num_terms == 2:

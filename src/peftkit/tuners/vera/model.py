@@ -40,6 +40,10 @@ def _linear_dims(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _same_tensor_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
 class VeraModel(BaseTuner):
     """Adds VeRA to `nn.Linear` and transformers' `Conv1D` layers.
 
@@ -92,8 +96,17 @@ class VeraModel(BaseTuner):
         if "vera_A" not in self._modules:
             self.vera_A = BufferDict(persistent=config.save_projection)
             self.vera_B = BufferDict(persistent=config.save_projection)
-        self.vera_A[adapter_name] = vera_A.to(device, dtype)
-        self.vera_B[adapter_name] = vera_B.to(device, dtype)
+        vera_A, vera_B = vera_A.to(device, dtype), vera_B.to(device, dtype)
+        # Every adapter draws from the same key, so an adapter whose projections have the same shape holds
+        # the same matrices: share those tensors (as PEFT does) instead of keeping a copy per adapter.
+        for other in list(self.vera_A.keys()):
+            if _same_tensor_layout(self.vera_A[other], vera_A) and _same_tensor_layout(
+                self.vera_B[other], vera_B
+            ):
+                vera_A, vera_B = self.vera_A[other], self.vera_B[other]
+                break
+        self.vera_A[adapter_name] = vera_A
+        self.vera_B[adapter_name] = vera_B
 
     def _layer_kwargs(self, config: VeraConfig, key: str) -> dict[str, Any]:
         return {"vera_A": self.vera_A, "vera_B": self.vera_B, "r": config.r, "config": config}
