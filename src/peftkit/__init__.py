@@ -46,6 +46,7 @@ from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
 from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .tuners.lora.loftq import replace_lora_weights_loftq
+from .tuners.miss import MissConfig, MissModel
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
@@ -91,6 +92,8 @@ __all__ = [
     "LoHaModel",
     "LoKrConfig",
     "LoKrModel",
+    "MissConfig",
+    "MissModel",
     "OFTConfig",
     "OFTModel",
     "ShiraConfig",

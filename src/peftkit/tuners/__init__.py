@@ -10,6 +10,7 @@ from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
 from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
+from .miss import MissConfig, MissModel
 from .multitask_prompt_tuning import (
     MultitaskPromptEmbedding,
     MultitaskPromptTuningConfig,
@@ -44,6 +45,8 @@ __all__ = [
     "LoraConfig",
     "LoraModel",
     "LoraRuntimeConfig",
+    "MissConfig",
+    "MissModel",
     "OFTConfig",
     "OFTModel",
     "MultitaskPromptEmbedding",
