@@ -38,6 +38,7 @@ from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the me
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.gralora import GraloraConfig, GraloraModel
 from .tuners.hra import HRAConfig, HRAModel
@@ -81,6 +82,8 @@ __all__ = [
     "BOFTModel",
     "TrainableTokensConfig",
     "TrainableTokensModel",
+    "DeloraConfig",
+    "DeloraModel",
     "FourierFTConfig",
     "FourierFTModel",
     "GraloraConfig",

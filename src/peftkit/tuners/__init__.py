@@ -3,6 +3,7 @@
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
+from .delora import DeloraConfig, DeloraModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .gralora import GraloraConfig, GraloraModel
 from .hra import HRAConfig, HRAModel
@@ -31,6 +32,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "DeloraConfig",
+    "DeloraModel",
     "FourierFTConfig",
     "FourierFTModel",
     "GraloraConfig",
