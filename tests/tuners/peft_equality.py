@@ -1,11 +1,12 @@
-"""Checks that a method's gradients and merged outputs equal peft's on identical weights (the brief's
-1e-5 in fp32), to go with `method_checks`: peft's perturbed adapter is copied into peftkit's, then both
-are differentiated, or merged, on the same inputs."""
+"""Checks that a method's gradients, merged outputs and several-adapter handling equal peft's on identical
+weights (1e-5 in fp32), to go with `method_checks`: peft's perturbed adapter is copied into peftkit's, then
+both are differentiated, merged, switched or pruned the same way."""
 
 from __future__ import annotations
 
 import copy
 
+import peft
 import torch
 from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case, assert_close
@@ -63,3 +64,36 @@ def check_merged_equals_peft(method: str, case: Case, atol: float = ATOL) -> Non
         assert_close(
             case.out_fn(ours_merged, inputs), case.out_fn(theirs_merged, inputs), atol, "merge_and_unload"
         )
+
+
+def _two_adapter_model(lib, method: str, case: Case, base):
+    config = getattr(lib, method)(task_type=case.task_type, **copy.deepcopy(case.config))
+    model = lib.get_peft_model(copy.deepcopy(base), config)
+    model.add_adapter("second", copy.deepcopy(config))
+    return model.eval()
+
+
+def check_several_adapters_equal_peft(method: str, case: Case, atol: float = ATOL) -> None:
+    """Two adapters in one model: set_adapter picks the same one, delete_adapter leaves the same tensors
+    and outputs as in peft (the deleted adapter's state is gone from every layer)."""
+    base = case.model_fn()
+    theirs = _two_adapter_model(peft, method, case, base)
+    checks.perturb_adapter_weights(theirs)
+    theirs.set_adapter("second")
+    checks.perturb_adapter_weights(theirs, seed=1)
+    ours = _two_adapter_model(peftkit, method, case, base)
+    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert not missing and not unexpected
+    inputs = case.inputs_fn()
+    with torch.no_grad():
+        for name in ("default", "second"):
+            theirs.set_adapter(name)
+            ours.set_adapter(name)
+            assert_close(case.out_fn(ours, inputs), case.out_fn(theirs, inputs), atol, f"adapter {name}")
+        for model in (theirs, ours):
+            model.delete_adapter("default")
+        assert ours.active_adapters == theirs.active_adapters == ["second"]
+        assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
+        assert_close(case.out_fn(ours, inputs), case.out_fn(theirs, inputs), atol, "after delete_adapter")
+    layers = [m for m in ours.modules() if isinstance(m, peftkit.tuners.tuners_utils.BaseTunerLayer)]
+    assert layers and all(m._all_available_adapter_names() == ["second"] for m in layers)

@@ -72,6 +72,10 @@ def test_training_lowers_loss():
     checks.check_training_lowers_loss(METHOD, CASES["llama_hybrid_random_init"], lr=1e-2)
 
 
+def test_several_adapters_set_and_delete_as_peft():
+    peft_equality.check_several_adapters_equal_peft(METHOD, CASES["llama_hybrid_random_init"])
+
+
 def test_target_matching_nothing_is_a_clear_error():
     checks.check_no_match_error(METHOD, CASES["llama_q_v"])
 

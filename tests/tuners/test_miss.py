@@ -75,6 +75,10 @@ def test_training_lowers_loss(case):
     checks.check_training_lowers_loss(METHOD, CASES[case], lr=1e-2)
 
 
+def test_several_adapters_set_and_delete_as_peft():
+    peft_equality.check_several_adapters_equal_peft(METHOD, CASES["bat_mlp"])
+
+
 def test_target_matching_nothing_is_a_clear_error():
     checks.check_no_match_error(METHOD, CASES["balance_q_v"])
 
