@@ -171,6 +171,8 @@ def test_bad_input_is_a_clear_error():
         peftkit.get_peft_model(tiny_llama(), peftkit.ShiraConfig(r=17, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="positive integer"):
         peftkit.ShiraConfig(r=0)
+    with pytest.raises(ValueError, match="`random_seed` must be an integer or None"):
+        peftkit.ShiraConfig(random_seed="7")
     with pytest.raises(TypeError, match="not supported by ShiraModel.*torch.nn.Linear"):
         peftkit.get_peft_model(conv_net(), peftkit.ShiraConfig(r=1, target_modules=["conv2d"]))
     with pytest.raises(TypeError, match="not supported by ShiraModel"):

@@ -67,6 +67,10 @@ class ShiraConfig(PeftConfig):
         self.target_modules = as_set(self.target_modules)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
+        if self.random_seed is not None and (
+            isinstance(self.random_seed, bool) or not isinstance(self.random_seed, int)
+        ):
+            raise ValueError(f"`random_seed` must be an integer or None, got {self.random_seed!r}.")
         self.mask_fn: Callable | None = random_mask if self.mask_type == "random" else None
         if self.mask_fn is None and not self.inference_mode:
             warnings.warn(
