@@ -151,6 +151,18 @@ def test_custom_mask_function_gives_peft_s_positions_and_files_carry_them(tmp_pa
             checks.assert_close(
                 loaded(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, f"{lib.__name__} load"
             )
+        # and peft's file of a custom mask, loaded trainable (no mask function anywhere), in peftkit
+        checks.perturb_adapter_weights(theirs, seed=2)
+        theirs.save_pretrained(tmp_path / "theirs")
+        loaded = peftkit.PeftModel.from_pretrained(
+            copy.deepcopy(base), tmp_path / "theirs", is_trainable=True
+        )
+        checks.assert_close(
+            loaded.eval()(**inputs).logits,
+            theirs.eval()(**inputs).logits,
+            checks.ROUNDTRIP_ATOL,
+            "peft's file",
+        )
 
 
 def test_a_mask_type_without_a_function_is_a_clear_error_at_use():
