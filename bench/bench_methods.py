@@ -34,6 +34,13 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "DeloraConfig": {"target_modules": TARGETS, "r": 8},
+    "GraloraConfig": {"target_modules": TARGETS, "r": 16, "gralora_k": 2},
+    "GraloraConfig+hybrid": {"target_modules": TARGETS, "r": 16, "gralora_k": 2, "hybrid_r": 4},
+    "MissConfig": {"target_modules": TARGETS, "r": 16},
+    "MissConfig+bat": {"target_modules": TARGETS, "r": 16, "init_weights": "bat"},
+    "MissConfig+mini": {"target_modules": TARGETS, "r": 16, "mini_r": 16, "init_weights": "mini"},
+    "ShiraConfig": {"target_modules": TARGETS, "r": 8},
 }
 
 

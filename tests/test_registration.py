@@ -38,15 +38,18 @@ TABLES = (
 
 @pytest.fixture
 def registry():
-    """The registry tables, restored after the test (registrations made in it are undone)."""
+    """The registry tables, restored after the test (registrations made in it are undone). The test's
+    stand-in method registers as PeftType.SHIRA, so peftkit's own SHiRA is taken out for the test."""
     saved = [dict(table) for table in TABLES]
+    for table in TABLES:
+        table.pop(PeftType.SHIRA, None)
     yield
     for table, before in zip(TABLES, saved):
         table.clear()
         table.update(before)
 
 
-# ----- a method peftkit does not have, to register in tests (PeftType.SHIRA exists, unregistered) -----
+# ----- a stand-in method to register in tests, as PeftType.SHIRA (the `registry` fixture unregisters SHiRA) -----
 @dataclass
 class ShiraConfig(LoraConfig):
     def __post_init__(self) -> None:
@@ -123,10 +126,9 @@ def test_mixed_compatible_methods_are_the_registered_ones_in_peft_order():
     from peftkit.tuners.mixed import COMPATIBLE_TUNER_TYPES
     from peftkit.tuners.mixed.model import COMPATIBLE_TUNER_TYPES as from_model
 
-    expected = (PeftType.LORA, PeftType.LOHA, PeftType.LOKR, PeftType.ADALORA, PeftType.OFT)
+    expected = (PeftType.LORA, PeftType.LOHA, PeftType.LOKR, PeftType.ADALORA, PeftType.OFT, PeftType.SHIRA)
     assert COMPATIBLE_TUNER_TYPES == from_model == expected
     assert set(PEFT_TYPE_TO_MIXED_MODEL_MAPPING) == set(expected)
-    # peft also lists SHiRA, which peftkit does not implement
     assert tuple(t for t in peft_mixed.COMPATIBLE_TUNER_TYPES if t in PEFT_TYPE_TO_CONFIG_MAPPING) == expected
 
 
@@ -144,6 +146,10 @@ def test_mixed_compatible_methods_are_the_registered_ones_in_peft_order():
         (PeftType.LOHA, "TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING"),
         (PeftType.LOKR, "TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING"),
         (PeftType.LN_TUNING, "TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING"),
+        (PeftType.DELORA, "TRANSFORMERS_MODELS_TO_DELORA_TARGET_MODULES_MAPPING"),
+        (PeftType.GRALORA, "TRANSFORMERS_MODELS_TO_GRALORA_TARGET_MODULES_MAPPING"),
+        (PeftType.MISS, "TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING"),
+        (PeftType.SHIRA, "TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING"),
     ],
 )
 def test_default_targets_are_the_public_constants(peft_type, constant):

@@ -38,7 +38,9 @@ from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the me
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
+from .tuners.gralora import GraloraConfig, GraloraModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
@@ -46,11 +48,13 @@ from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
 from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .tuners.lora.loftq import replace_lora_weights_loftq
+from .tuners.miss import MissConfig, MissModel
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.shira import ShiraConfig, ShiraModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
@@ -78,8 +82,12 @@ __all__ = [
     "BOFTModel",
     "TrainableTokensConfig",
     "TrainableTokensModel",
+    "DeloraConfig",
+    "DeloraModel",
     "FourierFTConfig",
     "FourierFTModel",
+    "GraloraConfig",
+    "GraloraModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
@@ -90,8 +98,12 @@ __all__ = [
     "LoHaModel",
     "LoKrConfig",
     "LoKrModel",
+    "MissConfig",
+    "MissModel",
     "OFTConfig",
     "OFTModel",
+    "ShiraConfig",
+    "ShiraModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

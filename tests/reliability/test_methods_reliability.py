@@ -20,6 +20,10 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": ["q_proj", "v_proj"], "n_frequency": 16},
     "HRAConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "LNTuningConfig": {"target_modules": ["input_layernorm"]},
+    "DeloraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "GraloraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "MissConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "ShiraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 2},
 }
 
 

@@ -15,7 +15,9 @@ from torch import nn
 from ..tuners._adapter_keys import (
     adapter_key_map,
     file_key_is_adapter,
+    saved_other_param_tensors,
     strip_adapter_name,
+    take_saved_other_param_tensors,
     tuner_of,
     wrapped_key,
 )
@@ -45,6 +47,7 @@ def get_peft_model_state_dict(
         return get_prompt_learning_state_dict(model, state_dict, adapter_name, save_embedding_layers)
     mapping = adapter_key_map(model, adapter_name, list(state_dict.keys()), save_embedding_layers)
     tensors = {file_key: state_dict[key] for key, file_key in mapping.items()}
+    tensors.update(saved_other_param_tensors(model, adapter_name))
     tuner = tuner_of(model)
     return tensors if tuner is None else tuner._adapter_tensors_to_save(tensors, adapter_name)
 
@@ -70,6 +73,7 @@ def set_peft_model_state_dict(
         return set_prompt_learning_state_dict(
             model, peft_model_state_dict, adapter_name, ignore_mismatched_sizes, missing_keys_are_errors
         )
+    peft_model_state_dict = take_saved_other_param_tensors(model, adapter_name, peft_model_state_dict)
     model_state = model.state_dict()
     mapping = adapter_key_map(model, adapter_name, list(model_state.keys()), save_embedding_layers=False)
     file_to_model = {file_key: key for key, file_key in mapping.items()}

@@ -4,7 +4,8 @@ A file key is the model key with the adapter name taken out (`...q_proj.lora_A.d
 `...q_proj.lora_A.weight`, `...lora_magnitude_vector.default.weight` -> `...lora_magnitude_vector`,
 `score.modules_to_save.default.weight` -> `score.weight`). Saving, loading and hot-swapping use the same
 function (`adapter_key_map`), so what is written is exactly what is read back. The rule is the
-framework's (a method only contributes its parameter prefix and `_tuner_state_keys`).
+framework's (a method only contributes its parameter prefix, `_tuner_state_keys` and its layers'
+`saved_other_param_names`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from ..mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from ..utils.constants import EMBEDDING_LAYER_NAMES
 from ..utils.hub import cached_hub_file
-from .tuners_utils import BaseTuner
+from .tuners_utils import BaseTuner, BaseTunerLayer
 
 _MODULES_TO_SAVE = "modules_to_save"
 
@@ -191,3 +192,38 @@ def wrapped_key(file_key: str, adapter_name: str, model_state: dict[str, torch.T
     module, _, leaf = file_key.rpartition(".")
     candidate = f"{module}.{_MODULES_TO_SAVE}.{adapter_name}.{leaf}"
     return candidate if candidate in model_state else None
+
+
+def _layers_with_saved_other_params(model: nn.Module):
+    """(module name, layer) for every adapter layer of `model` that declares `saved_other_param_names`."""
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer) and module.saved_other_param_names:
+            yield name, module
+
+
+def saved_other_param_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """The tensors of `adapter_name` that layers keep outside the state dict but files hold (their
+    `saved_other_param_names`), keyed `<layer>.<name>` as `model.named_modules()` names the layer."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in _layers_with_saved_other_params(model):
+        for attr in layer.saved_other_param_names:
+            values = getattr(layer, attr)
+            if adapter_name in values:
+                tensors[f"{name}.{attr}"] = values[adapter_name]
+    return tensors
+
+
+def take_saved_other_param_tensors(
+    model: nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Give the layers of `model` their `saved_other_param_names` tensors of `adapter_name` from `tensors`
+    (file keys; placed beside each layer's base weight), and return the tensors left for the state dict."""
+    remaining = dict(tensors)
+    for name, layer in _layers_with_saved_other_params(model):
+        reference = layer._placement_reference()
+        device = None if reference is None or reference.is_meta else reference.device
+        for attr in layer.saved_other_param_names:
+            tensor = remaining.pop(f"{name}.{attr}", None)
+            if tensor is not None:
+                getattr(layer, attr)[adapter_name] = tensor if device is None else tensor.to(device)
+    return remaining

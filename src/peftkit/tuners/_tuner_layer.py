@@ -45,6 +45,9 @@ class BaseTunerLayer:
     adapter_layer_names: tuple[str, ...] = ()
     # Attributes (dicts or ModuleDicts) holding each adapter's other state (rank, scaling, dropout...).
     other_param_names: tuple[str, ...] = ()
+    # Those of `other_param_names` that are plain dicts of tensors (so outside the state dict) which adapter
+    # files hold all the same, as `<layer>.<name>` (SHiRA's sparse indices): saved and loaded by the framework.
+    saved_other_param_names: tuple[str, ...] = ()
 
     _active_adapter: str | list[str] = "default"
     _disable_adapters: bool = False
