@@ -37,6 +37,7 @@ from .peft_model import (
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
+from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
@@ -74,6 +75,8 @@ __all__ = [
     "AdaLoraModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
+    "BeftConfig",
+    "BeftModel",
     "BOFTConfig",
     "BOFTModel",
     "TrainableTokensConfig",

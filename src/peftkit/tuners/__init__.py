@@ -2,6 +2,7 @@
 
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
+from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
@@ -26,6 +27,8 @@ __all__ = [
     "AdaLoraModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
+    "BeftConfig",
+    "BeftModel",
     "BOFTConfig",
     "BOFTModel",
     "FourierFTConfig",
