@@ -42,6 +42,7 @@ from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
+from .tuners.lily import LilyConfig, LilyModel
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
@@ -87,6 +88,8 @@ __all__ = [
     "HRAModel",
     "IA3Config",
     "IA3Model",
+    "LilyConfig",
+    "LilyModel",
     "LNTuningConfig",
     "LNTuningModel",
     "LoHaConfig",

@@ -7,6 +7,7 @@ from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
+from .lily import LilyConfig, LilyModel
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
@@ -37,6 +38,8 @@ __all__ = [
     "HRAModel",
     "IA3Config",
     "IA3Model",
+    "LilyConfig",
+    "LilyModel",
     "LNTuningConfig",
     "LNTuningModel",
     "LoHaConfig",
