@@ -1,11 +1,16 @@
-"""Layer hooks of the framework that no method in this file's neighbours exercises on its own:
-`_output_without_base` (a method that computes the adapted output without running the base layer)."""
+"""Framework hooks tested on their own (the methods that need them test them in use too):
+`_output_without_base` (a layer computes the adapted output without running the base layer) and
+`_may_be_empty` (a tuner's saved tensor that is empty by design)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from tests.conftest import tiny_llama
 from torch import nn
 
+from peftkit import LoraConfig, get_peft_model
+from peftkit.tuners.lora import LoraModel
 from peftkit.tuners.tuners_utils import BaseTunerLayer
 
 
@@ -53,3 +58,20 @@ def test_output_without_base_replaces_the_base_pass_and_none_falls_back():
         layer = _ReplacingLayer(base, shortcut=True)
         layer.enable_adapters(False)
         torch.testing.assert_close(layer(x), base(x), atol=0, rtol=0)
+
+
+def test_may_be_empty_lets_a_designed_empty_tensor_be_saved_and_nothing_else(tmp_path, monkeypatch):
+    model = get_peft_model(tiny_llama(), LoraConfig(target_modules=["q_proj"]))
+    for layer in (model.base_model.model.model.layers[i].self_attn.q_proj for i in (0, 1)):
+        layer.lora_A["default"].weight = nn.Parameter(torch.empty(0))
+    allowed = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    monkeypatch.setattr(LoraModel, "_may_be_empty", lambda self, key, adapter: key == allowed)
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.q_proj\.lora_A.*zero-size"):
+        model.save_pretrained(tmp_path)
+    model.base_model.model.model.layers[1].self_attn.q_proj.lora_A["default"].weight = nn.Parameter(
+        torch.ones(8, 32)
+    )
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "adapter_model.safetensors")[allowed].shape == (0,)
