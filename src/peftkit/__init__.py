@@ -40,6 +40,7 @@ from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
+from .tuners.frod import FrodConfig, FrodModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.lily import LilyConfig, LilyModel
@@ -84,6 +85,8 @@ __all__ = [
     "TrainableTokensModel",
     "FourierFTConfig",
     "FourierFTModel",
+    "FrodConfig",
+    "FrodModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",

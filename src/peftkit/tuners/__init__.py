@@ -5,6 +5,7 @@ from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
+from .frod import FrodConfig, FrodModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
 from .lily import LilyConfig, LilyModel
@@ -34,6 +35,8 @@ __all__ = [
     "BOFTModel",
     "FourierFTConfig",
     "FourierFTModel",
+    "FrodConfig",
+    "FrodModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
