@@ -54,6 +54,7 @@ from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.pvera import PveraConfig, PveraModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
@@ -130,6 +131,8 @@ __all__ = [
     "PromptLearningConfig",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "PveraConfig",
+    "PveraModel",
     "TaskType",
     "__version__",
     "get_layer_status",

@@ -22,6 +22,7 @@ from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .pvera import PveraConfig, PveraModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "PveraConfig",
+    "PveraModel",
     "VeraConfig",
     "VeraModel",
 ]
