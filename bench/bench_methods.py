@@ -34,6 +34,10 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "BeftConfig": {"target_modules": ["v_proj"]},
+    "FrodConfig": {"target_modules": TARGETS, "sparse_rate": 0.01, "progressbar": False},
+    "LilyConfig": {"target_modules": TARGETS, "r": 16, "stride_A": 2, "num_B": 2},
+    "PveraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 64},
 }
 
 

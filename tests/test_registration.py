@@ -144,6 +144,10 @@ def test_mixed_compatible_methods_are_the_registered_ones_in_peft_order():
         (PeftType.LOHA, "TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING"),
         (PeftType.LOKR, "TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING"),
         (PeftType.LN_TUNING, "TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING"),
+        (PeftType.BEFT, "TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING"),
+        (PeftType.FROD, "TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING"),
+        (PeftType.LILY, "TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING"),
+        (PeftType.PVERA, "TRANSFORMERS_MODELS_TO_PVERA_TARGET_MODULES_MAPPING"),
     ],
 )
 def test_default_targets_are_the_public_constants(peft_type, constant):

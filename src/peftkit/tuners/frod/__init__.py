@@ -1,4 +1,4 @@
-"""FRoD: fine-tuning through a rotation-like sparse update of a basis shared across layers (AAAI 2026)."""
+"""FRoD: full-rank efficient fine-tuning with rotational degrees (AAAI 2026)."""
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING
 from .._registration import register_peft_method

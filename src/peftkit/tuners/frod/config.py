@@ -12,7 +12,8 @@ _VALID_BIAS = ("none", "all", "frod_only")
 
 @dataclass
 class FrodConfig(PeftConfig):
-    """Configuration of FRoD (AAAI 2026, doi 10.1609/aaai.v40i31.39813): each adapted weight is rewritten as
+    """Configuration of FRoD (full-rank efficient fine-tuning with rotational degrees, AAAI 2026, doi
+    10.1609/aaai.v40i31.39813): each adapted weight is rewritten as
     `U (diag(lambda) + S) V^T`, with a basis V shared by the layers of one role (e.g. every `q_proj`), and
     only `lambda` and the few entries of the sparse S train.
     """
