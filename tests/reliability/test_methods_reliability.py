@@ -20,6 +20,10 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": ["q_proj", "v_proj"], "n_frequency": 16},
     "HRAConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "LNTuningConfig": {"target_modules": ["input_layernorm"]},
+    "BeftConfig": {"target_modules": ["v_proj"]},
+    "FrodConfig": {"target_modules": ["q_proj", "v_proj"], "sparse_rate": 0.05, "progressbar": False},
+    "LilyConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "PveraConfig": {"target_modules": ["q_proj", "o_proj"], "r": 4},
 }
 
 
