@@ -161,3 +161,10 @@ def test_inputs_of_other_lengths():
     model = peftkit.get_peft_model(llama_with_bias(), peftkit.BeftConfig(**V, init_weights=False)).eval()
     with torch.no_grad():
         assert model(**llama_inputs(batch=1, length=3)).logits.shape == (1, 3, 128)
+
+
+def test_mixed_model_rejects_beft_as_peft_s_does():
+    """peft registers BEFT as mixed-compatible, yet its PeftMixedModel refuses it; peftkit refuses it too."""
+    for lib in (peft, peftkit):
+        with pytest.raises(ValueError, match="'BEFT' is not compatible with the `PeftMixedModel`"):
+            lib.PeftMixedModel(tiny_llama(), lib.BeftConfig(**V))
