@@ -41,6 +41,10 @@ CONFIGS = {
     "MissConfig+bat": {"target_modules": TARGETS, "r": 16, "init_weights": "bat"},
     "MissConfig+mini": {"target_modules": TARGETS, "r": 16, "mini_r": 16, "init_weights": "mini"},
     "ShiraConfig": {"target_modules": TARGETS, "r": 8},
+    "BeftConfig": {"target_modules": ["v_proj"]},
+    "FrodConfig": {"target_modules": TARGETS, "sparse_rate": 0.01, "progressbar": False},
+    "LilyConfig": {"target_modules": TARGETS, "r": 16, "stride_A": 2, "num_B": 2},
+    "PveraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 64},
 }
 
 

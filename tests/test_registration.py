@@ -150,6 +150,10 @@ def test_mixed_compatible_methods_are_the_registered_ones_in_peft_order():
         (PeftType.GRALORA, "TRANSFORMERS_MODELS_TO_GRALORA_TARGET_MODULES_MAPPING"),
         (PeftType.MISS, "TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING"),
         (PeftType.SHIRA, "TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING"),
+        (PeftType.BEFT, "TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING"),
+        (PeftType.FROD, "TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING"),
+        (PeftType.LILY, "TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING"),
+        (PeftType.PVERA, "TRANSFORMERS_MODELS_TO_PVERA_TARGET_MODULES_MAPPING"),
     ],
 )
 def test_default_targets_are_the_public_constants(peft_type, constant):

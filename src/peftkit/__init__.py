@@ -37,12 +37,15 @@ from .peft_model import (
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
+from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
+from .tuners.frod import FrodConfig, FrodModel
 from .tuners.gralora import GraloraConfig, GraloraModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
+from .tuners.lily import LilyConfig, LilyModel
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
@@ -54,6 +57,7 @@ from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.pvera import PveraConfig, PveraModel
 from .tuners.shira import ShiraConfig, ShiraModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
@@ -78,6 +82,8 @@ __all__ = [
     "AdaLoraModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
+    "BeftConfig",
+    "BeftModel",
     "BOFTConfig",
     "BOFTModel",
     "TrainableTokensConfig",
@@ -88,10 +94,14 @@ __all__ = [
     "FourierFTModel",
     "GraloraConfig",
     "GraloraModel",
+    "FrodConfig",
+    "FrodModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
     "IA3Model",
+    "LilyConfig",
+    "LilyModel",
     "LNTuningConfig",
     "LNTuningModel",
     "LoHaConfig",
@@ -133,6 +143,8 @@ __all__ = [
     "PromptLearningConfig",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "PveraConfig",
+    "PveraModel",
     "TaskType",
     "__version__",
     "get_layer_status",

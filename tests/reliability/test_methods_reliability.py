@@ -24,6 +24,10 @@ CONFIGS = {
     "GraloraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "MissConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "ShiraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 2},
+    "BeftConfig": {"target_modules": ["v_proj"]},
+    "FrodConfig": {"target_modules": ["q_proj", "v_proj"], "sparse_rate": 0.05, "progressbar": False},
+    "LilyConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "PveraConfig": {"target_modules": ["q_proj", "o_proj"], "r": 4},
 }
 
 

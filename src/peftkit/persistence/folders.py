@@ -26,6 +26,7 @@ from torch import nn
 
 from .._version import __version__
 from ..config import PeftConfig
+from ..tuners._adapter_keys import tuner_of
 from ..tuners.lora.conversion import convert_to_lora
 from ..tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
 from ..utils.atomic_io import atomic_write_text, staged_file
@@ -166,7 +167,9 @@ def save_peft_model(
             tensors, config = convert_to_lora(
                 tensors, config, os.fspath(path_initial_model_for_weight_conversion)
             )
-        plans.append((folder, prepare_for_saving(tensors), config))
+        tuner = tuner_of(model)
+        empty_ok = {k for k in tensors if tuner is not None and tuner._may_be_empty(k, adapter_name)}
+        plans.append((folder, prepare_for_saving(tensors, empty_ok), config))
     for folder, tensors, config in plans:
         os.makedirs(folder, exist_ok=True)
         _save_adapter(folder, tensors, config, safe_serialization, {"peftkit_version": __version__})

@@ -2,12 +2,15 @@
 
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
+from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
 from .delora import DeloraConfig, DeloraModel
 from .fourierft import FourierFTConfig, FourierFTModel
+from .frod import FrodConfig, FrodModel
 from .gralora import GraloraConfig, GraloraModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
+from .lily import LilyConfig, LilyModel
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
@@ -22,6 +25,7 @@ from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .pvera import PveraConfig, PveraModel
 from .shira import ShiraConfig, ShiraModel
 from .vera import VeraConfig, VeraModel
 
@@ -30,6 +34,8 @@ __all__ = [
     "AdaLoraModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
+    "BeftConfig",
+    "BeftModel",
     "BOFTConfig",
     "BOFTModel",
     "DeloraConfig",
@@ -38,10 +44,14 @@ __all__ = [
     "FourierFTModel",
     "GraloraConfig",
     "GraloraModel",
+    "FrodConfig",
+    "FrodModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
     "IA3Model",
+    "LilyConfig",
+    "LilyModel",
     "LNTuningConfig",
     "LNTuningModel",
     "LoHaConfig",
@@ -68,6 +78,8 @@ __all__ = [
     "PromptTuningInit",
     "ShiraConfig",
     "ShiraModel",
+    "PveraConfig",
+    "PveraModel",
     "VeraConfig",
     "VeraModel",
 ]

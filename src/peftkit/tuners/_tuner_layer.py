@@ -221,6 +221,12 @@ class BaseTunerLayer:
         """True when the adapter's output depends on the pure base output (e.g. DoRA)."""
         return False
 
+    def _output_without_base(self, active: list[str], x: torch.Tensor) -> torch.Tensor | None:
+        """The layer's whole output under the adapters `active` (at least one), when the method computes it
+        more cheaply without running the base layer (FRoD multiplies by the factors of its adapted weight);
+        None (the default) runs the base layer and adds each adapter's output."""
+        return None
+
     # Methods that change the base layer's *input* (IA3 on feed-forward layers, OFT-style rotations) set
     # this and implement `_transform_input`; the framework then feeds the transformed input to the base.
     transforms_input: bool = False
@@ -273,6 +279,10 @@ class BaseTunerLayer:
         """The layer's output with the adapters `active` applied (unmerged)."""
         if self.adapts_weight_in_forward and active:
             return self._forward_with_adapted_weight(active, x, *args, **kwargs)
+        if active:
+            output = self._output_without_base(active, x)
+            if output is not None:
+                return output
         base_input = x
         if self.transforms_input:
             for name in active:

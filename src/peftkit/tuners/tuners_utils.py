@@ -181,6 +181,12 @@ class BaseTuner(nn.Module):
         them; a method may reshape them here (AdaLoRA keeps only the ranks it allocated). Identity by default."""
         return tensors
 
+    def _may_be_empty(self, file_key: str, adapter_name: str) -> bool:
+        """Whether the saved tensor `file_key` of `adapter_name` is empty by design (FRoD's sparse values
+        where a layer has no sparse entries). Saving refuses any other 1-D empty tensor: it would be a
+        shard (FSDP/ZeRO-3) that was not gathered. False by default."""
+        return False
+
     def _adapter_config_to_save(self, config: PeftConfig, adapter_name: str) -> PeftConfig:
         """Adjust the copy of `adapter_name`'s config that is written beside its weights (AdaLoRA names its
         layers in `rank_pattern` without the adapter name). Identity by default."""

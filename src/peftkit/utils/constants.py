@@ -225,3 +225,36 @@ TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
     "qwen2": ["post_attention_layernorm"],
     "qwen3": ["post_attention_layernorm"],
 }
+
+# BEFT: the attention value projection of each architecture (its own table in PEFT).
+TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
+    "t5": ["v"],
+    "mt5": ["v"],
+    "roberta": ["value"],
+    "opt": ["v_proj"],
+    "gptj": ["v_proj"],
+    "gpt_neo": ["v_proj"],
+    "bart": ["v_proj"],
+    "llama": ["v_proj"],
+    "llama4": ["v_proj"],
+    "mistral": ["v_proj"],
+    "mixtral": ["v_proj"],
+    "bert": ["value"],
+    "deberta-v2": ["value_proj"],
+    "phi": ["v_proj"],
+    "gemma": ["v_proj"],
+    "gemma2": ["v_proj"],
+    "gemma3_text": ["v_proj"],
+    "qwen2": ["v_proj"],
+    "qwen3": ["v_proj"],
+}
+# FRoD and PVeRA: VeRA's targets plus one vision model each; Lily: LoRA's.
+TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING, vit=["query", "value"]
+)
+TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_PVERA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING, dinov2=["query", "value"]
+)

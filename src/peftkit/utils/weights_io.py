@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -23,15 +24,23 @@ from .warnings import AdapterLoadError
 _PEFT_PREFIX = "base_model.model."
 
 
-def prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU tensors that share no storage (safetensors refuses shared memory)."""
+def prepare_for_saving(
+    tensors: dict[str, torch.Tensor], empty_ok: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors that share no storage (safetensors refuses shared memory).
+
+    A 1-D zero-size tensor is refused (an un-gathered shard) unless its key is in `empty_ok` (a method's
+    tensor that is empty by its config, e.g. FRoD's sparse values with no sparse entries).
+    """
     seen: set[int] = set()
     prepared: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         tensor = tensor.detach()
         if tensor.device.type == "meta":
             raise ValueError(f"Cannot save '{key}': it is on the meta device (its data was never loaded).")
-        if tensor.shape == (0,):  # (r=0, in)-shaped tensors are real: an AdaLoRA layer with all ranks pruned
+        if (
+            tensor.shape == (0,) and key not in empty_ok
+        ):  # (r=0, in)-shaped: an AdaLoRA layer, all ranks pruned
             raise ValueError(
                 f"Refusing to save '{key}' with shape {tuple(tensor.shape)}: a zero-size tensor usually means a "
                 "sharded parameter (FSDP/DeepSpeed ZeRO-3) that was not gathered before saving."
