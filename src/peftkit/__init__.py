@@ -38,6 +38,7 @@ from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the me
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.deft import DeftConfig, DeftModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
@@ -51,6 +52,7 @@ from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.supertuning import SupertuningConfig, SupertuningModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
@@ -76,6 +78,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "DeftConfig",
+    "DeftModel",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "FourierFTConfig",
@@ -92,6 +96,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "SupertuningConfig",
+    "SupertuningModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

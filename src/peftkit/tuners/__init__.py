@@ -3,6 +3,7 @@
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
+from .deft import DeftConfig, DeftModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
@@ -19,6 +20,7 @@ from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .supertuning import SupertuningConfig, SupertuningModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "DeftConfig",
+    "DeftModel",
     "FourierFTConfig",
     "FourierFTModel",
     "HRAConfig",
@@ -56,6 +60,8 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "SupertuningConfig",
+    "SupertuningModel",
     "VeraConfig",
     "VeraModel",
 ]
