@@ -52,6 +52,7 @@ from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.shadow import ShadowConfig, ShadowModel
 from .tuners.supertuning import SupertuningConfig, SupertuningModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
@@ -96,6 +97,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "ShadowConfig",
+    "ShadowModel",
     "SupertuningConfig",
     "SupertuningModel",
     "VeraConfig",

@@ -20,6 +20,7 @@ from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .shadow import ShadowConfig, ShadowModel
 from .supertuning import SupertuningConfig, SupertuningModel
 from .vera import VeraConfig, VeraModel
 
@@ -60,6 +61,8 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "ShadowConfig",
+    "ShadowModel",
     "SupertuningConfig",
     "SupertuningModel",
     "VeraConfig",
