@@ -34,6 +34,9 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "DeftConfig": {"target_modules": TARGETS, "r": 8},
+    "ShadowConfig": {"r": 8},
+    "SupertuningConfig": {"target_modules": TARGETS, "sparsity": 0.99, "r": 8},
 }
 
 
