@@ -6,7 +6,14 @@ import copy
 import peft
 import pytest
 import torch
-from tests.conftest import conv_net, llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama
+from tests.conftest import (
+    conv_net,
+    llama_inputs,
+    perturb_adapter_weights,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_llama_seq_cls,
+)
 from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case
 
@@ -26,8 +33,12 @@ CASES = {
     "llama_para": Case(tiny_llama, {**QV, "para": True}),
     "llama_rank_above_out_features": Case(tiny_llama, {"r": 40, "target_modules": ["k_proj"]}),
     "llama_bias_deft_only": Case(lambda: tiny_llama(attention_bias=True), {**QV, "bias": "deft_only"}),
+    "llama_seq_cls": Case(tiny_llama_seq_cls, QV, task_type="SEQ_CLS"),
 }
-NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
+# a trained bias or classifier (modules_to_save) is kept by unload: "unload equals the base" leaves them out
+NO_BIAS = {
+    name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
+}
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

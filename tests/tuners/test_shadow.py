@@ -252,6 +252,12 @@ def test_several_adapters_one_active_and_named_default_in_files(tmp_path):
     ).eval()
     with torch.no_grad():
         checks.assert_close(theirs(**inputs).logits, other_out, checks.ROUNDTRIP_ATOL, "peft loads 'other'")
+    model.load_adapter(tmp_path / "other", adapter_name="again")  # "default" keys into any name
+    model.set_adapter("again")
+    with torch.no_grad():
+        checks.assert_close(model(**inputs).logits, other_out, 0.0, "reloaded as 'again'")
+    model.set_adapter("default")
+    model.delete_adapter("again")
     model.delete_adapter("other")
     assert "other" not in model.base_model.shadow_backbone
     with torch.no_grad():

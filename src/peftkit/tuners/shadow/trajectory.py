@@ -84,8 +84,16 @@ class ShadowTrajectory:
         use_cache = kwargs.get("use_cache")
         if use_cache is None:
             use_cache = bool(getattr(getattr(self.model, "config", None), "use_cache", False))
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None and args:
+            input_ids = args[0]
         inputs_embeds = kwargs.get("inputs_embeds")
+        if input_ids is None and inputs_embeds is None:
+            # a custom decoder's main input under another name holds embeddings already
+            main_name = getattr(self.model, "main_input_name", None)
+            main_input = kwargs.get(main_name) if main_name else None
+            if isinstance(main_input, torch.Tensor):
+                inputs_embeds = main_input
         if input_ids is None and inputs_embeds is None:
             raise ValueError(
                 "ShadowPEFT computes the shadow state from `input_ids` or `inputs_embeds`; the model was called "
