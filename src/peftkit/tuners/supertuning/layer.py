@@ -153,6 +153,3 @@ class Linear(SupertuningLayer, nn.Module):
         if self.supertuning_rank[adapter_name]:
             weight = weight - self._lora_delta(adapter_name, weight.dtype)
         return self._scatter(adapter_name, weight, sign=-1.0)
-
-    def __repr__(self) -> str:
-        return "supertuning." + super().__repr__()
