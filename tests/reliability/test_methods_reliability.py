@@ -20,6 +20,9 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": ["q_proj", "v_proj"], "n_frequency": 16},
     "HRAConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "LNTuningConfig": {"target_modules": ["input_layernorm"]},
+    "DeftConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "ShadowConfig": {"r": 4, "shadow_dropout": 0.0},
+    "SupertuningConfig": {"target_modules": ["q_proj", "v_proj"], "sparsity": 0.9, "r": 2},
 }
 
 
