@@ -45,6 +45,9 @@ CONFIGS = {
     "FrodConfig": {"target_modules": TARGETS, "sparse_rate": 0.01, "progressbar": False},
     "LilyConfig": {"target_modules": TARGETS, "r": 16, "stride_A": 2, "num_B": 2},
     "PveraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 64},
+    "DeftConfig": {"target_modules": TARGETS, "r": 8},
+    "ShadowConfig": {"r": 8},
+    "SupertuningConfig": {"target_modules": TARGETS, "sparsity": 0.99, "r": 8},
 }
 
 

@@ -39,6 +39,7 @@ from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.deft import DeftConfig, DeftModel
 from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.frod import FrodConfig, FrodModel
@@ -58,7 +59,9 @@ from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderRe
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.pvera import PveraConfig, PveraModel
+from .tuners.shadow import ShadowConfig, ShadowModel
 from .tuners.shira import ShiraConfig, ShiraModel
+from .tuners.supertuning import SupertuningConfig, SupertuningModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
@@ -86,6 +89,8 @@ __all__ = [
     "BeftModel",
     "BOFTConfig",
     "BOFTModel",
+    "DeftConfig",
+    "DeftModel",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "DeloraConfig",
@@ -114,6 +119,10 @@ __all__ = [
     "OFTModel",
     "ShiraConfig",
     "ShiraModel",
+    "ShadowConfig",
+    "ShadowModel",
+    "SupertuningConfig",
+    "SupertuningModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

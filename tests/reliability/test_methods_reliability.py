@@ -28,6 +28,9 @@ CONFIGS = {
     "FrodConfig": {"target_modules": ["q_proj", "v_proj"], "sparse_rate": 0.05, "progressbar": False},
     "LilyConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "PveraConfig": {"target_modules": ["q_proj", "o_proj"], "r": 4},
+    "DeftConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "ShadowConfig": {"r": 4, "shadow_dropout": 0.0},
+    "SupertuningConfig": {"target_modules": ["q_proj", "v_proj"], "sparsity": 0.9, "r": 2},
 }
 
 

@@ -4,6 +4,7 @@ from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
+from .deft import DeftConfig, DeftModel
 from .delora import DeloraConfig, DeloraModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .frod import FrodConfig, FrodModel
@@ -26,7 +27,9 @@ from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparamet
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .pvera import PveraConfig, PveraModel
+from .shadow import ShadowConfig, ShadowModel
 from .shira import ShiraConfig, ShiraModel
+from .supertuning import SupertuningConfig, SupertuningModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -40,6 +43,8 @@ __all__ = [
     "BOFTModel",
     "DeloraConfig",
     "DeloraModel",
+    "DeftConfig",
+    "DeftModel",
     "FourierFTConfig",
     "FourierFTModel",
     "GraloraConfig",
@@ -80,6 +85,10 @@ __all__ = [
     "ShiraModel",
     "PveraConfig",
     "PveraModel",
+    "ShadowConfig",
+    "ShadowModel",
+    "SupertuningConfig",
+    "SupertuningModel",
     "VeraConfig",
     "VeraModel",
 ]

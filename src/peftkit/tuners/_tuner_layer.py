@@ -246,6 +246,12 @@ class BaseTunerLayer:
         method may add training-only noise here that a merge must not see (BOFT's block dropout)."""
         return self._merged_weight(adapter_name, weight)
 
+    def _output_beside_weight(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """For an `adapts_weight_in_forward` layer: `result` (the layer run with the adapted weight) plus
+        what adapter `adapter_name` adds beside its weight change, e.g. a low-rank branch next to a
+        sparse weight update (SuperTuning's Supra mode). Nothing by default."""
+        return result
+
     def _mixed_batch_by_group(self) -> bool:
         """True when an adapter changes what the base layer computes (its input, its weight, or the layer
         itself): a mixed batch then runs one full pass per group of samples sharing an adapter."""
@@ -278,7 +284,10 @@ class BaseTunerLayer:
     def _forward_with(self, active: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The layer's output with the adapters `active` applied (unmerged)."""
         if self.adapts_weight_in_forward and active:
-            return self._forward_with_adapted_weight(active, x, *args, **kwargs)
+            result = self._forward_with_adapted_weight(active, x, *args, **kwargs)
+            for name in active:
+                result = self._output_beside_weight(name, x, result)
+            return result
         if active:
             output = self._output_without_base(active, x)
             if output is not None:
