@@ -4,7 +4,8 @@ A file key is the model key with the adapter name taken out (`...q_proj.lora_A.d
 `...q_proj.lora_A.weight`, `...lora_magnitude_vector.default.weight` -> `...lora_magnitude_vector`,
 `score.modules_to_save.default.weight` -> `score.weight`). Saving, loading and hot-swapping use the same
 function (`adapter_key_map`), so what is written is exactly what is read back. The rule is the
-framework's (a method only contributes its parameter prefix and `_tuner_state_keys`).
+framework's (a method only contributes its parameter prefix, `_tuner_state_keys` and its layers'
+`shared_adapter_names`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from ..mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from ..utils.constants import EMBEDDING_LAYER_NAMES
 from ..utils.hub import cached_hub_file
-from .tuners_utils import BaseTuner
+from .tuners_utils import BaseTuner, BaseTunerLayer
 
 _MODULES_TO_SAVE = "modules_to_save"
 
@@ -128,6 +129,9 @@ def adapter_key_map(
         file_key = _file_key(key, adapter_name, prefix)
         if file_key is not None:
             mapping[key] = file_key
+    borrowed = _borrowed_key_prefixes(model)
+    if borrowed:
+        mapping = {k: v for k, v in mapping.items() if not k.startswith(borrowed)}
     mapping.update(_tuner_level_keys(model, adapter_name, keys))
     bias = getattr(config, "bias", "none")
     if bias == "all":
@@ -148,6 +152,17 @@ def adapter_key_map(
             if layer in parts and not any(p.startswith(prefix) for p in parts if prefix):
                 mapping[key] = key.replace(f".{_MODULES_TO_SAVE}.{adapter_name}", "")
     return mapping
+
+
+def _borrowed_key_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes (`<layer>.<container>.`) of the containers adapter layers borrow from their tuner
+    (`shared_adapter_names`): the tuner saves those tensors once, under its own keys."""
+    return tuple(
+        f"{name}.{attr}."
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer)
+        for attr in module.shared_adapter_names
+    )
 
 
 def _tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:
