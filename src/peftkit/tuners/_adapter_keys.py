@@ -129,9 +129,6 @@ def adapter_key_map(
         file_key = _file_key(key, adapter_name, prefix)
         if file_key is not None:
             mapping[key] = file_key
-    borrowed = _borrowed_key_prefixes(model)
-    if borrowed:
-        mapping = {k: v for k, v in mapping.items() if not k.startswith(borrowed)}
     mapping.update(_tuner_level_keys(model, adapter_name, keys))
     bias = getattr(config, "bias", "none")
     if bias == "all":
@@ -151,7 +148,9 @@ def adapter_key_map(
             parts = key.split(".")
             if layer in parts and not any(p.startswith(prefix) for p in parts if prefix):
                 mapping[key] = key.replace(f".{_MODULES_TO_SAVE}.{adapter_name}", "")
-    return mapping
+    # last: the layers' keys for borrowed containers still told which modules are adapted (bias="*_only")
+    borrowed = _borrowed_key_prefixes(model)
+    return {k: v for k, v in mapping.items() if not k.startswith(borrowed)} if borrowed else mapping
 
 
 def _borrowed_key_prefixes(model: nn.Module) -> tuple[str, ...]:
