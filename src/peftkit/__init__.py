@@ -52,6 +52,7 @@ from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderRe
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
+from .tuners.unilora import UniLoraConfig, UniLoraModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
@@ -92,6 +93,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "UniLoraConfig",
+    "UniLoraModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
