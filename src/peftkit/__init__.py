@@ -51,6 +51,7 @@ from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.road import RoadConfig, RoadModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.unilora import UniLoraConfig, UniLoraModel
 from .tuners.vera import VeraConfig, VeraModel
@@ -93,6 +94,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "RoadConfig",
+    "RoadModel",
     "UniLoraConfig",
     "UniLoraModel",
     "VeraConfig",

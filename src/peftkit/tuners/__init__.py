@@ -19,6 +19,7 @@ from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .road import RoadConfig, RoadModel
 from .unilora import UniLoraConfig, UniLoraModel
 from .vera import VeraConfig, VeraModel
 
@@ -57,6 +58,8 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "RoadConfig",
+    "RoadModel",
     "UniLoraConfig",
     "UniLoraModel",
     "VeraConfig",
