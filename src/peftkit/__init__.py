@@ -55,6 +55,7 @@ from .tuners.road import RoadConfig, RoadModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.unilora import UniLoraConfig, UniLoraModel
 from .tuners.vera import VeraConfig, VeraModel
+from .tuners.waveft import WaveFTConfig, WaveFTModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -100,6 +101,8 @@ __all__ = [
     "UniLoraModel",
     "VeraConfig",
     "VeraModel",
+    "WaveFTConfig",
+    "WaveFTModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",

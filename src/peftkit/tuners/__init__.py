@@ -22,6 +22,7 @@ from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .road import RoadConfig, RoadModel
 from .unilora import UniLoraConfig, UniLoraModel
 from .vera import VeraConfig, VeraModel
+from .waveft import WaveFTConfig, WaveFTModel
 
 __all__ = [
     "AdaLoraConfig",
@@ -64,4 +65,6 @@ __all__ = [
     "UniLoraModel",
     "VeraConfig",
     "VeraModel",
+    "WaveFTConfig",
+    "WaveFTModel",
 ]
