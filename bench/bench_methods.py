@@ -34,6 +34,9 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "RoadConfig": {"target_modules": TARGETS, "variant": "road_1", "group_size": 16},
+    "UniLoraConfig": {"target_modules": TARGETS, "r": 4, "theta_d_length": 256},
+    "WaveFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
 }
 
 
