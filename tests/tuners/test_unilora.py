@@ -174,6 +174,32 @@ def test_delete_adapter_drops_its_theta_d():
         model(**llama_inputs())  # still runs, with the remaining adapter
 
 
+def test_a_file_without_or_with_a_wrong_theta_d_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from peftkit.utils.warnings import AdapterLoadError
+
+    base = tiny_llama()
+    peftkit.get_peft_model(copy.deepcopy(base), peftkit.UniLoraConfig(**QV)).save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    save_file({"base_model.unilora_theta_d": torch.zeros(10)}, str(weights))
+    with pytest.raises(
+        AdapterLoadError, match=r"unilora_theta_d: the model expects \(64,\), the file holds \(10,\)"
+    ):
+        peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    save_file({"base_model.something_else": torch.zeros(64)}, str(weights))
+    with pytest.raises(AdapterLoadError, match="None of the 1 tensors given fit adapter 'default'"):
+        peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+
+
+def test_generate_index_is_peft_s():
+    for count, length, seed in ((1000, 64, 42), (37, 50, 3), (128, 128, 0)):
+        expected = peft.UniLoraModel.generate_index(count, length, seed)
+        assert torch.equal(peftkit.UniLoraModel.generate_index(count, length, seed), expected)
+    counts = torch.bincount(peftkit.UniLoraModel.generate_index(1000, 64, 42), minlength=64)
+    assert counts.min() == 15 and counts.max() == 16  # balanced: floor or ceil of 1000 / 64
+
+
 def test_inject_adapter_in_model_is_refused_as_in_peft():
     for lib in (peft, peftkit):
         with pytest.raises(ValueError, match="uses shared state"):
