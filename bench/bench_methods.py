@@ -48,6 +48,9 @@ CONFIGS = {
     "DeftConfig": {"target_modules": TARGETS, "r": 8},
     "ShadowConfig": {"r": 8},
     "SupertuningConfig": {"target_modules": TARGETS, "sparsity": 0.99, "r": 8},
+    "RoadConfig": {"target_modules": TARGETS, "variant": "road_1", "group_size": 16},
+    "UniLoraConfig": {"target_modules": TARGETS, "r": 4, "theta_d_length": 256},
+    "WaveFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
 }
 
 

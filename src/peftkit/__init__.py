@@ -59,11 +59,14 @@ from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderRe
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.pvera import PveraConfig, PveraModel
+from .tuners.road import RoadConfig, RoadModel
 from .tuners.shadow import ShadowConfig, ShadowModel
 from .tuners.shira import ShiraConfig, ShiraModel
 from .tuners.supertuning import SupertuningConfig, SupertuningModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
+from .tuners.unilora import UniLoraConfig, UniLoraModel
 from .tuners.vera import VeraConfig, VeraModel
+from .tuners.waveft import WaveFTConfig, WaveFTModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -123,8 +126,14 @@ __all__ = [
     "ShadowModel",
     "SupertuningConfig",
     "SupertuningModel",
+    "RoadConfig",
+    "RoadModel",
+    "UniLoraConfig",
+    "UniLoraModel",
     "VeraConfig",
     "VeraModel",
+    "WaveFTConfig",
+    "WaveFTModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",

@@ -54,6 +54,11 @@ def inject_adapter_in_model(
     if peft_config.peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
         raise ValueError(f"`inject_adapter_in_model` does not support {peft_config.peft_type} yet.")
     tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[peft_config.peft_type]
+    if getattr(tuner_cls, "uses_shared_state", False):
+        raise ValueError(
+            f"`inject_adapter_in_model` does not support {peft_config.peft_type.value} because it uses shared state "
+            "stored on the tuner. Please use `get_peft_model` instead."
+        )
     # as PEFT: adapters injected without the wrapper keep the base weights' dtype (only PeftModel autocasts)
     tuner = tuner_cls(
         model,

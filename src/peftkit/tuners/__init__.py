@@ -27,10 +27,13 @@ from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparamet
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .pvera import PveraConfig, PveraModel
+from .road import RoadConfig, RoadModel
 from .shadow import ShadowConfig, ShadowModel
 from .shira import ShiraConfig, ShiraModel
 from .supertuning import SupertuningConfig, SupertuningModel
+from .unilora import UniLoraConfig, UniLoraModel
 from .vera import VeraConfig, VeraModel
+from .waveft import WaveFTConfig, WaveFTModel
 
 __all__ = [
     "AdaLoraConfig",
@@ -89,6 +92,12 @@ __all__ = [
     "ShadowModel",
     "SupertuningConfig",
     "SupertuningModel",
+    "RoadConfig",
+    "RoadModel",
+    "UniLoraConfig",
+    "UniLoraModel",
     "VeraConfig",
     "VeraModel",
+    "WaveFTConfig",
+    "WaveFTModel",
 ]

@@ -5,7 +5,7 @@ A file key is the model key with the adapter name taken out (`...q_proj.lora_A.d
 `score.modules_to_save.default.weight` -> `score.weight`). Saving, loading and hot-swapping use the same
 function (`adapter_key_map`), so what is written is exactly what is read back. The rule is the
 framework's (a method only contributes its parameter prefix, `_tuner_state_keys` and its layers'
-`saved_other_param_names`).
+`saved_other_param_names` and `shared_adapter_names`).
 """
 
 from __future__ import annotations
@@ -148,7 +148,20 @@ def adapter_key_map(
             parts = key.split(".")
             if layer in parts and not any(p.startswith(prefix) for p in parts if prefix):
                 mapping[key] = key.replace(f".{_MODULES_TO_SAVE}.{adapter_name}", "")
-    return mapping
+    # last: the layers' keys for borrowed containers still told which modules are adapted (bias="*_only")
+    borrowed = _borrowed_key_prefixes(model)
+    return {k: v for k, v in mapping.items() if not k.startswith(borrowed)} if borrowed else mapping
+
+
+def _borrowed_key_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes (`<layer>.<container>.`) of the containers adapter layers borrow from their tuner
+    (`shared_adapter_names`): the tuner saves those tensors once, under its own keys."""
+    return tuple(
+        f"{name}.{attr}."
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer)
+        for attr in module.shared_adapter_names
+    )
 
 
 def _tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:

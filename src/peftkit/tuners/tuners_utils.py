@@ -77,6 +77,9 @@ class BaseTuner(nn.Module):
     tuner_layer_cls: type[BaseTunerLayer] = BaseTunerLayer
     layer_classes: LayerClasses = {}
     layer_dispatchers: tuple[LayerDispatcher, ...] = ()
+    # True when the tuner itself holds adapter state its layers share (PEFT's name): such a method needs
+    # its tuner, so `inject_adapter_in_model`, which drops the tuner, refuses it
+    uses_shared_state: bool = False
 
     def __init__(
         self,

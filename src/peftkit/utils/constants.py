@@ -104,6 +104,18 @@ TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING = _with_overrides(
 TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, phi=["q_proj", "v_proj"]
 )
+TRANSFORMERS_MODELS_TO_ROAD_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_UNILORA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+# WaveFT: FourierFT's table without the architectures PEFT added to LoRA's later (btlm, rwkv, rwkv7)
+TRANSFORMERS_MODELS_TO_WAVEFT_TARGET_MODULES_MAPPING = {
+    model_type: targets
+    for model_type, targets in TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING.items()
+    if model_type not in ("btlm", "rwkv", "rwkv7")
+}
 
 # AdaLoRA: its own table (more projections per architecture for some models, fewer architectures).
 TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = {
