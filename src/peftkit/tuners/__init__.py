@@ -19,6 +19,7 @@ from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tinylora import TinyLoraConfig, TinyLoraModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -56,6 +57,8 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "TinyLoraConfig",
+    "TinyLoraModel",
     "VeraConfig",
     "VeraModel",
 ]
