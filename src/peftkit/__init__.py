@@ -53,6 +53,7 @@ from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.tinylora import TinyLoraConfig, TinyLoraModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
+from .tuners.vblora import VBLoRAConfig, VBLoRAModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
     PeftType,
@@ -95,6 +96,8 @@ __all__ = [
     "OFTModel",
     "TinyLoraConfig",
     "TinyLoraModel",
+    "VBLoRAConfig",
+    "VBLoRAModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

@@ -20,6 +20,7 @@ from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparamet
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tinylora import TinyLoraConfig, TinyLoraModel
+from .vblora import VBLoRAConfig, VBLoRAModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "PromptTuningInit",
     "TinyLoraConfig",
     "TinyLoraModel",
+    "VBLoRAConfig",
+    "VBLoRAModel",
     "VeraConfig",
     "VeraModel",
 ]

@@ -120,6 +120,11 @@ TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str
     "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
 
+# VB-LoRA: AdaLoRA's table, except RoBERTa (queries and values only).
+TRANSFORMERS_MODELS_TO_VBLORA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING, roberta=["query", "value"]
+)
+
 # IA3: the attention keys/values and the MLP output projection; the feed-forward ones scale their input.
 TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
     "t5": ["k", "v", "wo"],
