@@ -51,6 +51,7 @@ from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.randlora import RandLoraConfig, RandLoraModel
 from .tuners.tinylora import TinyLoraConfig, TinyLoraModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vblora import VBLoRAConfig, VBLoRAModel
@@ -94,6 +95,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "RandLoraConfig",
+    "RandLoraModel",
     "TinyLoraConfig",
     "TinyLoraModel",
     "VBLoRAConfig",
