@@ -34,6 +34,9 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "RandLoraConfig": {"target_modules": TARGETS, "r": 32},
+    "TinyLoraConfig": {"target_modules": TARGETS, "r": 2, "u": 64},
+    "VBLoRAConfig": {"target_modules": TARGETS, "r": 4, "num_vectors": 256, "vector_length": 16},
 }
 
 
