@@ -20,6 +20,9 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": ["q_proj", "v_proj"], "n_frequency": 16},
     "HRAConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "LNTuningConfig": {"target_modules": ["input_layernorm"]},
+    "RandLoraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "TinyLoraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 2, "u": 4},
+    "VBLoRAConfig": {"target_modules": ["q_proj", "v_proj"], "r": 2, "num_vectors": 8, "vector_length": 8},
 }
 
 
