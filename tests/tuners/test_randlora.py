@@ -9,7 +9,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama
+from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
 from tests.tuners.grad_checks import check_gradients_equal_peft
 from tests.tuners.method_checks import Case
@@ -34,6 +34,7 @@ CASES = {
     "llama_bias_randlora_only": Case(
         lambda: tiny_llama(attention_bias=True), {**QV, "bias": "randlora_only", "init_weights": False}
     ),
+    "llama_seq_cls": Case(tiny_llama_seq_cls, QV, task_type="SEQ_CLS"),
 }
 
 
@@ -59,11 +60,14 @@ def test_gradients_equal_peft(case):
     check_gradients_equal_peft(METHOD, case)
 
 
-# a trained bias (bias="randlora_only") is not undone by disabling the adapter, so that case is left out here
-NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
+# a trained bias is not undone by disabling the adapter, and unload keeps a trained classification head
+# (modules_to_save): those cases are left out here
+MERGE_CASES = {
+    name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
+}
 
 
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
+@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
 def test_merge_unmerge_disable(case):
     checks.check_merge_unmerge_disable(METHOD, case)
 
@@ -89,8 +93,9 @@ def test_mixed_batch():
     checks.check_mixed_batch(METHOD, CASES["llama_sparse_mixed_shapes_random_init"])
 
 
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
+@pytest.mark.parametrize("name", ["llama_q_v", "llama_very_sparse_no_saved_projection"])
+def test_low_cpu_mem_usage_load(name, tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES[name], str(tmp_path))
 
 
 @pytest.mark.parametrize(
