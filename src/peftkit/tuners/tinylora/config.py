@@ -82,9 +82,7 @@ class TinyLoraConfig(PeftConfig):
         if self.bias not in _VALID_BIAS:
             raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
         # peft leaves v uninitialised for any value but True and "uniform": a typo would train from garbage
-        if not any(
-            self.init_weights is v if isinstance(v, bool) else self.init_weights == v for v in _VALID_INIT
-        ):
+        if not (isinstance(self.init_weights, bool) or self.init_weights == "uniform"):
             raise ValueError(f"init_weights must be one of {_VALID_INIT}, got {self.init_weights!r}.")
         if not self.save_projection:
             warnings.warn(
