@@ -168,7 +168,6 @@ class Linear(TinyLoraLayer, nn.Module):
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
         weight = self._weight_out_in()
         self.out_features, self.in_features = weight.shape
-        self._layer_idx = layer_idx
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, tinylora_v, v_key, r, config, layer_idx=layer_idx)
 
@@ -200,7 +199,6 @@ class Embedding(TinyLoraLayer, nn.Module):
         nn.Module.__init__(self)
         TinyLoraLayer.__init__(self, base_layer, **kwargs)
         self.out_features, self.in_features = self._weight_out_in().shape
-        self._layer_idx = layer_idx
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, tinylora_v, v_key, r, config, layer_idx=layer_idx)
 
