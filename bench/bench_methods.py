@@ -51,6 +51,9 @@ CONFIGS = {
     "RoadConfig": {"target_modules": TARGETS, "variant": "road_1", "group_size": 16},
     "UniLoraConfig": {"target_modules": TARGETS, "r": 4, "theta_d_length": 256},
     "WaveFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
+    "RandLoraConfig": {"target_modules": TARGETS, "r": 32},
+    "TinyLoraConfig": {"target_modules": TARGETS, "r": 2, "u": 64},
+    "VBLoRAConfig": {"target_modules": TARGETS, "r": 4, "num_vectors": 256, "vector_length": 16},
 }
 
 

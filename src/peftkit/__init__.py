@@ -59,12 +59,15 @@ from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderRe
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.pvera import PveraConfig, PveraModel
+from .tuners.randlora import RandLoraConfig, RandLoraModel
 from .tuners.road import RoadConfig, RoadModel
 from .tuners.shadow import ShadowConfig, ShadowModel
 from .tuners.shira import ShiraConfig, ShiraModel
 from .tuners.supertuning import SupertuningConfig, SupertuningModel
+from .tuners.tinylora import TinyLoraConfig, TinyLoraModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.unilora import UniLoraConfig, UniLoraModel
+from .tuners.vblora import VBLoRAConfig, VBLoRAModel
 from .tuners.vera import VeraConfig, VeraModel
 from .tuners.waveft import WaveFTConfig, WaveFTModel
 from .utils import (
@@ -130,6 +133,12 @@ __all__ = [
     "RoadModel",
     "UniLoraConfig",
     "UniLoraModel",
+    "RandLoraConfig",
+    "RandLoraModel",
+    "TinyLoraConfig",
+    "TinyLoraModel",
+    "VBLoRAConfig",
+    "VBLoRAModel",
     "VeraConfig",
     "VeraModel",
     "WaveFTConfig",

@@ -31,6 +31,9 @@ CONFIGS = {
     "DeftConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
     "ShadowConfig": {"r": 4, "shadow_dropout": 0.0},
     "SupertuningConfig": {"target_modules": ["q_proj", "v_proj"], "sparsity": 0.9, "r": 2},
+    "RandLoraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 4},
+    "TinyLoraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 2, "u": 4},
+    "VBLoRAConfig": {"target_modules": ["q_proj", "v_proj"], "r": 2, "num_vectors": 8, "vector_length": 8},
 }
 
 

@@ -170,3 +170,78 @@ def test_butterfly_permutations_are_peft_s(peft_with_block_diag_extension):
         for factor in range(1, factors):
             perm, _ = butterfly_permutation(features, block_size, factor)
             assert torch.equal(torch.eye(features)[perm], expected[factor].float())
+
+
+# ----- files peft wrote without its CUDA extension -----
+def _peft_cpu_file(folder, base, adapter_config: dict, monkeypatch):
+    """A BOFT adapter saved by peft where its CUDA extension does not build (every CPU machine; forced
+    here so that the test means the same on a GPU): its boft_R holds one factor whatever the config says."""
+    import json
+
+    import peft
+    import peft.tuners.boft.layer as peft_boft_layer
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(peft_boft_layer, "get_fbd_cuda", lambda: None)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.BOFTConfig(**adapter_config))
+    perturb_adapter_weights(theirs)
+    theirs.eval().save_pretrained(folder)
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    shapes = {t.shape[0] for k, t in load_file(folder / "adapter_model.safetensors").items() if "boft_R" in k}
+    assert saved["boft_n_butterfly_factor"] == adapter_config["boft_n_butterfly_factor"] and shapes == {1}
+    return theirs
+
+
+@pytest.mark.parametrize("factors", [2, 3])
+def test_peft_file_with_fewer_factors_than_its_config_loads_and_saves_consistently(
+    factors, tmp_path, monkeypatch
+):
+    import json
+
+    import peft
+    from safetensors.torch import load_file
+
+    base = tiny_llama()
+    config = {
+        "target_modules": ["q_proj", "v_proj"],
+        "boft_block_size": 4,
+        "boft_n_butterfly_factor": factors,
+    }
+    theirs = _peft_cpu_file(tmp_path / "peft", base, config, monkeypatch)
+    with pytest.warns(
+        peftkit.PeftWarning, match=rf"boft_n_butterfly_factor={factors}, but its boft_R tensors hold 1"
+    ):
+        ours = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft")
+    assert ours.peft_config["default"].boft_n_butterfly_factor == 1
+    inputs = llama_inputs()
+    with torch.no_grad():
+        expected = theirs(**inputs).logits
+        checks.assert_close(
+            ours(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft's CPU file in peftkit"
+        )
+    ours.save_pretrained(tmp_path / "again")  # what it holds, and a config that says so
+    assert (
+        json.loads((tmp_path / "again" / "adapter_config.json").read_text())["boft_n_butterfly_factor"] == 1
+    )
+    tensors = load_file(tmp_path / "again" / "adapter_model.safetensors")
+    assert {t.shape[0] for k, t in tensors.items() if "boft_R" in k} == {1}
+    again = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "again").eval()
+    with torch.no_grad():
+        checks.assert_close(again(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "saved again, in peft")
+
+
+def test_peft_file_with_fewer_factors_loads_as_a_second_adapter(tmp_path, monkeypatch):
+    base = tiny_llama()
+    config = {"target_modules": ["q_proj"], "boft_block_size": 4, "boft_n_butterfly_factor": 2}
+    theirs = _peft_cpu_file(tmp_path, base, config, monkeypatch)
+    ours = peftkit.get_peft_model(copy.deepcopy(base), peftkit.BOFTConfig(**config))
+    with pytest.warns(peftkit.PeftWarning, match="hold 1 butterfly factor"):
+        ours.load_adapter(tmp_path, adapter_name="from_peft")
+    ours.set_adapter("from_peft")
+    inputs = llama_inputs()
+    with torch.no_grad():
+        checks.assert_close(
+            ours.eval()(**inputs).logits, theirs(**inputs).logits, checks.ROUNDTRIP_ATOL, "second"
+        )
+    assert ours.peft_config["default"].boft_n_butterfly_factor == 2  # its own adapter keeps its factors
+    assert ours.base_model.model.model.layers[0].self_attn.q_proj.boft_R["default"].shape[0] == 2

@@ -76,6 +76,21 @@ UNSUPPORTED_CASES = {
         "LoKrModel",
         f"{TORCH_LINEAR}, `torch.nn.Conv1d` and `torch.nn.Conv2d`",
     ),
+    "randlora": (
+        peftkit.RandLoraConfig(target_modules=["lin", "norm"], r=2),
+        "RandLoraModel",
+        f"{TORCH_LINEAR} and {HF_CONV1D}",
+    ),
+    "tinylora": (
+        peftkit.TinyLoraConfig(target_modules=["lin", "norm"], r=2, u=2),
+        "TinyLoraModel",
+        f"{TORCH_LINEAR}, {HF_CONV1D} and `torch.nn.Embedding`",
+    ),
+    "vblora": (
+        peftkit.VBLoRAConfig(target_modules=["lin", "norm"], r=2, num_vectors=4, vector_length=4),
+        "VBLoRAModel",
+        f"{TORCH_LINEAR} and {HF_CONV1D}",
+    ),
     "trainable_tokens": (
         peftkit.TrainableTokensConfig(target_modules=["lin", "norm"], token_indices=[0]),
         "TrainableTokensModel",

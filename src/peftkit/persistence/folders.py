@@ -27,8 +27,9 @@ from torch import nn
 from .._version import __version__
 from ..config import PeftConfig
 from ..tuners._adapter_keys import tuner_of
+from ..tuners._registry import PEFT_TYPE_TO_TUNER_MAPPING
 from ..tuners.lora.conversion import convert_to_lora
-from ..tuners.tuners_utils import BaseTunerLayer, set_adapter_trainable
+from ..tuners.tuners_utils import BaseTuner, BaseTunerLayer, set_adapter_trainable
 from ..utils.atomic_io import atomic_write_text, staged_file
 from ..utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from ..utils.hub import hub_api, split_hub_kwargs
@@ -257,6 +258,7 @@ def load_peft_model(
         key_mapping=key_mapping,
         **hub_kwargs,
     )
+    config = _config_for_weights(config, weights)
     if hasattr(config, "runtime_config"):
         config.runtime_config.ephemeral_gpu_offload = ephemeral_gpu_offload
     _warn_if_other_base(config, model, model_id)
@@ -347,6 +349,7 @@ def load_adapter_into(
         **hub_kwargs,
     )
     if created:
+        config = _config_for_weights(config, weights)
         config.inference_mode = not is_trainable
         model.add_adapter(
             adapter_name,
@@ -370,6 +373,14 @@ def load_adapter_into(
             with contextlib.suppress(Exception):
                 model.delete_adapter(adapter_name)
         raise
+
+
+def _config_for_weights(config: PeftConfig, weights: dict[str, torch.Tensor]) -> PeftConfig:
+    """`config` as the method's tuner adjusts it to the tensors of its file (`BaseTuner._config_for_weights`)."""
+    tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING.get(config.peft_type)
+    if tuner_cls is None or not issubclass(tuner_cls, BaseTuner):
+        return config
+    return tuner_cls._config_for_weights(config, weights)
 
 
 def _fill_adapter(

@@ -74,6 +74,9 @@ def set_peft_model_state_dict(
             model, peft_model_state_dict, adapter_name, ignore_mismatched_sizes, missing_keys_are_errors
         )
     peft_model_state_dict = take_saved_other_param_tensors(model, adapter_name, peft_model_state_dict)
+    tuner = tuner_of(model)
+    if tuner is not None and adapter_name in tuner.peft_config:
+        peft_model_state_dict = tuner._adapter_tensors_from_file(dict(peft_model_state_dict), adapter_name)
     model_state = model.state_dict()
     mapping = adapter_key_map(model, adapter_name, list(model_state.keys()), save_embedding_layers=False)
     file_to_model = {file_key: key for key, file_key in mapping.items()}

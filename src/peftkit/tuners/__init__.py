@@ -27,11 +27,14 @@ from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparamet
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .pvera import PveraConfig, PveraModel
+from .randlora import RandLoraConfig, RandLoraModel
 from .road import RoadConfig, RoadModel
 from .shadow import ShadowConfig, ShadowModel
 from .shira import ShiraConfig, ShiraModel
 from .supertuning import SupertuningConfig, SupertuningModel
+from .tinylora import TinyLoraConfig, TinyLoraModel
 from .unilora import UniLoraConfig, UniLoraModel
+from .vblora import VBLoRAConfig, VBLoRAModel
 from .vera import VeraConfig, VeraModel
 from .waveft import WaveFTConfig, WaveFTModel
 
@@ -96,6 +99,12 @@ __all__ = [
     "RoadModel",
     "UniLoraConfig",
     "UniLoraModel",
+    "RandLoraConfig",
+    "RandLoraModel",
+    "TinyLoraConfig",
+    "TinyLoraModel",
+    "VBLoRAConfig",
+    "VBLoRAModel",
     "VeraConfig",
     "VeraModel",
     "WaveFTConfig",

@@ -124,8 +124,11 @@ def adapter_key_map(
     config = model.peft_config[adapter_name]
     prefix = _prefix_of(config)
     keys = list(model.state_dict().keys()) if state_dict_keys is None else state_dict_keys
+    shared = _shared_references(model)
     mapping: dict[str, str] = {}
     for key in keys:
+        if shared and any(marker in key for marker in shared):
+            continue  # a layer's reference to state the tuner holds: saved once, by `_tuner_level_keys`
         file_key = _file_key(key, adapter_name, prefix)
         if file_key is not None:
             mapping[key] = file_key
@@ -177,6 +180,12 @@ def _tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> d
         for rel, file_rel in tuner._tuner_state_keys(adapter_name).items()
         if path + rel in present
     }
+
+
+def _shared_references(model: nn.Module) -> tuple[str, ...]:
+    """`.<name>.` markers of the containers the tuner shares with its layers (`shared_state_names`)."""
+    tuner = tuner_of(model)
+    return () if tuner is None else tuple(f".{name}." for name in tuner.shared_state_names)
 
 
 def _belongs_to_other(key: str) -> bool:

@@ -80,6 +80,10 @@ class BaseTuner(nn.Module):
     # True when the tuner itself holds adapter state its layers share (PEFT's name): such a method needs
     # its tuner, so `inject_adapter_in_model`, which drops the tuner, refuses it
     uses_shared_state: bool = False
+    # Containers this tuner holds and every one of its layers references under the same attribute name
+    # (VB-LoRA's vector bank, TinyLoRA's vectors): the layers' copies of their keys are not adapter keys,
+    # the tuner's own are saved once (`_tuner_state_keys`).
+    shared_state_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -189,6 +193,20 @@ class BaseTuner(nn.Module):
         where a layer has no sparse entries). Saving refuses any other 1-D empty tensor: it would be a
         shard (FSDP/ZeRO-3) that was not gathered. False by default."""
         return False
+
+    def _adapter_tensors_from_file(
+        self, tensors: dict[str, torch.Tensor], adapter_name: str
+    ) -> dict[str, torch.Tensor]:
+        """The inverse of `_adapter_tensors_to_save`: the file's tensors of `adapter_name` (file keys) as the
+        model holds them (VB-LoRA rebuilds its logits from the saved top-k). Identity by default."""
+        return tensors
+
+    @classmethod
+    def _config_for_weights(cls, config: PeftConfig, tensors: dict[str, torch.Tensor]) -> PeftConfig:
+        """The config to build a loaded adapter with, given the tensors of its file (file keys), before the
+        adapter is created: a method whose files can hold other shapes than their config says adjusts it
+        here, with a warning (BOFT files peft wrote with fewer butterfly factors). Identity by default."""
+        return config
 
     def _adapter_config_to_save(self, config: PeftConfig, adapter_name: str) -> PeftConfig:
         """Adjust the copy of `adapter_name`'s config that is written beside its weights (AdaLoRA names its

@@ -68,6 +68,12 @@ def _with_overrides(mapping: dict, **overrides) -> dict:
 TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 )
+TRANSFORMERS_MODELS_TO_RANDLORA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_TINYLORA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
 TRANSFORMERS_MODELS_TO_SUPERTUNING_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 )
@@ -143,6 +149,11 @@ TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str
     "qwen3": ["q_proj", "v_proj"],
     "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
+
+# VB-LoRA: AdaLoRA's table, except RoBERTa (queries and values only).
+TRANSFORMERS_MODELS_TO_VBLORA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING, roberta=["query", "value"]
+)
 
 # IA3: the attention keys/values and the MLP output projection; the feed-forward ones scale their input.
 TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING: dict[str, list[str]] = {

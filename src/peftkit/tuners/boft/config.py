@@ -19,7 +19,8 @@ class BOFTConfig(PeftConfig):
     With `boft_n_butterfly_factor = m > 1`, `R` is a product of `m` butterfly factors (block-diagonal
     matrices whose blocks pair up features at growing strides), so few small blocks mix all features.
     (peft 0.21 honours `m` only where its CUDA extension loads; elsewhere it silently uses 1 factor and its
-    adapters have a `boft_R` of shape `(1, ...)`. peftkit always honours `m`.)
+    adapters have a `boft_R` of shape `(1, ...)`. peftkit always honours `m`, and loads such files with
+    the factors they hold, with a warning.)
     """
 
     boft_block_size: int = field(

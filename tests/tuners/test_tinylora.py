@@ -1,0 +1,235 @@
+"""TinyLoRA against peft: the SVD factors, projections and vectors are bit-identical for a seed, files move
+both ways with the same logits, same names, merge/unmerge/disable, weight tying, embeddings."""
+
+import copy
+
+import peft
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.tuners import method_checks as checks
+from tests.tuners.grad_checks import check_gradients_equal_peft
+from tests.tuners.method_checks import Case
+
+import peftkit
+
+METHOD = "TinyLoraConfig"
+QV = {"r": 2, "u": 4, "target_modules": ["q_proj", "v_proj"]}
+
+CASES = {
+    "llama_q_v": Case(tiny_llama, QV),
+    "llama_tied_embedding_uniform": Case(
+        tiny_llama,
+        {
+            "r": 3,
+            "u": 5,
+            "target_modules": ["embed_tokens", "q_proj", "down_proj"],
+            "weight_tying": 0.5,
+            "init_weights": "uniform",
+        },
+    ),
+    "llama_defaults_no_saved_projection": Case(
+        tiny_llama, {"save_projection": False, "projection_seed": 7}, task_type="CAUSAL_LM"
+    ),
+    "gpt2_conv1d_all_tied": Case(tiny_gpt2, {"r": 4, "u": 3, "weight_tying": 1.0}, task_type="CAUSAL_LM"),
+    "llama_bias_tinylora_only": Case(
+        lambda: tiny_llama(attention_bias=True), {**QV, "bias": "tinylora_only"}
+    ),
+    "llama_seq_cls": Case(tiny_llama_seq_cls, QV, task_type="SEQ_CLS"),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_peft_file_loads_in_peftkit(case, tmp_path):
+    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_peftkit_file_loads_in_peft(case, tmp_path):
+    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_same_files_and_names_as_peft(case, tmp_path):
+    checks.check_same_files_as_peft(METHOD, case, tmp_path)
+    checks.check_trainable_names(METHOD, case)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gradients_equal_peft(case):
+    check_gradients_equal_peft(METHOD, case)
+
+
+# a trained bias is not undone by disabling the adapter, and unload keeps a trained classification head
+# (modules_to_save): those cases are left out here
+MERGE_CASES = {
+    name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
+}
+
+
+@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
+def test_merge_unmerge_disable(case):
+    checks.check_merge_unmerge_disable(METHOD, case)
+
+
+def test_training_lowers_loss():
+    checks.check_training_lowers_loss(METHOD, CASES["llama_tied_embedding_uniform"], lr=5e-2)
+
+
+def test_target_matching_nothing_is_a_clear_error():
+    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
+
+
+def test_no_weighted_adapter():
+    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
+
+
+def test_bf16_base_equals_peft():
+    checks.check_bf16_equals_peft(METHOD, CASES["llama_tied_embedding_uniform"])
+
+
+def test_mixed_batch():
+    """peft 0.21 ignores `adapter_names` for TinyLoRA; peftkit applies each sample's adapter (or none)."""
+    checks.check_mixed_batch(METHOD, CASES["llama_tied_embedding_uniform"])
+
+
+@pytest.mark.parametrize("name", ["llama_tied_embedding_uniform", "llama_defaults_no_saved_projection"])
+def test_low_cpu_mem_usage_load(name, tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES[name], str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast"), [(torch.float32, True), (torch.bfloat16, True), (torch.bfloat16, False)]
+)
+def test_everything_built_is_bit_identical_to_peft(dtype, autocast):
+    """Same torch seed, same base: the SVD factors, the projections and the (uniform) vectors are peft's, bit
+    for bit and dtype for dtype."""
+    kwargs = {
+        "r": 3,
+        "u": 5,
+        "target_modules": ["embed_tokens", "q_proj", "down_proj"],
+        "weight_tying": 0.3,
+        "init_weights": "uniform",
+        "projection_seed": 11,
+    }
+    base = tiny_llama().to(dtype)
+    models = []
+    for lib in (peft, peftkit):
+        torch.manual_seed(5)
+        config = getattr(lib, METHOD)(**kwargs)
+        models.append(lib.get_peft_model(copy.deepcopy(base), config, autocast_adapter_dtype=autocast))
+    theirs, ours = (m.state_dict() for m in models)
+    assert sorted(ours) == sorted(theirs)
+    for key, expected in theirs.items():
+        assert ours[key].dtype == expected.dtype and torch.equal(ours[key], expected), key
+
+
+@pytest.mark.parametrize("weight_tying", [0.0, 0.25, 0.5, 0.7, 1.0])
+def test_layer_groups_are_peft_s(weight_tying):
+    config = {"r": 2, "u": 2, "target_modules": "all-linear", "weight_tying": weight_tying}
+    base = tiny_llama()
+    models = [
+        lib.get_peft_model(copy.deepcopy(base), getattr(lib, METHOD)(**config)) for lib in (peft, peftkit)
+    ]
+    groups = [
+        {
+            name: m._tinylora_v_key["default"]
+            for name, m in model.named_modules()
+            if hasattr(m, "_tinylora_v_key")
+        }
+        for model in models
+    ]
+    assert groups[1] == groups[0]
+    assert sorted(models[1].base_model.tinylora_v["default"]) == sorted(
+        models[0].base_model.tinylora_v["default"]
+    )
+
+
+def test_file_holds_vectors_once_and_projections_only_when_saved(tmp_path):
+    base = tiny_llama()
+    for save in (True, False):
+        model = peftkit.get_peft_model(
+            copy.deepcopy(base), peftkit.TinyLoraConfig(**QV, weight_tying=1.0, save_projection=save)
+        )
+        model.save_pretrained(tmp_path / str(save))
+        keys = set(load_file(tmp_path / str(save) / "adapter_model.safetensors"))
+        assert [k for k in keys if "tinylora_v" in k] == ["base_model.tinylora_v.0"]  # not once per layer
+        assert any(k.endswith(".tinylora_P") for k in keys) is save
+        assert sum(k.endswith(".tinylora_A") for k in keys) == 4
+
+
+def test_second_adapter_with_other_targets_moves_both_ways(tmp_path):
+    """A second adapter on other (and overlapping) layers has its own layer numbering and vectors; its file
+    (in the sub-folder) loads into either library with the same logits."""
+    base = tiny_llama()
+    second = {"r": 2, "u": 3, "target_modules": ["v_proj", "o_proj"], "weight_tying": 0.5}
+    ours = peftkit.get_peft_model(copy.deepcopy(base), peftkit.TinyLoraConfig(**QV))
+    ours.add_adapter("second", peftkit.TinyLoraConfig(**second))
+    ours.base_model.set_adapter(["default", "second"])
+    perturb_adapter_weights(ours)
+    assert sorted(ours.base_model.tinylora_v["second"]) == ["0", "1"]
+    ours.eval().save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
+    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
+    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
+    inputs = llama_inputs()
+    for model in (ours, theirs, back):
+        model.set_adapter("second")
+    with torch.no_grad():
+        expected = ours(**inputs).logits
+        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
+        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")
+    ours.delete_adapter("second")
+    assert sorted(ours.base_model.tinylora_v) == ["default"]
+    assert not any(k for k in ours.state_dict() if ".second" in k)
+
+
+def test_adapters_share_save_projection():
+    model = peftkit.get_peft_model(tiny_llama(), peftkit.TinyLoraConfig(**QV))
+    with pytest.warns(UserWarning, match="save_projection=False"):
+        config = peftkit.TinyLoraConfig(**QV, save_projection=False)
+    with pytest.raises(TypeError, match="saved for all adapters or none"):
+        model.add_adapter("other", config)
+    assert sorted(model.peft_config) == ["default"] and sorted(model.base_model.tinylora_v) == ["default"]
+
+
+def test_unsupported_layer_is_a_clear_error():
+    from tests.conftest import conv_net
+
+    with pytest.raises(ValueError, match="not supported by TinyLoraModel"):
+        peftkit.get_peft_model(
+            conv_net(), peftkit.TinyLoraConfig(**{**QV, "target_modules": ["lin", "conv2d"]})
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"r": 0}, "`r` should be a positive integer"),
+        ({"u": -1}, "`u` should be a positive integer"),
+        ({"weight_tying": 1.5}, "`weight_tying` should be a float between 0.0 and 1.0"),
+        ({"init_weights": "gaussian"}, "init_weights must be one of"),
+        ({"tinylora_dropout": 1.0}, r"tinylora_dropout must be in \[0, 1\)"),
+        ({"bias": "lora_only"}, "bias must be one of"),
+        ({"layers_pattern": "layers"}, "layers_to_transform` must also be specified"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        peftkit.TinyLoraConfig(**kwargs)
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_TINYLORA_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)
+
+
+def test_config_fields_and_defaults_are_peft_s():
+    checks.check_config_fields(METHOD)

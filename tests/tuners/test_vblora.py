@@ -1,0 +1,242 @@
+"""VB-LoRA against peft: banks and logits bit-identical for a seed, files move both ways (also the compact
+top-k files) with the same logits, same names and gradients, merge/unmerge/disable, several adapters."""
+
+import copy
+
+import peft
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.tuners import method_checks as checks
+from tests.tuners.grad_checks import check_gradients_equal_peft
+from tests.tuners.method_checks import Case
+
+import peftkit
+
+METHOD = "VBLoRAConfig"
+QV = {"r": 2, "num_vectors": 16, "vector_length": 8, "target_modules": ["q_proj", "v_proj"]}
+
+CASES = {
+    "llama_q_v": Case(tiny_llama, QV),
+    "llama_top3_mlp": Case(
+        tiny_llama,
+        {
+            "r": 3,
+            "num_vectors": 10,
+            "vector_length": 16,
+            "topk": 3,
+            "target_modules": ["q_proj", "down_proj"],
+        },
+    ),
+    "llama_only_topk_saved_int16_indices": Case(
+        tiny_llama,
+        {"r": 2, "num_vectors": 300, "vector_length": 8, "target_modules": ["k_proj", "up_proj"]}
+        | {"save_only_topk_weights": True},
+    ),
+    "gpt2_conv1d_defaults": Case(tiny_gpt2, {"num_vectors": 8, "vector_length": 16}, task_type="CAUSAL_LM"),
+    "llama_bias_vblora_only": Case(
+        lambda: tiny_llama(attention_bias=True), {**QV, "bias": "vblora_only", "save_only_topk_weights": True}
+    ),
+    "llama_seq_cls": Case(tiny_llama_seq_cls, QV, task_type="SEQ_CLS"),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_peft_file_loads_in_peftkit(case, tmp_path):
+    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_peftkit_file_loads_in_peft(case, tmp_path):
+    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_same_files_and_names_as_peft(case, tmp_path):
+    checks.check_same_files_as_peft(METHOD, case, tmp_path)
+    checks.check_trainable_names(METHOD, case)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gradients_equal_peft(case):
+    check_gradients_equal_peft(METHOD, case)
+
+
+# a trained bias is not undone by disabling the adapter, and unload keeps a trained classification head
+# (modules_to_save): those cases are left out here
+MERGE_CASES = {
+    name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
+}
+
+
+@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
+def test_merge_unmerge_disable(case):
+    checks.check_merge_unmerge_disable(METHOD, case)
+
+
+def test_training_lowers_loss():
+    checks.check_training_lowers_loss(METHOD, CASES["llama_top3_mlp"])
+
+
+def test_target_matching_nothing_is_a_clear_error():
+    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
+
+
+def test_no_weighted_adapter():
+    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
+
+
+def test_bf16_base_equals_peft():
+    checks.check_bf16_equals_peft(METHOD, CASES["llama_top3_mlp"])
+
+
+def test_mixed_batch():
+    """peft 0.21 ignores `adapter_names` for VB-LoRA; peftkit applies each sample's adapter (or none)."""
+    checks.check_mixed_batch(METHOD, CASES["llama_top3_mlp"])
+
+
+def test_low_cpu_mem_usage_load(tmp_path):
+    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
+
+
+def test_low_cpu_mem_usage_load_of_a_top_k_file(tmp_path):
+    """The logits rebuilt from a top-k file give the saved weights up to rounding (log, then softmax)."""
+    base = tiny_llama()
+    model = peftkit.get_peft_model(
+        copy.deepcopy(base), peftkit.VBLoRAConfig(**QV, save_only_topk_weights=True)
+    )
+    perturb_adapter_weights(model)
+    model.save_pretrained(tmp_path)
+    loaded = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, low_cpu_mem_usage=True)
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+    inputs = llama_inputs()
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        checks.assert_close(
+            loaded(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "low_cpu_mem_usage top-k"
+        )
+
+
+@pytest.mark.parametrize(("dtype", "autocast"), [(torch.float32, True), (torch.bfloat16, False)])
+def test_bank_and_logits_are_bit_identical_to_peft(dtype, autocast):
+    """Same torch seed, same base: the bank and every layer's logits are peft's, bit for bit."""
+    base = tiny_llama().to(dtype)
+    models = []
+    for lib in (peft, peftkit):
+        torch.manual_seed(3)
+        config = getattr(lib, METHOD)(**CASES["llama_top3_mlp"].config)
+        models.append(lib.get_peft_model(copy.deepcopy(base), config, autocast_adapter_dtype=autocast))
+    theirs, ours = (m.state_dict() for m in models)
+    assert sorted(ours) == sorted(theirs)
+    for key, expected in theirs.items():
+        assert ours[key].dtype == expected.dtype and torch.equal(ours[key], expected), key
+    layer = models[1].base_model.model.model.layers[1].mlp.down_proj
+    assert layer.vblora_vector_bank is models[1].base_model.vblora_vector_bank  # shared, not copied
+
+
+def test_top_k_file_holds_indices_and_weights_and_cannot_train(tmp_path):
+    base = tiny_llama()
+    model = peftkit.get_peft_model(
+        copy.deepcopy(base), peftkit.VBLoRAConfig(**QV, save_only_topk_weights=True)
+    )
+    perturb_adapter_weights(model)
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    assert not any(k.endswith(("vblora_logits_A", "vblora_logits_B")) for k in tensors)
+    indices = tensors["base_model.model.model.layers.0.self_attn.q_proj.vblora_logits_A_topk_indices"]
+    assert indices.dtype == torch.uint8 and indices.shape == (2, 4, 2)  # (r, in / length, topk), N < 256
+    assert [k for k in tensors if "vector_bank" in k] == ["base_model.vblora_vector_bank"]  # once
+    loaded = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, is_trainable=True)
+    inputs = llama_inputs()
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        checks.assert_close(loaded.eval()(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "top-k load")
+        loaded.merge_adapter()
+        checks.assert_close(loaded(**inputs).logits, expected, checks.MERGE_ATOL, "top-k merged")
+        loaded.unmerge_adapter()
+    with pytest.raises(RuntimeError, match="save_only_topk_weights"):
+        loaded.train()(**inputs)
+
+
+def test_second_adapter_with_other_bank_and_targets_moves_both_ways(tmp_path):
+    """Each adapter has its own bank (other size, other rank, other layers); the second's file (in its
+    sub-folder) loads into either library with the same logits."""
+    base = tiny_llama()
+    second = {
+        "r": 3,
+        "num_vectors": 5,
+        "vector_length": 16,
+        "topk": 1,
+        "target_modules": ["v_proj", "o_proj"],
+    }
+    ours = peftkit.get_peft_model(copy.deepcopy(base), peftkit.VBLoRAConfig(**QV))
+    ours.add_adapter("second", peftkit.VBLoRAConfig(**second))
+    ours.base_model.set_adapter(["default", "second"])
+    perturb_adapter_weights(ours)
+    assert ours.base_model.vblora_vector_bank["second"].shape == (5, 16)
+    ours.eval().save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
+    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
+    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
+    inputs = llama_inputs()
+    for model in (ours, theirs, back):
+        model.set_adapter("second")
+    with torch.no_grad():
+        expected = ours(**inputs).logits
+        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
+        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")
+    ours.delete_adapter("second")
+    assert sorted(ours.base_model.vblora_vector_bank) == ["default"]
+
+
+def test_savable_parameter_count_is_peft_s(capsys):
+    for topk_only in (False, True):
+        config = {**QV, "save_only_topk_weights": topk_only}
+        for lib in (peft, peftkit):
+            lib.get_peft_model(tiny_llama(), getattr(lib, METHOD)(**config)).print_savable_parameters()
+        theirs, ours = capsys.readouterr().out.splitlines()
+        assert ours == theirs and "VB-LoRA params to-be-saved" in ours
+
+
+def test_vector_length_must_divide_the_layer():
+    with pytest.raises(ValueError, match="`out_features` 16 must be divisible by `vector_length` 32"):
+        peftkit.get_peft_model(tiny_llama(), peftkit.VBLoRAConfig(**{**QV, "vector_length": 32}))
+
+
+def test_unsupported_layer_is_a_clear_error():
+    from tests.conftest import conv_net
+
+    with pytest.raises(ValueError, match="not supported by VBLoRAModel"):
+        peftkit.get_peft_model(conv_net(), peftkit.VBLoRAConfig(**{**QV, "target_modules": ["emb"]}))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"r": 0}, "`r` should be a positive integer"),
+        ({"topk": 0}, "`topk` should be a positive integer"),
+        ({"num_vectors": 4, "topk": 5}, r"`topk` \(5\) cannot exceed `num_vectors` \(4\)"),
+        ({"vblora_dropout": -0.1}, r"vblora_dropout must be in \[0, 1\)"),
+        ({"bias": "lora_only"}, "bias must be one of"),
+        ({"layers_pattern": "layers"}, "layers_to_transform` must also be specified"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        peftkit.VBLoRAConfig(**kwargs)
+
+
+def test_default_targets_per_architecture_are_peft_s():
+    from peft.utils import constants as theirs
+
+    from peftkit.utils import constants as ours
+
+    name = "TRANSFORMERS_MODELS_TO_VBLORA_TARGET_MODULES_MAPPING"
+    assert getattr(ours, name) == getattr(theirs, name)
+
+
+def test_config_fields_and_defaults_are_peft_s():
+    checks.check_config_fields(METHOD)
