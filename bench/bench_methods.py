@@ -34,6 +34,7 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "C3AConfig": {"target_modules": TARGETS, "block_size": 16},
 }
 
 

@@ -38,6 +38,7 @@ from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the me
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.c3a import C3AConfig, C3AModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
@@ -76,6 +77,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "C3AConfig",
+    "C3AModel",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "FourierFTConfig",

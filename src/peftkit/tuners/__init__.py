@@ -3,6 +3,7 @@
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
+from .c3a import C3AConfig, C3AModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
@@ -28,6 +29,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "C3AConfig",
+    "C3AModel",
     "FourierFTConfig",
     "FourierFTModel",
     "HRAConfig",
