@@ -62,6 +62,9 @@ class BaseTuner(nn.Module):
     tuner_layer_cls: type[BaseTunerLayer] = BaseTunerLayer
     layer_classes: LayerClasses = {}
     layer_dispatchers: tuple[LayerDispatcher, ...] = ()
+    # True when the tuner's `forward`/`generate` take `task_ids` (Poly routes each sample by its task):
+    # PeftModel's task classes then hand `task_ids` to the tuner instead of dropping it
+    takes_task_ids: bool = False
 
     def __init__(
         self,
