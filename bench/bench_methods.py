@@ -35,7 +35,10 @@ CONFIGS = {
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
     "C3AConfig": {"target_modules": TARGETS, "block_size": 16},
+    "PolyConfig": {"target_modules": TARGETS, "r": 8, "n_tasks": 4, "n_skills": 4, "task_type": "CAUSAL_LM"},
 }
+# per-method forward inputs besides input_ids (Poly routes every sample by its task)
+FORWARD_KWARGS = {"PolyConfig": {"task_ids": torch.arange(8) % 4}}
 
 
 def base_model():
@@ -95,15 +98,17 @@ def main() -> None:
         theirs, ours = build(peft, base, name), build(peftkit, base, name)
         ours.load_state_dict(theirs.state_dict(), strict=False)
 
-        def train_step(model):
+        extra = FORWARD_KWARGS.get(name, {})
+
+        def train_step(model, extra=extra):
             model.train()
             model.zero_grad(set_to_none=True)
-            model(input_ids=ids, labels=ids).loss.backward()
+            model(input_ids=ids, labels=ids, **extra).loss.backward()
 
-        def infer(model):
+        def infer(model, extra=extra):
             model.eval()
             with torch.inference_mode():
-                model(input_ids=ids)
+                model(input_ids=ids, **extra)
 
         times = interleaved(
             {

@@ -49,6 +49,7 @@ from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dic
 from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
+from .tuners.poly import PolyConfig, PolyModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
@@ -95,6 +96,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "PolyConfig",
+    "PolyModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

@@ -391,7 +391,11 @@ class PeftModel(nn.Module):
             return call(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call_routed(self.get_base_model(), *args, **kwargs)
+        # a tuner that routes by task (Poly) is called itself, so that it receives `task_ids`
+        takes_task_ids = getattr(self.base_model, "takes_task_ids", False)
+        return self._call_routed(
+            self.base_model if takes_task_ids else self.get_base_model(), *args, **kwargs
+        )
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The base model's `generate` (through the tuner, which may add its own steps, e.g. Poly's

@@ -17,6 +17,7 @@ from .multitask_prompt_tuning import (
     MultitaskPromptTuningInit,
 )
 from .oft import OFTConfig, OFTModel
+from .poly import PolyConfig, PolyModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
@@ -48,6 +49,8 @@ __all__ = [
     "LoraRuntimeConfig",
     "OFTConfig",
     "OFTModel",
+    "PolyConfig",
+    "PolyModel",
     "MultitaskPromptEmbedding",
     "MultitaskPromptTuningConfig",
     "MultitaskPromptTuningInit",
