@@ -36,6 +36,12 @@ CONFIGS = {
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
     "C3AConfig": {"target_modules": TARGETS, "block_size": 16},
     "PolyConfig": {"target_modules": TARGETS, "r": 8, "n_tasks": 4, "n_skills": 4, "task_type": "CAUSAL_LM"},
+    "CPTConfig": {
+        "task_type": "CAUSAL_LM",
+        "cpt_token_ids": list(range(1, 9)),
+        "cpt_mask": [1] * 8,
+        "cpt_tokens_type_mask": [1, 2, 3, 4, 1, 2, 3, 4],
+    },
 }
 # per-method forward inputs besides input_ids (Poly routes every sample by its task)
 FORWARD_KWARGS = {"PolyConfig": {"task_ids": torch.arange(8) % 4}}

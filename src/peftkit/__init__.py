@@ -39,6 +39,7 @@ from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.c3a import C3AConfig, C3AModel
+from .tuners.cpt import CPTConfig, CPTEmbedding
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
@@ -49,8 +50,8 @@ from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dic
 from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
-from .tuners.poly import PolyConfig, PolyModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .tuners.poly import PolyConfig, PolyModel
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
@@ -80,6 +81,8 @@ __all__ = [
     "BOFTModel",
     "C3AConfig",
     "C3AModel",
+    "CPTConfig",
+    "CPTEmbedding",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "FourierFTConfig",

@@ -4,6 +4,7 @@ from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
 from .c3a import C3AConfig, C3AModel
+from .cpt import CPTConfig, CPTEmbedding
 from .fourierft import FourierFTConfig, FourierFTModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
@@ -17,8 +18,8 @@ from .multitask_prompt_tuning import (
     MultitaskPromptTuningInit,
 )
 from .oft import OFTConfig, OFTModel
-from .poly import PolyConfig, PolyModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .poly import PolyConfig, PolyModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
@@ -32,6 +33,8 @@ __all__ = [
     "BOFTModel",
     "C3AConfig",
     "C3AModel",
+    "CPTConfig",
+    "CPTEmbedding",
     "FourierFTConfig",
     "FourierFTModel",
     "HRAConfig",
