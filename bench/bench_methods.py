@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -45,6 +47,27 @@ CONFIGS = {
 }
 # per-method forward inputs besides input_ids (Poly routes every sample by its task)
 FORWARD_KWARGS = {"PolyConfig": {"task_ids": torch.arange(8) % 4}}
+# methods whose config needs files first (X-LoRA loads its LoRA experts from folders): built when the row runs
+CONFIG_FACTORIES = {"XLoraConfig": lambda base: xlora_config(base)}
+
+
+@functools.cache
+def _xlora_experts(base) -> dict[str, str]:
+    """Two LoRA experts of `base`, saved (by peftkit, in PEFT's format) to a temporary folder."""
+    import peftkit
+
+    folder = tempfile.mkdtemp(prefix="bench-xlora-")
+    experts = {}
+    for number in range(2):
+        torch.manual_seed(number)
+        config = peftkit.LoraConfig(target_modules=TARGETS, r=8, init_lora_weights=False)
+        peftkit.get_peft_model(copy.deepcopy(base), config).save_pretrained(f"{folder}/{number}")
+        experts[str(number)] = f"{folder}/{number}"
+    return experts
+
+
+def xlora_config(base) -> dict:
+    return {"task_type": "CAUSAL_LM", "hidden_size": 256, "adapters": _xlora_experts(base)}
 
 
 def base_model():
@@ -64,7 +87,11 @@ def base_model():
 
 def build(lib, base, name: str):
     cls_name = name.split("+")[0]
-    return lib.get_peft_model(copy.deepcopy(base), getattr(lib, cls_name)(**CONFIGS[name]))
+    kwargs = CONFIG_FACTORIES[name](base) if name in CONFIG_FACTORIES else CONFIGS[name]
+    model = copy.deepcopy(base)
+    if name == "XLoraConfig":
+        model.config.use_cache = False  # X-LoRA reruns each sequence for its scaling pass
+    return lib.get_peft_model(model, getattr(lib, cls_name)(**kwargs))
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -85,7 +112,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(CONFIGS))
+    parser.add_argument("--methods", default=",".join([*CONFIGS, *CONFIG_FACTORIES]))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import peft

@@ -56,6 +56,7 @@ from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
+from .tuners.xlora import XLoraConfig, XLoraModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -103,6 +104,8 @@ __all__ = [
     "PolyModel",
     "VeraConfig",
     "VeraModel",
+    "XLoraConfig",
+    "XLoraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",

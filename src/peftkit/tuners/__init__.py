@@ -23,6 +23,7 @@ from .poly import PolyConfig, PolyModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
+from .xlora import XLoraConfig, XLoraModel
 
 __all__ = [
     "AdaLoraConfig",
@@ -67,4 +68,6 @@ __all__ = [
     "PromptTuningInit",
     "VeraConfig",
     "VeraModel",
+    "XLoraConfig",
+    "XLoraModel",
 ]
