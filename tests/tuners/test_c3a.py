@@ -12,6 +12,8 @@ from tests.tuners.method_checks import Case
 
 import peftkit
 from peftkit.tuners.c3a.utils import BlockCircularConvolution, get_circulant_fast
+from peftkit.tuners.tuners_utils import BaseTunerLayer
+from peftkit.utils.warnings import AdapterLoadError
 
 METHOD = "C3AConfig"
 QV = {"block_size": 8, "target_modules": ["q_proj", "v_proj"]}
@@ -188,3 +190,15 @@ def test_default_targets_per_architecture_are_peft_s():
 
 def test_config_fields_and_defaults_are_peft_s():
     checks.check_config_fields(METHOD)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    """As for every method: a cut-off weights file names the file, and the model is left without adapter layers."""
+    base = tiny_llama()
+    peftkit.get_peft_model(copy.deepcopy(base), peftkit.C3AConfig(**QV)).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    model = copy.deepcopy(base)
+    with pytest.raises(AdapterLoadError, match=r"adapter_model\.safetensors.*truncated or corrupt"):
+        peftkit.PeftModel.from_pretrained(model, tmp_path)
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())

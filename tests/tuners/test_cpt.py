@@ -13,6 +13,8 @@ from tests.prompt_learning.helpers import assert_close
 from tests.tuners import method_checks as checks
 
 import peftkit
+from peftkit.tuners.tuners_utils import BaseTunerLayer
+from peftkit.utils.warnings import AdapterLoadError
 
 METHOD = "CPTConfig"
 GRAD_ATOL = 1e-5  # gradients of the same loss on the same weights (fp32)
@@ -206,3 +208,15 @@ def test_config_defaults_are_peft_s():
         "num_transformer_submodules",
     ):
         assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    """As for every method: a cut-off weights file names the file, and the model is left without adapter layers."""
+    base = tiny_llama()
+    peftkit.get_peft_model(copy.deepcopy(base), _config(peftkit)).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    model = copy.deepcopy(base)
+    with pytest.raises(AdapterLoadError, match=r"adapter_model\.safetensors.*truncated or corrupt"):
+        peftkit.PeftModel.from_pretrained(model, tmp_path)
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())

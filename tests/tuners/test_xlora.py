@@ -298,3 +298,19 @@ def test_config_fields_and_defaults_are_peft_s():
         checks.check_config_fields("XLoraConfig")
         theirs, ours = peft.XLoraConfig(), peftkit.XLoraConfig()
     assert (ours.hidden_size, ours.adapters) == (theirs.hidden_size, theirs.adapters) == (4096, {})
+
+
+def test_truncated_file_and_low_cpu_mem_usage_load(experts, tmp_path):
+    base, _, ours = _pair(experts)
+    ours.save_pretrained(tmp_path)
+    inputs = llama_inputs()
+    loaded = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, low_cpu_mem_usage=True).eval()
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+    with torch.no_grad():
+        checks.assert_close(loaded(**inputs).logits, ours(**inputs).logits, 0.0, "low_cpu_mem_usage load")
+    path = tmp_path / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    model = copy.deepcopy(base)
+    with pytest.raises(AdapterLoadError, match=r"adapter_model\.safetensors.*truncated or corrupt"):
+        peftkit.PeftModel.from_pretrained(model, tmp_path)
+    assert not any(".lora_" in name for name, _ in model.named_parameters())
