@@ -127,7 +127,8 @@ def _check_config_cls(config_cls: Any, peft_type: PeftType) -> None:
             "PeftConfig subclass; pass the method's config class."
         )
     try:
-        with warnings.catch_warnings():  # the defaults' own warnings (X-LoRA's missing hidden_size) are no news here
+        # the defaults' own warnings (X-LoRA's missing hidden_size) are no news here
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             built = config_cls()
     except (TypeError, ValueError):
