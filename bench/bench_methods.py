@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -54,7 +56,38 @@ CONFIGS = {
     "RandLoraConfig": {"target_modules": TARGETS, "r": 32},
     "TinyLoraConfig": {"target_modules": TARGETS, "r": 2, "u": 64},
     "VBLoRAConfig": {"target_modules": TARGETS, "r": 4, "num_vectors": 256, "vector_length": 16},
+    "C3AConfig": {"target_modules": TARGETS, "block_size": 16},
+    "PolyConfig": {"target_modules": TARGETS, "r": 8, "n_tasks": 4, "n_skills": 4, "task_type": "CAUSAL_LM"},
+    "CPTConfig": {
+        "task_type": "CAUSAL_LM",
+        "cpt_token_ids": list(range(1, 9)),
+        "cpt_mask": [1] * 8,
+        "cpt_tokens_type_mask": [1, 2, 3, 4, 1, 2, 3, 4],
+    },
 }
+# per-method forward inputs besides input_ids (Poly routes every sample by its task)
+FORWARD_KWARGS = {"PolyConfig": {"task_ids": torch.arange(8) % 4}}
+# methods whose config needs files first (X-LoRA loads its LoRA experts from folders): built when the row runs
+CONFIG_FACTORIES = {"XLoraConfig": lambda base: xlora_config(base)}
+
+
+@functools.cache
+def _xlora_experts(base) -> dict[str, str]:
+    """Two LoRA experts of `base`, saved (by peftkit, in PEFT's format) to a temporary folder."""
+    import peftkit
+
+    folder = tempfile.mkdtemp(prefix="bench-xlora-")
+    experts = {}
+    for number in range(2):
+        torch.manual_seed(number)
+        config = peftkit.LoraConfig(target_modules=TARGETS, r=8, init_lora_weights=False)
+        peftkit.get_peft_model(copy.deepcopy(base), config).save_pretrained(f"{folder}/{number}")
+        experts[str(number)] = f"{folder}/{number}"
+    return experts
+
+
+def xlora_config(base) -> dict:
+    return {"task_type": "CAUSAL_LM", "hidden_size": 256, "adapters": _xlora_experts(base)}
 
 
 def base_model():
@@ -74,7 +107,11 @@ def base_model():
 
 def build(lib, base, name: str):
     cls_name = name.split("+")[0]
-    return lib.get_peft_model(copy.deepcopy(base), getattr(lib, cls_name)(**CONFIGS[name]))
+    kwargs = CONFIG_FACTORIES[name](base) if name in CONFIG_FACTORIES else CONFIGS[name]
+    model = copy.deepcopy(base)
+    if name == "XLoraConfig":
+        model.config.use_cache = False  # X-LoRA reruns each sequence for its scaling pass
+    return lib.get_peft_model(model, getattr(lib, cls_name)(**kwargs))
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -95,7 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(CONFIGS))
+    parser.add_argument("--methods", default=",".join([*CONFIGS, *CONFIG_FACTORIES]))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import peft
@@ -114,15 +151,17 @@ def main() -> None:
         theirs, ours = build(peft, base, name), build(peftkit, base, name)
         ours.load_state_dict(theirs.state_dict(), strict=False)
 
-        def train_step(model):
+        extra = FORWARD_KWARGS.get(name, {})
+
+        def train_step(model, extra=extra):
             model.train()
             model.zero_grad(set_to_none=True)
-            model(input_ids=ids, labels=ids).loss.backward()
+            model(input_ids=ids, labels=ids, **extra).loss.backward()
 
-        def infer(model):
+        def infer(model, extra=extra):
             model.eval()
             with torch.inference_mode():
-                model(input_ids=ids)
+                model(input_ids=ids, **extra)
 
         times = interleaved(
             {

@@ -45,6 +45,7 @@ BUILDS_ON = {
     ("adalora", "lora"),  # AdaLoRA is LoRA with an SVD-shaped, pruned rank
     ("multitask_prompt_tuning", "prompt_tuning"),  # a shared prompt-tuning prompt, scaled per task
     ("lora", "trainable_tokens"),  # LoraConfig(trainable_token_indices=...)
+    ("xlora", "lora"),  # X-LoRA mixes LoRA experts, held in a LoraModel
 }
 
 

@@ -174,3 +174,20 @@ def test_training_lowers_loss():
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.2
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_task_ids_reach_only_a_tuner_that_takes_them(monkeypatch):
+    """`BaseTuner.takes_task_ids`: the task classes drop `task_ids` for tuners that do not route by task
+    (as peft does), and hand it to the tuner's forward and generate for one that does (Poly)."""
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    task_ids = torch.tensor([0, 1])
+    inputs = llama_inputs()
+    model(**inputs, task_ids=task_ids)  # dropped: the Llama would reject the keyword
+    seen = []
+    tuner = model.base_model
+    monkeypatch.setattr(type(tuner), "takes_task_ids", True)
+    monkeypatch.setattr(tuner, "forward", lambda *a, task_ids=None, **k: seen.append(("forward", task_ids)))
+    monkeypatch.setattr(tuner, "generate", lambda *a, task_ids=None, **k: seen.append(("generate", task_ids)))
+    model(**inputs, task_ids=task_ids)
+    model.generate(**inputs, task_ids=task_ids)
+    assert seen == [("forward", task_ids), ("generate", task_ids)]

@@ -39,6 +39,8 @@ from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.c3a import C3AConfig, C3AModel
+from .tuners.cpt import CPTConfig, CPTEmbedding
 from .tuners.deft import DeftConfig, DeftModel
 from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
@@ -56,6 +58,7 @@ from .tuners.miss import MissConfig, MissModel
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .tuners.poly import PolyConfig, PolyModel
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.pvera import PveraConfig, PveraModel
@@ -70,6 +73,7 @@ from .tuners.unilora import UniLoraConfig, UniLoraModel
 from .tuners.vblora import VBLoRAConfig, VBLoRAModel
 from .tuners.vera import VeraConfig, VeraModel
 from .tuners.waveft import WaveFTConfig, WaveFTModel
+from .tuners.xlora import XLoraConfig, XLoraModel
 from .utils import (
     PeftType,
     PeftWarning,
@@ -97,6 +101,10 @@ __all__ = [
     "BOFTModel",
     "DeftConfig",
     "DeftModel",
+    "C3AConfig",
+    "C3AModel",
+    "CPTConfig",
+    "CPTEmbedding",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "DeloraConfig",
@@ -143,6 +151,10 @@ __all__ = [
     "VeraModel",
     "WaveFTConfig",
     "WaveFTModel",
+    "PolyConfig",
+    "PolyModel",
+    "XLoraConfig",
+    "XLoraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "LoraConfig",
     "LoraModel",

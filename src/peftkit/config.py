@@ -166,6 +166,11 @@ class PeftConfigMixin:
             )
         return cls.from_peft_type(**loaded)
 
+    def _prepare_for_loading(self, model_id: str, kwargs: dict[str, Any], hub_kwargs: dict[str, Any]) -> None:
+        """Called by `PeftModel.from_pretrained` before the model is built, with the adapter's location,
+        the keyword arguments nothing else took (a method pops its own, e.g. X-LoRA's `adapters=`) and the
+        Hub arguments. Nothing to do by default."""
+
     # ----- kinds -----
     @property
     def is_prompt_learning(self) -> bool:

@@ -409,17 +409,24 @@ class PeftModel(nn.Module):
             return call(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call_routed(self.get_base_model(), *args, **kwargs)
+        # a tuner that routes by task (Poly) is called itself, so that it receives `task_ids`
+        takes_task_ids = getattr(self.base_model, "takes_task_ids", False)
+        return self._call_routed(
+            self.base_model if takes_task_ids else self.get_base_model(), *args, **kwargs
+        )
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """The base model's `generate`; `adapter_names=[...]` gives each sample its own adapter."""
-        return self._call_routed(self.get_base_model().generate, *args, **kwargs)
+        """The base model's `generate` (through the tuner, which may add its own steps, e.g. Poly's
+        `task_ids`); `adapter_names=[...]` gives each sample its own adapter."""
+        return self._call_routed(self.base_model.generate, *args, **kwargs)
 
     def _forward_task(self, **kwargs: Any) -> Any:
-        """Call the base model with the task's named inputs, dropping the ones left as None."""
+        """Call the base model with the task's named inputs, dropping the ones left as None (and
+        `task_ids`, unless the tuner routes by task: `BaseTuner.takes_task_ids`)."""
         if self._is_prompt_learning:
             return prompt_learning_forward(self, **kwargs)
-        kwargs.pop("task_ids", None)
+        if not getattr(self.base_model, "takes_task_ids", False):
+            kwargs.pop("task_ids", None)
         return self._call_routed(self.base_model, **{k: v for k, v in kwargs.items() if v is not None})
 
     # ----- persistence (see peftkit.persistence.folders) -----

@@ -244,13 +244,14 @@ def load_peft_model(
     torch_device = kwargs.pop("torch_device", None)
     allow_missing_keys = kwargs.pop("allow_missing_keys", False)
     allow_bin = kwargs.pop("allow_bin", True)
-    _warn_unused(kwargs, "PeftModel.from_pretrained")
     if config is None:
         config = PeftConfig.from_pretrained(
             model_id, **{k: v for k, v in hub_kwargs.items() if k in _CONFIG_HUB_KWARGS}
         )
     elif not isinstance(config, PeftConfig):
         raise ValueError(f"The input config must be a PeftConfig, got {type(config).__name__}.")
+    config._prepare_for_loading(model_id, kwargs, hub_kwargs)  # a method's own from_pretrained options
+    _warn_unused(kwargs, "PeftModel.from_pretrained")
     weights = read_adapter_weights(
         model_id,
         device=torch_device or _default_device(model),

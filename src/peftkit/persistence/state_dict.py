@@ -18,6 +18,7 @@ from ..tuners._adapter_keys import (
     saved_other_param_tensors,
     strip_adapter_name,
     take_saved_other_param_tensors,
+    tuner_level_keys,
     tuner_of,
     wrapped_key,
 )
@@ -109,7 +110,11 @@ def set_peft_model_state_dict(
             f"Skipped {len(mismatched)} tensors with mismatched sizes: {[m[0] for m in mismatched]}.",
             PeftWarning,
         )
-    adapter_keys = [k for k in mapping if k in model_state and file_key_is_adapter(mapping[k], k)]
+    # tensors the tuner itself holds for the adapter count even when their file key is the model key
+    tuner_keys = tuner_level_keys(model, adapter_name, list(model_state))
+    adapter_keys = [
+        k for k in mapping if k in model_state and (file_key_is_adapter(mapping[k], k) or k in tuner_keys)
+    ]
     missing = [k for k in adapter_keys if k not in to_load]
     _check_coverage(
         adapter_name,
@@ -134,7 +139,14 @@ def _check_coverage(
     """Never load silently wrong: no adapter tensor filled is an error; some left unfilled is an error
     when `missing_is_error` (always with low_cpu_mem_usage: they would have no data), else a loud warning.
     """
-    if adapter_keys and len(missing) == len(adapter_keys):
+    if adapter_keys and not state_dict and missing_is_error:
+        raise AdapterLoadError(
+            f"The file holds no tensors at all, but adapter '{adapter_name}' has {len(adapter_keys)} (e.g. "
+            f"{[strip_adapter_name(k, adapter_name) for k in adapter_keys[:2]]}): it was saved empty (peft 0.21.2 saves "
+            "X-LoRA adapters without their classifier) or is not this adapter's file. Pass allow_missing_keys=True "
+            "to load anyway, keeping their initial values (PEFT's behaviour)."
+        )
+    if adapter_keys and len(missing) == len(adapter_keys) and state_dict:
         raise AdapterLoadError(
             f"None of the {len(state_dict)} tensors given fit adapter '{adapter_name}': e.g. {sorted(state_dict)[:3]} "
             f"while the adapter expects keys like {[strip_adapter_name(k, adapter_name) for k in adapter_keys[:2]]}. The "

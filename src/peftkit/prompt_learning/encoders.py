@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import PromptLearningConfig
+from ..tuners.cpt import CPTEmbedding
 from ..tuners.multitask_prompt_tuning import MultitaskPromptEmbedding
 from ..tuners.p_tuning import PromptEncoder
 from ..tuners.prefix_tuning import PrefixEncoder
@@ -17,6 +18,8 @@ def build_prompt_encoder(config: PromptLearningConfig, word_embeddings: nn.Modul
     peft_type = config.peft_type
     if peft_type == PeftType.PROMPT_TUNING:
         return PromptEmbedding(config, word_embeddings)
+    if peft_type == PeftType.CPT:
+        return CPTEmbedding(config, word_embeddings)
     if peft_type == PeftType.MULTITASK_PROMPT_TUNING:
         return MultitaskPromptEmbedding(config, word_embeddings)
     if peft_type == PeftType.P_TUNING:

@@ -17,6 +17,7 @@ import torch
 from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache, rename_cache_for
 from ..utils.peft_types import PeftType, TaskType
 from . import heads
+from .cpt import cpt_forward
 from .prompts import get_prompt
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ def causal_lm_forward(
     if kwargs.get("token_type_ids") is not None:
         tt = kwargs["token_type_ids"]
         kwargs["token_type_ids"] = torch.cat((torch.zeros_like(tt[:, :1]).expand(-1, n), tt), dim=1)
+    if config.peft_type == PeftType.CPT:  # its labels and loss cover the virtual tokens too
+        inputs_embeds = _prepend_prompts(peft_model, input_ids, inputs_embeds, batch, task_ids)
+        return cpt_forward(base, config, inputs_embeds, attention_mask, labels, kwargs)
     if labels is not None:
         labels = torch.cat(
             (torch.full((batch, n), -100, dtype=labels.dtype, device=labels.device), labels), dim=1

@@ -4,6 +4,8 @@ from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
+from .c3a import C3AConfig, C3AModel
+from .cpt import CPTConfig, CPTEmbedding
 from .deft import DeftConfig, DeftModel
 from .delora import DeloraConfig, DeloraModel
 from .fourierft import FourierFTConfig, FourierFTModel
@@ -24,6 +26,7 @@ from .multitask_prompt_tuning import (
 )
 from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .poly import PolyConfig, PolyModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .pvera import PveraConfig, PveraModel
@@ -37,6 +40,7 @@ from .unilora import UniLoraConfig, UniLoraModel
 from .vblora import VBLoRAConfig, VBLoRAModel
 from .vera import VeraConfig, VeraModel
 from .waveft import WaveFTConfig, WaveFTModel
+from .xlora import XLoraConfig, XLoraModel
 
 __all__ = [
     "AdaLoraConfig",
@@ -51,6 +55,10 @@ __all__ = [
     "DeloraModel",
     "DeftConfig",
     "DeftModel",
+    "C3AConfig",
+    "C3AModel",
+    "CPTConfig",
+    "CPTEmbedding",
     "FourierFTConfig",
     "FourierFTModel",
     "GraloraConfig",
@@ -76,6 +84,8 @@ __all__ = [
     "MissModel",
     "OFTConfig",
     "OFTModel",
+    "PolyConfig",
+    "PolyModel",
     "MultitaskPromptEmbedding",
     "MultitaskPromptTuningConfig",
     "MultitaskPromptTuningInit",
@@ -109,4 +119,6 @@ __all__ = [
     "VeraModel",
     "WaveFTConfig",
     "WaveFTModel",
+    "XLoraConfig",
+    "XLoraModel",
 ]

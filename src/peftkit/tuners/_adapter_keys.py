@@ -132,7 +132,7 @@ def adapter_key_map(
         file_key = _file_key(key, adapter_name, prefix)
         if file_key is not None:
             mapping[key] = file_key
-    mapping.update(_tuner_level_keys(model, adapter_name, keys))
+    mapping.update(tuner_level_keys(model, adapter_name, keys))
     bias = getattr(config, "bias", "none")
     if bias == "all":
         mapping.update(
@@ -167,7 +167,7 @@ def _borrowed_key_prefixes(model: nn.Module) -> tuple[str, ...]:
     )
 
 
-def _tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:
+def tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:
     """Keys of tensors held by the tuner itself rather than by a layer (VeRA's shared projections), as
     the tuner's `_tuner_state_keys` names them; `base_model.` in front when `model` is a PeftModel."""
     tuner = tuner_of(model)

@@ -84,6 +84,9 @@ class BaseTuner(nn.Module):
     # (VB-LoRA's vector bank, TinyLoRA's vectors): the layers' copies of their keys are not adapter keys,
     # the tuner's own are saved once (`_tuner_state_keys`).
     shared_state_names: tuple[str, ...] = ()
+    # True when the tuner's `forward`/`generate` take `task_ids` (Poly routes each sample by its task):
+    # PeftModel's task classes then hand `task_ids` to the tuner instead of dropping it
+    takes_task_ids: bool = False
 
     def __init__(
         self,

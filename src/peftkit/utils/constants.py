@@ -122,6 +122,12 @@ TRANSFORMERS_MODELS_TO_WAVEFT_TARGET_MODULES_MAPPING = {
     for model_type, targets in TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING.items()
     if model_type not in ("btlm", "rwkv", "rwkv7")
 }
+TRANSFORMERS_MODELS_TO_C3A_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, gpt2=["mlp.c_proj"], gpt_bigcode=["mlp.c_proj"]
+)
+TRANSFORMERS_MODELS_TO_POLY_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
 
 # AdaLoRA: its own table (more projections per architecture for some models, fewer architectures).
 TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = {

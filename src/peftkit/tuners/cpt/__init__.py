@@ -1,0 +1,9 @@
+"""CPT: context-aware prompt tuning (Blau et al., 2024)."""
+
+from .._registration import register_peft_method
+from .config import CPTConfig
+from .model import CPTEmbedding
+
+register_peft_method(name="cpt", config_cls=CPTConfig, model_cls=None)
+
+__all__ = ["CPTConfig", "CPTEmbedding"]
