@@ -111,7 +111,7 @@ def test_every_layer_method_declares_its_dispatch():
     from peftkit.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
     tuners = [t for t in PEFT_TYPE_TO_TUNER_MAPPING.values() if issubclass(t, BaseTuner)]
-    assert len(tuners) == 12
+    assert len(tuners) >= 12  # each method registered adds one
     for tuner in tuners:
         assert tuner.layer_classes, tuner.__name__
         assert tuner._create_new_module is BaseTuner._create_new_module, tuner.__name__
@@ -237,6 +237,23 @@ def test_fan_in_fan_out_is_aligned_for_linear_kinds(base, given, expected, warns
     assert layer.kwargs.get("is_target_conv_1d_layer", False) is isinstance(base, Conv1D)
     fan_warnings = [w for w in recwarn if "fan_in_fan_out is set to" in str(w.message)]
     assert len(fan_warnings) == int(warns)
+
+
+class KeepingMethod(RecordingMethod):
+    keeps_config_fan_in_fan_out = True
+
+
+@pytest.mark.parametrize(
+    "base, given", [(nn.Linear(4, 4), True), (Conv1D(4, 4), False)], ids=["linear", "conv1d"]
+)
+def test_a_method_may_keep_the_config_s_fan_in_fan_out(base, given):
+    """`keeps_config_fan_in_fan_out`: the layer gets the corrected value (with the same warning), the config
+    keeps the user's (HiRA's saved config is then PEFT's)."""
+    config = FanConfig(given)
+    with pytest.warns(PeftWarning, match="fan_in_fan_out is set to"):
+        layer = create_layer(KeepingMethod, config, "a", base, {"fan_in_fan_out": given})
+    assert layer.kwargs["fan_in_fan_out"] is isinstance(base, Conv1D)
+    assert config.fan_in_fan_out is given
 
 
 def test_fan_in_fan_out_is_dropped_for_other_bases_and_kwargs_are_not_mutated():

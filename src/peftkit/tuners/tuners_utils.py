@@ -62,6 +62,10 @@ class BaseTuner(nn.Module):
     tuner_layer_cls: type[BaseTunerLayer] = BaseTunerLayer
     layer_classes: LayerClasses = {}
     layer_dispatchers: tuple[LayerDispatcher, ...] = ()
+    # False: a config whose `fan_in_fan_out` does not fit an nn.Linear/Conv1D target is corrected (and saved
+    # corrected), as PEFT's LoRA does; True: only the layer gets the corrected value, the config keeps the
+    # user's (as PEFT's HiRA does, so the saved adapter_config.json is PEFT's)
+    keeps_config_fan_in_fan_out: bool = False
 
     def __init__(
         self,
