@@ -33,6 +33,7 @@ CONFIGS = {
     "VeraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 64},
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
+    "HiraConfig": {"target_modules": TARGETS, "r": 16},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
 }
 
