@@ -30,6 +30,7 @@ CONFIGS = {
     "OFTConfig": {"target_modules": TARGETS, "r": 0, "oft_block_size": 32},
     "BOFTConfig": {"target_modules": TARGETS, "boft_block_size": 16, "boft_n_butterfly_factor": 1},
     "AdaLoraConfig": {"target_modules": TARGETS, "init_r": 12, "target_r": 8, "total_step": 100},
+    "AdamssConfig": {"target_modules": TARGETS, "r": 32, "num_subspaces": 4, "subspace_rank": 2},
     "VeraConfig": {"target_modules": ["q_proj", "v_proj"], "r": 64},
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},

@@ -36,6 +36,7 @@ from .peft_model import (
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
+from .tuners.adamss import AdamssConfig, AdamssModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
@@ -73,6 +74,8 @@ __all__ = [
     "replace_lora_weights_loftq",
     "AdaLoraConfig",
     "AdaLoraModel",
+    "AdamssConfig",
+    "AdamssModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
     "BOFTConfig",

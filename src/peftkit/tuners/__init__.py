@@ -1,6 +1,7 @@
 """The adapter methods. Importing this package registers each of them."""
 
 from .adalora import AdaLoraConfig, AdaLoraModel
+from .adamss import AdamssConfig, AdamssModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
 from .fourierft import FourierFTConfig, FourierFTModel
@@ -25,6 +26,8 @@ from .vera import VeraConfig, VeraModel
 __all__ = [
     "AdaLoraConfig",
     "AdaLoraModel",
+    "AdamssConfig",
+    "AdamssModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
     "BOFTConfig",
