@@ -6,6 +6,8 @@ and the output rows split into groups G_1..G_K (see decomposition.py):
     y = base(x) + scatter_k( B_k A_k V^T x_aug )     (rows G_k of the update come from subspace k)
     delta [W | b] rows G_k = B_k A_k V^T              (the last column is the bias change)
 
+computed as `B A V^T x_aug` with A the A_k stacked and B the B_k block-diagonal, rows in output order.
+
 A_k (r_k, R) and B_k (|G_k|, r_k) train (B_k = 0 at the start: a no-op); V^T is frozen and saved; the
 groups are not saved but recomputed from the base weight when the adapter is built, exactly as PEFT's
 (the clustering reproduces scikit-learn's). Adaptive subspace allocation (ASA) scores each subspace by
@@ -188,25 +190,24 @@ class Linear(AdamssLayer, nn.Module):
             return x
         return torch.cat((x, x.new_ones(*x.shape[:-1], 1)), dim=-1)
 
+    def _stacked_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A (sum r_k, R), B (out, sum r_k)): the A_k stacked, and the B_k as one block-diagonal matrix with
+        its rows in output order, so that B A = the subspaces' updates, scattered. Two matrix products then
+        replace K pairs of small ones and the scatter of the (large) activations."""
+        stacked_a = torch.cat(list(self.adamss_A[adapter_name]), dim=0)
+        blocks_b = torch.block_diag(*self.adamss_B[adapter_name])
+        order = torch.argsort(self.scatter_index[adapter_name].to(blocks_b.device))
+        return stacked_a, blocks_b.index_select(0, order)
+
     def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        stacked_a, blocks_b = self._stacked_factors(adapter_name)
         projected = F.linear(self._augmented_input(x), self.adamss_newB[adapter_name].to(self.dtype))
-        chunks = [
-            F.linear(F.linear(projected, factor_a.to(self.dtype)), factor_b.to(self.dtype))
-            for factor_a, factor_b in zip(self.adamss_A[adapter_name], self.adamss_B[adapter_name])
-        ]
-        # the subspaces' rows, concatenated, put back in output order (the groups partition the rows)
-        order = torch.argsort(self.scatter_index[adapter_name].to(projected.device))
-        return torch.cat(chunks, dim=-1).index_select(-1, order)
+        return F.linear(F.linear(projected, stacked_a.to(self.dtype)), blocks_b.to(self.dtype))
 
     def _augmented_delta(self, adapter_name: str) -> torch.Tensor:
         """delta [W | b] (out, in + 1; no bias column without a bias), in float32."""
-        right_t = self.adamss_newB[adapter_name].float()
-        rows = [
-            factor_b.float() @ factor_a.float() @ right_t
-            for factor_a, factor_b in zip(self.adamss_A[adapter_name], self.adamss_B[adapter_name])
-        ]
-        order = torch.argsort(self.scatter_index[adapter_name].to(right_t.device))
-        return torch.cat(rows, dim=0).index_select(0, order)
+        stacked_a, blocks_b = self._stacked_factors(adapter_name)
+        return blocks_b.float() @ stacked_a.float() @ self.adamss_newB[adapter_name].float()
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         delta = self._augmented_delta(adapter_name)
