@@ -36,6 +36,7 @@ from .peft_model import (
 )
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
+from .tuners.adamss import AdamssConfig, AdamssModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
@@ -46,6 +47,7 @@ from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.frod import FrodConfig, FrodModel
 from .tuners.gralora import GraloraConfig, GraloraModel
+from .tuners.hira import HiraConfig, HiraModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.lily import LilyConfig, LilyModel
@@ -93,6 +95,8 @@ __all__ = [
     "replace_lora_weights_loftq",
     "AdaLoraConfig",
     "AdaLoraModel",
+    "AdamssConfig",
+    "AdamssModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
     "BeftConfig",
@@ -115,6 +119,8 @@ __all__ = [
     "GraloraModel",
     "FrodConfig",
     "FrodModel",
+    "HiraConfig",
+    "HiraModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",

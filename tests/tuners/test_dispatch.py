@@ -254,6 +254,23 @@ def test_fan_in_fan_out_is_aligned_for_linear_kinds(base, given, expected, warns
     assert len(fan_warnings) == int(warns)
 
 
+class KeepingMethod(RecordingMethod):
+    keeps_config_fan_in_fan_out = True
+
+
+@pytest.mark.parametrize(
+    "base, given", [(nn.Linear(4, 4), True), (Conv1D(4, 4), False)], ids=["linear", "conv1d"]
+)
+def test_a_method_may_keep_the_config_s_fan_in_fan_out(base, given):
+    """`keeps_config_fan_in_fan_out`: the layer gets the corrected value (with the same warning), the config
+    keeps the user's (HiRA's saved config is then PEFT's)."""
+    config = FanConfig(given)
+    with pytest.warns(PeftWarning, match="fan_in_fan_out is set to"):
+        layer = create_layer(KeepingMethod, config, "a", base, {"fan_in_fan_out": given})
+    assert layer.kwargs["fan_in_fan_out"] is isinstance(base, Conv1D)
+    assert config.fan_in_fan_out is given
+
+
 def test_fan_in_fan_out_is_dropped_for_other_bases_and_kwargs_are_not_mutated():
     kwargs = {"fan_in_fan_out": True, "r": 2}
     config = FanConfig(True)

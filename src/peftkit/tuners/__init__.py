@@ -1,6 +1,7 @@
 """The adapter methods. Importing this package registers each of them."""
 
 from .adalora import AdaLoraConfig, AdaLoraModel
+from .adamss import AdamssConfig, AdamssModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
@@ -11,6 +12,7 @@ from .delora import DeloraConfig, DeloraModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .frod import FrodConfig, FrodModel
 from .gralora import GraloraConfig, GraloraModel
+from .hira import HiraConfig, HiraModel
 from .hra import HRAConfig, HRAModel
 from .ia3 import IA3Config, IA3Model
 from .lily import LilyConfig, LilyModel
@@ -45,6 +47,8 @@ from .xlora import XLoraConfig, XLoraModel
 __all__ = [
     "AdaLoraConfig",
     "AdaLoraModel",
+    "AdamssConfig",
+    "AdamssModel",
     "AdaptionPromptConfig",
     "AdaptionPromptModel",
     "BeftConfig",
@@ -65,6 +69,8 @@ __all__ = [
     "GraloraModel",
     "FrodConfig",
     "FrodModel",
+    "HiraConfig",
+    "HiraModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",

@@ -14,16 +14,24 @@ import sys
 import torch
 from torch import nn
 
-__all__ = ["bnb_layer_bits", "dequantized_weight", "requantized_weight"]
+__all__ = [
+    "bnb_layer_bits",
+    "bnb_module",
+    "dequantized_weight",
+    "is_bnb_4bit_layer",
+    "is_bnb_layer",
+    "requantized_weight",
+]
 
 
-def _bnb():
+def bnb_module():
+    """bitsandbytes, if something has imported it (a model holding its layers has); else None."""
     return sys.modules.get("bitsandbytes")
 
 
 def bnb_layer_bits(module: nn.Module) -> int | None:
     """4 for a bitsandbytes `Linear4bit`, 8 for a `Linear8bitLt`, None for any other module."""
-    bnb = _bnb()
+    bnb = bnb_module()
     if bnb is None:
         return None
     if isinstance(module, bnb.nn.Linear4bit):
@@ -33,9 +41,18 @@ def bnb_layer_bits(module: nn.Module) -> int | None:
     return None
 
 
+def is_bnb_layer(module: nn.Module) -> bool:
+    """Whether `module` is a bitsandbytes `Linear4bit` or `Linear8bitLt`."""
+    return bnb_layer_bits(module) is not None
+
+
+def is_bnb_4bit_layer(module: nn.Module) -> bool:
+    return bnb_layer_bits(module) == 4
+
+
 def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The (out, in) weight of a bitsandbytes linear layer, dequantized (the layer is left as it is)."""
-    bnb = _bnb()
+    bnb = bnb_module()
     weight = layer.weight
     if bnb_layer_bits(layer) == 4:
         data, state = weight.data, weight.quant_state
@@ -54,7 +71,7 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
 def requantized_weight(layer: nn.Module, weight: torch.Tensor) -> nn.Parameter:
     """A new quantized weight for the bitsandbytes layer `layer`, holding `weight` (out, in), with the
     layer's quantization settings (4-bit: block size, type, double quantization, storage)."""
-    bnb = _bnb()
+    bnb = bnb_module()
     old = layer.weight
     if bnb_layer_bits(layer) == 4:
         state = old.quant_state

@@ -17,6 +17,7 @@ drops it for every other base (it describes a linear weight only), and builds
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,8 +86,9 @@ def create_layer(
     """The new adapter layer of `method` (a tuner class) around `target`, built with `kwargs`.
 
     `method.layer_dispatchers` are tried first, then `method.layer_classes`; for an `nn.Linear`/`Conv1D`
-    base `config.fan_in_fan_out` is aligned to the layer (when the config has one) and passed on if
-    `kwargs` carries it, and a `Conv1D` base adds `is_target_conv_1d_layer=True`.
+    base `config.fan_in_fan_out` is aligned to the layer (when the config has one; on a copy when
+    `method.keeps_config_fan_in_fan_out`) and passed on if `kwargs` carries it, and a `Conv1D` base adds
+    `is_target_conv_1d_layer=True`.
     """
     for dispatch in method.layer_dispatchers:
         layer = dispatch(target, adapter_name, **kwargs)
@@ -100,9 +102,11 @@ def create_layer(
     kwargs = dict(kwargs)
     if is_linear_kind(base_type):
         if hasattr(config, "fan_in_fan_out"):
-            align_fan_in_fan_out(base, config)
+            # a method that keeps the user's value in its config corrects a copy (the layer gets the fix)
+            aligned = copy.copy(config) if getattr(method, "keeps_config_fan_in_fan_out", False) else config
+            align_fan_in_fan_out(base, aligned)
             if "fan_in_fan_out" in kwargs:
-                kwargs["fan_in_fan_out"] = config.fan_in_fan_out
+                kwargs["fan_in_fan_out"] = aligned.fan_in_fan_out
         if base_type is base_layer_type(CONV1D):
             kwargs["is_target_conv_1d_layer"] = True
     else:

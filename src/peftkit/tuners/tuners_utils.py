@@ -87,6 +87,10 @@ class BaseTuner(nn.Module):
     # True when the tuner's `forward`/`generate` take `task_ids` (Poly routes each sample by its task):
     # PeftModel's task classes then hand `task_ids` to the tuner instead of dropping it
     takes_task_ids: bool = False
+    # False: a config whose `fan_in_fan_out` does not fit an nn.Linear/Conv1D target is corrected (and saved
+    # corrected), as PEFT's LoRA does; True: only the layer gets the corrected value, the config keeps the
+    # user's (as PEFT's HiRA does, so the saved adapter_config.json is PEFT's)
+    keeps_config_fan_in_fan_out: bool = False
 
     def __init__(
         self,

@@ -129,6 +129,13 @@ TRANSFORMERS_MODELS_TO_POLY_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 )
 
+TRANSFORMERS_MODELS_TO_ADAMSS_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, vit=["query", "value"]
+)
+TRANSFORMERS_MODELS_TO_HIRA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+
 # AdaLoRA: its own table (more projections per architecture for some models, fewer architectures).
 TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = {
     "t5": ["q", "k", "v", "o", "wi", "wo"],
