@@ -39,6 +39,7 @@ from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
+from .tuners.glora import GloraConfig, GloraModel
 from .tuners.hra import HRAConfig, HRAModel
 from .tuners.ia3 import IA3Config, IA3Model
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
@@ -80,6 +81,8 @@ __all__ = [
     "TrainableTokensModel",
     "FourierFTConfig",
     "FourierFTModel",
+    "GloraConfig",
+    "GloraModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
