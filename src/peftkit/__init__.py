@@ -50,6 +50,7 @@ from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .tuners.peanut import PeanutConfig, PeanutModel
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
@@ -95,6 +96,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "PeanutConfig",
+    "PeanutModel",
     "VeraConfig",
     "VeraModel",
     "PEFT_TYPE_TO_CONFIG_MAPPING",

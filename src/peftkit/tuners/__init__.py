@@ -18,6 +18,7 @@ from .multitask_prompt_tuning import (
 )
 from .oft import OFTConfig, OFTModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .peanut import PeanutConfig, PeanutModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
 from .vera import VeraConfig, VeraModel
@@ -51,6 +52,8 @@ __all__ = [
     "MultitaskPromptEmbedding",
     "MultitaskPromptTuningConfig",
     "MultitaskPromptTuningInit",
+    "PeanutConfig",
+    "PeanutModel",
     "PrefixEncoder",
     "PrefixTuningConfig",
     "PromptEmbedding",
