@@ -179,7 +179,8 @@ class BaseTunerLayer:
         for tensor in self._adapter_tensors(adapter_name):
             # meta tensors (low_cpu_mem_usage) have no data to move: they are filled from a file later
             if weight is not None and not tensor.is_meta:
-                target_dtype = dtype or tensor.dtype
+                # integer buffers (PSOFT's index tables) keep their dtype
+                target_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
                 if tensor.device != weight.device or tensor.dtype != target_dtype:
                     tensor.data = tensor.data.to(weight.device, dtype=target_dtype)
             if isinstance(tensor, nn.Parameter):  # an adapter's buffers (GLoRA's zeros) never train
