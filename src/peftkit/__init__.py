@@ -53,6 +53,7 @@ from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderRe
 from .tuners.peanut import PeanutConfig, PeanutModel
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.psoft import PsoftConfig, PsoftModel
 from .tuners.trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .tuners.vera import VeraConfig, VeraModel
 from .utils import (
@@ -127,6 +128,8 @@ __all__ = [
     "PromptLearningConfig",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "PsoftConfig",
+    "PsoftModel",
     "TaskType",
     "__version__",
     "get_layer_status",

@@ -21,6 +21,7 @@ from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparamet
 from .peanut import PeanutConfig, PeanutModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .psoft import PsoftConfig, PsoftModel
 from .vera import VeraConfig, VeraModel
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "PsoftConfig",
+    "PsoftModel",
     "VeraConfig",
     "VeraModel",
 ]
