@@ -49,6 +49,7 @@ from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dic
 from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
+from .tuners.osf import OSFConfig, OSFModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .tuners.peanut import PeanutConfig, PeanutModel
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
@@ -97,6 +98,8 @@ __all__ = [
     "LoKrModel",
     "OFTConfig",
     "OFTModel",
+    "OSFConfig",
+    "OSFModel",
     "PeanutConfig",
     "PeanutModel",
     "VeraConfig",

@@ -17,6 +17,7 @@ from .multitask_prompt_tuning import (
     MultitaskPromptTuningInit,
 )
 from .oft import OFTConfig, OFTModel
+from .osf import OSFConfig, OSFModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
 from .peanut import PeanutConfig, PeanutModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
@@ -50,6 +51,8 @@ __all__ = [
     "LoraRuntimeConfig",
     "OFTConfig",
     "OFTModel",
+    "OSFConfig",
+    "OSFModel",
     "MultitaskPromptEmbedding",
     "MultitaskPromptTuningConfig",
     "MultitaskPromptTuningInit",
