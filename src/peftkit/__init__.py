@@ -38,6 +38,13 @@ from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the me
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.boft import BOFTConfig, BOFTModel
+from .tuners.cartridge import CartridgeConfig, CartridgeEncoder
+from .tuners.cartridge.utils import (
+    compose_cartridge_adapters,
+    initialize_kv_prefix_from_past_key_values,
+    initialize_kv_prefix_from_text,
+    prompt_embeddings_from_past_key_values,
+)
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.glora import GloraConfig, GloraModel
 from .tuners.hra import HRAConfig, HRAModel
@@ -80,6 +87,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "CartridgeConfig",
+    "CartridgeEncoder",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "FourierFTConfig",
@@ -135,13 +144,17 @@ __all__ = [
     "PsoftModel",
     "TaskType",
     "__version__",
+    "compose_cartridge_adapters",
     "get_layer_status",
     "get_model_status",
     "get_peft_config",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "initialize_kv_prefix_from_past_key_values",
+    "initialize_kv_prefix_from_text",
     "inject_adapter_in_model",
     "load_peft_weights",
+    "prompt_embeddings_from_past_key_values",
     "register_peft_method",
     "set_peft_model_state_dict",
     "AutoPeftModel",

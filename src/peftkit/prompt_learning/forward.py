@@ -17,6 +17,7 @@ import torch
 from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache, rename_cache_for
 from ..utils.peft_types import PeftType, TaskType
 from . import heads
+from .prefix_cache import is_kv_prefix
 from .prompts import get_prompt
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def causal_lm_forward(
     batch = _batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         _prefix(peft_model, kwargs, batch, base)
         return base(
             input_ids=input_ids,
@@ -141,7 +142,7 @@ def seq2seq_forward(
         "decoder_inputs_embeds": decoder_inputs_embeds,
         "labels": labels,
     }
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         _prefix(peft_model, kwargs, batch, base)
         return base(
             input_ids=input_ids,
@@ -202,7 +203,7 @@ def _classification_forward(
     batch = _batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         if heads.accepts_cache(base):
             _prefix(peft_model, kwargs, batch, base)
             return base(
@@ -302,7 +303,7 @@ def question_answering_forward(
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)
     positions = {"start_positions": start_positions, "end_positions": end_positions}
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         if heads.accepts_cache(base):
             _prefix(peft_model, kwargs, batch, base)
             return base(
@@ -338,7 +339,7 @@ def feature_extraction_forward(
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         _prefix(peft_model, kwargs, batch, base)
         return base(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)

@@ -3,6 +3,7 @@
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .boft import BOFTConfig, BOFTModel
+from .cartridge import CartridgeConfig, CartridgeEncoder
 from .fourierft import FourierFTConfig, FourierFTModel
 from .glora import GloraConfig, GloraModel
 from .hra import HRAConfig, HRAModel
@@ -32,6 +33,8 @@ __all__ = [
     "AdaptionPromptModel",
     "BOFTConfig",
     "BOFTModel",
+    "CartridgeConfig",
+    "CartridgeEncoder",
     "FourierFTConfig",
     "FourierFTModel",
     "GloraConfig",
