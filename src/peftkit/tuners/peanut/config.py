@@ -62,6 +62,7 @@ class PeanutConfig(PeftConfig):
             raise ValueError(f"`r` must be a positive integer, got r={self.r!r}.")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 0:
             raise ValueError(f"`depth` can only be a non-negative integer, got depth={self.depth!r}.")
-        names = activation_names()
-        if self.act_fn not in names:
-            raise ValueError(f"Unsupported `act_fn`: {self.act_fn!r}. Must be one of {names}.")
+        # "relu" (the default) is always in ACT2FN: a default config needs no transformers, so registering
+        # the method (which builds one) keeps `import peftkit` free of it
+        if self.act_fn != "relu" and self.act_fn not in activation_names():
+            raise ValueError(f"Unsupported `act_fn`: {self.act_fn!r}. Must be one of {activation_names()}.")
