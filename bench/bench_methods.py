@@ -34,6 +34,11 @@ CONFIGS = {
     "FourierFTConfig": {"target_modules": TARGETS, "n_frequency": 500},
     "HRAConfig": {"target_modules": TARGETS, "r": 8},
     "LNTuningConfig": {"target_modules": ["input_layernorm", "post_attention_layernorm"]},
+    "CartridgeConfig": {"task_type": "CAUSAL_LM", "num_virtual_tokens": 16},
+    "GloraConfig": {"target_modules": TARGETS, "r": 8},
+    "OSFConfig": {"target_modules": TARGETS, "effective_rank": 0.5},
+    "PeanutConfig": {"target_modules": TARGETS, "r": 16, "depth": 1},
+    "PsoftConfig": {"target_modules": TARGETS, "r": 16},
 }
 
 
