@@ -8,13 +8,16 @@ gradients, merging. Tolerances are stated where they are used.
 from __future__ import annotations
 
 import copy
+import os
 
 import peft
+import pytest
 import torch
 from tests.conftest import perturb_adapter_weights
 from tests.tuners.method_checks import Case, _configs, assert_close
 
 import peftkit
+from peftkit.utils.warnings import AdapterLoadError
 
 NUMERIC_ATOL = 1e-5  # fp32 forward, gradients and merged outputs (the brief's bound)
 
@@ -73,3 +76,17 @@ def check_merged_equal_peft(method: str, case: Case, second: dict | None = None)
         theirs.merge_adapter()
         ours.merge_adapter()
         assert_close(case.out_fn(ours, inputs), case.out_fn(theirs, inputs), NUMERIC_ATOL, "merged forward")
+
+
+def check_truncated_file_is_a_clear_error(method: str, case: Case, folder: str) -> None:
+    """A weights file cut short (an interrupted download) fails to load with an error naming the file."""
+    base = case.model_fn()
+    _, config = _configs(method, case)
+    peftkit.get_peft_model(copy.deepcopy(base), config).save_pretrained(folder)
+    path = os.path.join(folder, "adapter_model.safetensors")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(AdapterLoadError, match="truncated or corrupt"):
+        peftkit.PeftModel.from_pretrained(copy.deepcopy(base), folder)

@@ -293,3 +293,14 @@ def test_config_fields_and_defaults_are_peft_s():
     from tests.tuners.method_checks import check_config_fields
 
     check_config_fields("CartridgeConfig")
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    from peftkit.utils.warnings import AdapterLoadError
+
+    base, _, ours = cartridge_pair(tiny_llama, "CAUSAL_LM")
+    ours.save_pretrained(str(tmp_path))
+    path = tmp_path / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(AdapterLoadError, match="truncated or corrupt"):
+        peftkit.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path))

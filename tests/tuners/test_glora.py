@@ -7,7 +7,7 @@ import copy
 import peft
 import pytest
 import torch
-from tests.conftest import conv_net, tiny_llama
+from tests.conftest import conv_net, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
 from tests.tuners import peft_pairs
 from tests.tuners.method_checks import Case
@@ -30,6 +30,7 @@ def biased_llama():
 
 
 CASES = {
+    "llama_seq_cls": Case(tiny_llama_seq_cls, QV, task_type="SEQ_CLS"),
     "llama_q_v": Case(tiny_llama, QV),
     "llama_defaults": Case(tiny_llama, {"r": 4}, task_type="CAUSAL_LM"),
     "bias_lora_lora_constant": Case(biased_llama, QV),
@@ -45,7 +46,10 @@ CASES = {
     ),
 }
 # a trained bias (bias="glora_only") is not undone by disabling the adapter, so that case is left out there
-NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
+# (and the classification head, a trained modules_to_save copy that unload keeps, as peft does)
+NO_BIAS = {
+    name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
+}
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -171,3 +175,7 @@ def test_switched_off_paths_are_saved_zero_buffers_that_never_train(tmp_path):
         assert any(n.endswith("glora_A.default.zeros") for n in buffers)
         assert not any(b.requires_grad for b in buffers.values())
         assert any(p.requires_grad for n, p in candidate.named_parameters() if "glora_C" in n)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    peft_pairs.check_truncated_file_is_a_clear_error(METHOD, CASES["llama_q_v"], str(tmp_path))
