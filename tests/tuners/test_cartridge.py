@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tests.conftest import llama_inputs, tiny_bert, tiny_llama, tiny_llama_seq_cls, tiny_t5, trainable_names
 from tests.oracle import portable_init_
 from tests.prompt_learning.helpers import ATOL, assert_close, output_of
+from tests.tuners.method_checks import check_config_fields
 
 import peftkit
 from peftkit.tuners.cartridge.utils import (
@@ -26,6 +27,7 @@ from peftkit.tuners.cartridge.utils import (
     prompt_embeddings_from_past_key_values,
 )
 from peftkit.utils.cache_names import output_cache
+from peftkit.utils.warnings import AdapterLoadError
 
 TASKS = {
     "llama_causal": (tiny_llama, "CAUSAL_LM"),
@@ -290,14 +292,10 @@ def test_registered_as_peft_registers_it():
 
 
 def test_config_fields_and_defaults_are_peft_s():
-    from tests.tuners.method_checks import check_config_fields
-
     check_config_fields("CartridgeConfig")
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
-    from peftkit.utils.warnings import AdapterLoadError
-
     base, _, ours = cartridge_pair(tiny_llama, "CAUSAL_LM")
     ours.save_pretrained(str(tmp_path))
     path = tmp_path / "adapter_model.safetensors"

@@ -7,12 +7,14 @@ import copy
 import peft
 import pytest
 import torch
+from peft.tuners.osf import utils as peft_osf_utils
 from tests.conftest import tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
 from tests.tuners import peft_pairs
 from tests.tuners.method_checks import Case, conv_case
 
 import peftkit
+from peftkit.tuners.osf import utils as osf_utils
 
 METHOD = "OSFConfig"
 QV = {"target_modules": ["q_proj", "v_proj"]}
@@ -157,3 +159,25 @@ def test_config_fields_and_defaults_are_peft_s():
 
 def test_truncated_file_is_a_clear_error(tmp_path):
     peft_pairs.check_truncated_file_is_a_clear_error(METHOD, CASES["llama_q_v"], str(tmp_path))
+
+
+@pytest.mark.parametrize("shape", [(12, 8), (8, 12)])
+def test_osf_utils_equal_peft_s(shape):
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    expected, actual = (
+        peft_osf_utils.decompose_weight_matrix(weight, 3),
+        osf_utils.decompose_weight_matrix(weight, 3),
+    )
+    assert actual.keys() == expected.keys() and actual["rank_high"] == expected["rank_high"] == 3
+    for key in ("U_high", "S_high", "V_high", "U_low", "S_low", "V_low"):
+        assert torch.equal(actual[key], expected[key]), key
+        assert isinstance(actual[key], torch.nn.Parameter) == isinstance(expected[key], torch.nn.Parameter)
+    gen = torch.Generator().manual_seed(1)
+    for svd in (expected, actual):
+        gen.manual_seed(1)
+        for key in ("U_low", "V_low"):
+            svd[key].grad = torch.randn(svd[key].shape, generator=gen)
+    peft_osf_utils.project_gradient_to_orthogonal_space(expected)
+    osf_utils.project_gradient_to_orthogonal_space(actual)
+    for key in ("U_low", "V_low"):
+        checks.assert_close(actual[key].grad, expected[key].grad, 1e-6, f"projected gradient of {key}")

@@ -21,8 +21,9 @@ from .._buffer_dict import BufferDict
 from ..tuners_utils import BaseTunerLayer
 from .config import OSFConfig
 from .projection import project_gradient
+from .utils import decompose_weight_matrix
 
-__all__ = ["Linear", "OSFLayer", "decompose_weight_matrix", "resolve_effective_rank"]
+__all__ = ["Linear", "OSFLayer", "resolve_effective_rank"]
 
 
 def resolve_effective_rank(value: int | float | None, min_dim: int) -> int:
@@ -35,22 +36,6 @@ def resolve_effective_rank(value: int | float | None, min_dim: int) -> int:
     else:
         rank = int(value)
     return max(min(min_dim, rank), 0)
-
-
-def decompose_weight_matrix(weight: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
-    """The SVD of `weight` (computed in fp32) split after the top `top_k` directions, in the weight's dtype:
-    `U_high` (out x k), `S_high`, `V_high` (k x in) and `U_low`, `S_low`, `V_low`."""
-    U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
-    k = min(top_k, S.shape[0])
-    parts = {
-        "U_high": U[:, :k],
-        "S_high": S[:k],
-        "V_high": Vh[:k, :],
-        "U_low": U[:, k:],
-        "S_low": S[k:],
-        "V_low": Vh[k:, :],
-    }
-    return {name: t.contiguous().to(weight.dtype) for name, t in parts.items()}
 
 
 class OSFLayer(BaseTunerLayer):
@@ -97,15 +82,15 @@ class OSFLayer(BaseTunerLayer):
         self.effective_rank[adapter_name] = rank
         parts = decompose_weight_matrix(self.get_base_layer().weight, rank)
         for name in ("U_low", "S_low", "V_low"):
-            getattr(self, f"_osf_{name}_init")[adapter_name] = parts[name].clone()
+            getattr(self, f"_osf_{name}_init")[adapter_name] = parts[name].detach().clone()
         if self.out_features > self.in_features:  # U is (out, min) with out > min: not square
             self._osf_U_high[adapter_name] = parts["U_high"]
         if self.in_features > self.out_features:
             self._osf_V_high[adapter_name] = parts["V_high"]
         trained = {name: parts[name] for name in ("U_low", "S_low", "V_low")}
-        if config.init_weights is False:
-            trained = {name: torch.randn_like(value) for name, value in trained.items()}
-        self.osf_svd_params[adapter_name] = nn.ParameterDict({k: nn.Parameter(v) for k, v in trained.items()})
+        if config.init_weights is False:  # random factors (tests): the frozen initial ones stay the SVD's
+            trained = {name: nn.Parameter(torch.randn_like(value)) for name, value in trained.items()}
+        self.osf_svd_params[adapter_name] = nn.ParameterDict(trained)
         self._finish_new_adapter(adapter_name, inference_mode)
 
     def _factors(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
