@@ -13,6 +13,7 @@ import json
 import peft
 import pytest
 import torch
+from peft import mapping as peft_mapping
 from safetensors.torch import load_file
 from tests.conftest import llama_inputs, tiny_bert, tiny_llama, tiny_llama_seq_cls, tiny_t5, trainable_names
 from tests.oracle import portable_init_
@@ -20,6 +21,7 @@ from tests.prompt_learning.helpers import ATOL, assert_close, output_of
 from tests.tuners.method_checks import check_config_fields
 
 import peftkit
+from peftkit import mapping as peftkit_mapping
 from peftkit.tuners.cartridge.utils import (
     compose_cartridge_adapters,
     initialize_kv_prefix_from_past_key_values,
@@ -281,12 +283,11 @@ def test_prefix_tuning_can_be_initialised_from_a_cache_too():
 
 
 def test_registered_as_peft_registers_it():
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING as theirs
-
-    from peftkit.mapping import PEFT_TYPE_TO_TUNER_MAPPING as ours
-
-    assert ours[peftkit.PeftType.CARTRIDGE] is peftkit.CartridgeEncoder
-    assert theirs[peft.PeftType.CARTRIDGE].__name__ == "CartridgeEncoder"
+    cartridge = peftkit.PeftType.CARTRIDGE
+    assert peftkit_mapping.PEFT_TYPE_TO_TUNER_MAPPING[cartridge] is peftkit.CartridgeEncoder
+    assert peft_mapping.PEFT_TYPE_TO_TUNER_MAPPING[peft.PeftType.CARTRIDGE].__name__ == "CartridgeEncoder"
+    ours_prefix = peftkit_mapping.PEFT_TYPE_TO_PREFIX_MAPPING[cartridge]
+    assert ours_prefix == peft_mapping.PEFT_TYPE_TO_PREFIX_MAPPING[peft.PeftType.CARTRIDGE] == "cartridge_"
     for name in ("compose_cartridge_adapters", "initialize_kv_prefix_from_text", "CartridgeConfig"):
         assert hasattr(peftkit, name) and hasattr(peft, name)
 
