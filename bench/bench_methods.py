@@ -66,6 +66,11 @@ CONFIGS = {
         "cpt_mask": [1] * 8,
         "cpt_tokens_type_mask": [1, 2, 3, 4, 1, 2, 3, 4],
     },
+    "CartridgeConfig": {"task_type": "CAUSAL_LM", "num_virtual_tokens": 16},
+    "GloraConfig": {"target_modules": TARGETS, "r": 8},
+    "OSFConfig": {"target_modules": TARGETS, "effective_rank": 0.5},
+    "PeanutConfig": {"target_modules": TARGETS, "r": 16, "depth": 1},
+    "PsoftConfig": {"target_modules": TARGETS, "r": 16},
 }
 # per-method forward inputs besides input_ids (Poly routes every sample by its task)
 FORWARD_KWARGS = {"PolyConfig": {"task_ids": torch.arange(8) % 4}}

@@ -37,11 +37,13 @@ def _hooks(heading: str) -> list[str]:
 def test_every_hook_in_the_tables_exists(heading, cls):
     names = _hooks(heading)
     assert len(names) >= 4, f"no hooks read under {heading!r}"
+    from peftkit.tuners._premerge import PremergeWeightMixin
     from peftkit.tuners.fourierft import FourierFTLinear
     from peftkit.tuners.lora import LoraModel
 
     # `__init__`/`update_layer`/`add_weighted_adapter` are a method's own; look them up on real methods
-    owners = (cls, FourierFTLinear, LoraModel)
+    # (and the optional mixins')
+    owners = (cls, FourierFTLinear, LoraModel, PremergeWeightMixin)
     missing = [n for n in names if not any(hasattr(owner, n) for owner in owners)]
     assert missing == [], f"the guide names hooks that do not exist: {missing}"
 

@@ -41,11 +41,19 @@ from .tuners.adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .tuners.beft import BeftConfig, BeftModel
 from .tuners.boft import BOFTConfig, BOFTModel
 from .tuners.c3a import C3AConfig, C3AModel
+from .tuners.cartridge import CartridgeConfig, CartridgeEncoder
+from .tuners.cartridge.utils import (
+    compose_cartridge_adapters,
+    initialize_kv_prefix_from_past_key_values,
+    initialize_kv_prefix_from_text,
+    prompt_embeddings_from_past_key_values,
+)
 from .tuners.cpt import CPTConfig, CPTEmbedding
 from .tuners.deft import DeftConfig, DeftModel
 from .tuners.delora import DeloraConfig, DeloraModel
 from .tuners.fourierft import FourierFTConfig, FourierFTModel
 from .tuners.frod import FrodConfig, FrodModel
+from .tuners.glora import GloraConfig, GloraModel
 from .tuners.gralora import GraloraConfig, GraloraModel
 from .tuners.hira import HiraConfig, HiraModel
 from .tuners.hra import HRAConfig, HRAModel
@@ -59,10 +67,13 @@ from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.miss import MissConfig, MissModel
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
 from .tuners.oft import OFTConfig, OFTModel
+from .tuners.osf import OSFConfig, OSFModel
 from .tuners.p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .tuners.peanut import PeanutConfig, PeanutModel
 from .tuners.poly import PolyConfig, PolyModel
 from .tuners.prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .tuners.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .tuners.psoft import PsoftConfig, PsoftModel
 from .tuners.pvera import PveraConfig, PveraModel
 from .tuners.randlora import RandLoraConfig, RandLoraModel
 from .tuners.road import RoadConfig, RoadModel
@@ -109,6 +120,8 @@ __all__ = [
     "C3AModel",
     "CPTConfig",
     "CPTEmbedding",
+    "CartridgeConfig",
+    "CartridgeEncoder",
     "TrainableTokensConfig",
     "TrainableTokensModel",
     "DeloraConfig",
@@ -121,6 +134,8 @@ __all__ = [
     "FrodModel",
     "HiraConfig",
     "HiraModel",
+    "GloraConfig",
+    "GloraModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
@@ -153,6 +168,10 @@ __all__ = [
     "TinyLoraModel",
     "VBLoRAConfig",
     "VBLoRAModel",
+    "OSFConfig",
+    "OSFModel",
+    "PeanutConfig",
+    "PeanutModel",
     "VeraConfig",
     "VeraModel",
     "WaveFTConfig",
@@ -190,15 +209,21 @@ __all__ = [
     "PromptTuningInit",
     "PveraConfig",
     "PveraModel",
+    "PsoftConfig",
+    "PsoftModel",
     "TaskType",
     "__version__",
+    "compose_cartridge_adapters",
     "get_layer_status",
     "get_model_status",
     "get_peft_config",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "initialize_kv_prefix_from_past_key_values",
+    "initialize_kv_prefix_from_text",
     "inject_adapter_in_model",
     "load_peft_weights",
+    "prompt_embeddings_from_past_key_values",
     "register_peft_method",
     "set_peft_model_state_dict",
     "AutoPeftModel",

@@ -55,10 +55,19 @@ def get_prompt_learning_state_dict(
     return result
 
 
+def _loads_own_prompt(encoder: nn.Module) -> bool:
+    """Encoders that store `prompt_embeddings` in several tensors (a Cartridge's frozen and trained tokens)
+    load the file's tensor through their `load_prompt_embeddings`, as PEFT lets them."""
+    return callable(getattr(encoder, "load_prompt_embeddings", None))
+
+
 def _prompt_targets(model: nn.Module, adapter_name: str) -> dict[str, tuple[str, torch.Tensor]]:
-    """file key -> (model key, tensor) of the prompt encoder's saved tensors."""
+    """file key -> (model key, tensor) of the prompt encoder's saved tensors (the model key of a
+    `prompt_embeddings` that the encoder loads itself is the encoder's name)."""
     encoder = model.prompt_encoder[adapter_name]
     base = f"prompt_encoder.{adapter_name}."
+    if _loads_own_prompt(encoder):
+        return {PROMPT_KEY: (base.rstrip("."), encoder.embedding.weight)}
     targets = {PROMPT_KEY: (base + "embedding.weight", encoder.embedding.weight)}
     if model.peft_config[adapter_name].peft_type == PeftType.MULTITASK_PROMPT_TUNING:
         targets.update({name: (base + name, getattr(encoder, name)) for name in _MULTITASK_KEYS})
@@ -93,7 +102,10 @@ def set_prompt_learning_state_dict(
             missing_keys_are_errors=missing_keys_are_errors,
         )
     model_state = model.state_dict()
-    targets = {fk: (mk, model_state[mk]) for fk, (mk, _) in _prompt_targets(model, adapter_name).items()}
+    targets = {
+        fk: (mk, model_state.get(mk, tensor))
+        for fk, (mk, tensor) in _prompt_targets(model, adapter_name).items()
+    }
     for model_key, file_key in _other_key_map(model, adapter_name, list(model_state), False).items():
         targets[file_key] = (model_key, model_state[model_key])
     to_load: dict[str, torch.Tensor] = {}
@@ -119,6 +131,10 @@ def set_prompt_learning_state_dict(
             PeftWarning,
             stacklevel=3,
         )
+    encoder = model.prompt_encoder[adapter_name]
+    own_prompt = to_load.pop(targets[PROMPT_KEY][0], None) if _loads_own_prompt(encoder) else None
+    if own_prompt is not None:
+        encoder.load_prompt_embeddings(own_prompt)
     result = model.load_state_dict(to_load, strict=False)
     return torch.nn.modules.module._IncompatibleKeys(missing, unexpected + list(result.unexpected_keys))
 

@@ -1,4 +1,4 @@
-"""The PeftModel side of the prompt-learning methods (prompt tuning, prefix tuning, P-tuning, multitask
+"""The PeftModel side of the prompt-learning methods (prompt tuning, prefix tuning, Cartridge, P-tuning, multitask
 prompt tuning): adapter bookkeeping, virtual tokens, task forwards, generation and state dicts.
 
 The method-specific encoders live in `peftkit.tuners.<method>`; this package wires them into a PeftModel.

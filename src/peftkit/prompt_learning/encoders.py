@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import PromptLearningConfig
+from ..tuners.cartridge import CartridgeEncoder
 from ..tuners.cpt import CPTEmbedding
 from ..tuners.multitask_prompt_tuning import MultitaskPromptEmbedding
 from ..tuners.p_tuning import PromptEncoder
@@ -26,4 +27,6 @@ def build_prompt_encoder(config: PromptLearningConfig, word_embeddings: nn.Modul
         return PromptEncoder(config)
     if peft_type == PeftType.PREFIX_TUNING:
         return PrefixEncoder(config)
+    if peft_type == PeftType.CARTRIDGE:
+        return CartridgeEncoder(config)
     raise ValueError(f"{peft_type} is not a prompt-learning method peftkit implements.")

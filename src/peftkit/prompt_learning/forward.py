@@ -18,6 +18,7 @@ from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache,
 from ..utils.peft_types import PeftType, TaskType
 from . import heads
 from .cpt import cpt_forward
+from .prefix_cache import is_kv_prefix
 from .prompts import get_prompt
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def causal_lm_forward(
     batch = _batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         _prefix(peft_model, kwargs, batch, base)
         return base(
             input_ids=input_ids,
@@ -145,7 +146,7 @@ def seq2seq_forward(
         "decoder_inputs_embeds": decoder_inputs_embeds,
         "labels": labels,
     }
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         _prefix(peft_model, kwargs, batch, base)
         return base(
             input_ids=input_ids,
@@ -206,7 +207,7 @@ def _classification_forward(
     batch = _batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         if heads.accepts_cache(base):
             _prefix(peft_model, kwargs, batch, base)
             return base(
@@ -306,7 +307,7 @@ def question_answering_forward(
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)
     positions = {"start_positions": start_positions, "end_positions": end_positions}
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         if heads.accepts_cache(base):
             _prefix(peft_model, kwargs, batch, base)
             return base(
@@ -342,7 +343,7 @@ def feature_extraction_forward(
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         _prefix(peft_model, kwargs, batch, base)
         return base(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
     _drop(kwargs, "position_ids", _POSITION_IDS_IGNORED)

@@ -23,9 +23,8 @@ from ..utils.cache_names import (
     rename_cache_for,
     set_cache,
 )
-from ..utils.peft_types import PeftType
 from .forward import _TOKEN_TYPES_IGNORED, extend_mask
-from .prefix_cache import write_prefix_into
+from .prefix_cache import is_kv_prefix, write_prefix_into
 from .prompts import get_prompt
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def _prepare_inputs(
     encoder_decoder = bool(getattr(peft_model.base_model.config, "is_encoder_decoder", False))
     cache = get_cache(inputs)
     first = _is_first_step(cache)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         if first:
             _check_cache(cache)
             ids_key = "decoder_input_ids" if encoder_decoder else "input_ids"
@@ -141,7 +140,7 @@ def seq2seq_generate(peft_model: PeftModel, *args: Any, **kwargs: Any) -> Any:
     if state.disabled:
         return base.generate(*args, **kwargs)
     config = state.peft_config[state.active_adapter]
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         with _wrapped_prepare(peft_model):
             return base.generate(*args, **kwargs)
     if args:

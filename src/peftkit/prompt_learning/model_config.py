@@ -7,7 +7,8 @@ from typing import Any
 from torch import nn
 
 from ..config import PromptLearningConfig
-from ..utils.peft_types import PeftType, TaskType
+from ..utils.peft_types import TaskType
+from .prefix_cache import is_kv_prefix
 
 # attribute names under which model configs of different architectures store the same quantity
 _NUM_LAYERS_KEYS = ("num_hidden_layers", "num_layers", "n_layer")
@@ -51,7 +52,7 @@ def fill_prompt_learning_config(config: PromptLearningConfig, model: nn.Module) 
     """Fill `num_layers`, `token_dim`, `num_attention_heads`, `num_transformer_submodules` and
     `encoder_hidden_size` (where the method has it) from `model`'s config when they are None.
 
-    For prefix tuning on a model with `num_key_value_heads` (grouped-query attention), the prefix has the
+    For a key/value prefix (prefix tuning, Cartridge) on a model with `num_key_value_heads` (grouped-query attention), the prefix has the
     shape of the model's key/value states, so `token_dim` becomes `head_dim * num_key_value_heads` and
     `num_attention_heads` becomes `num_key_value_heads` (always, as PEFT does).
     """
@@ -64,7 +65,7 @@ def fill_prompt_learning_config(config: PromptLearningConfig, model: nn.Module) 
     if config.num_transformer_submodules is None:
         config.num_transformer_submodules = 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1
     kv_heads = getattr(model_config, "num_key_value_heads", None)
-    if config.peft_type == PeftType.PREFIX_TUNING and kv_heads is not None:
+    if is_kv_prefix(config) and kv_heads is not None:
         hidden = _lookup(model_config, _TOKEN_DIM_KEYS)
         heads = _lookup(model_config, _NUM_HEADS_KEYS)
         head_dim = getattr(model_config, "head_dim", None) or hidden // heads

@@ -1,4 +1,4 @@
-"""Turning a prefix-tuning prefix into the transformers `Cache` the base model reads as its cache
+"""Turning a key/value prefix (prefix tuning, Cartridge) into the transformers `Cache` the base model reads as its cache
 (`cache`, `past_key_values` before transformers 5.24)."""
 
 from __future__ import annotations
@@ -8,6 +8,15 @@ from typing import Any
 import torch
 
 from ..config import PromptLearningConfig
+from ..utils.peft_types import PeftType
+
+# the methods whose virtual tokens are a key/value prefix, served to the model as its cache
+KV_PREFIX_TYPES = (PeftType.PREFIX_TUNING, PeftType.CARTRIDGE)
+
+
+def is_kv_prefix(config: PromptLearningConfig) -> bool:
+    """Whether `config`'s method is a key/value prefix (prefix tuning, Cartridge) rather than prompt tokens."""
+    return config.peft_type in KV_PREFIX_TYPES
 
 
 def split_prefix(prefix: torch.Tensor, config: PromptLearningConfig) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..utils.peft_types import PeftType
-from .prefix_cache import prefix_to_cache
+from .prefix_cache import is_kv_prefix, prefix_to_cache
 from .state import encoder_device
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def _require_prompt_learning(peft_model: PeftModel) -> None:
 
 def _virtual_token_ids(config, device: torch.device) -> torch.Tensor:
     total = config.num_virtual_tokens * config.num_transformer_submodules
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         total = config.num_virtual_tokens  # one prefix serves every layer (and submodule)
     return torch.arange(total, dtype=torch.long, device=device)
 
@@ -32,7 +32,7 @@ def _virtual_token_ids(config, device: torch.device) -> torch.Tensor:
 def get_prompt(peft_model: PeftModel, batch_size: int, task_ids: torch.Tensor | None = None) -> Any:
     """The active adapter's virtual tokens for a batch.
 
-    Prefix tuning: a fresh `Cache` (`DynamicCache`, or `EncoderDecoderCache` for encoder-decoder models)
+    Prefix tuning and Cartridge: a fresh `Cache` (`DynamicCache`, or `EncoderDecoderCache` for encoder-decoder models)
     holding the prefix keys and values, in the base model's dtype. Other methods: a tensor
     (batch, num_virtual_tokens * num_transformer_submodules, token_dim), in the encoder's dtype.
     Multitask prompt tuning needs `task_ids` (one task index per sample).
@@ -42,7 +42,7 @@ def get_prompt(peft_model: PeftModel, batch_size: int, task_ids: torch.Tensor | 
     config = state.peft_config[state.active_adapter]
     encoder = peft_model.prompt_encoder[state.active_adapter]
     ids = _virtual_token_ids(config, encoder_device(encoder)).unsqueeze(0).expand(batch_size, -1)
-    if config.peft_type == PeftType.PREFIX_TUNING:
+    if is_kv_prefix(config):
         prefix = encoder(ids).to(peft_model.word_embeddings.weight.dtype)
         base_config = getattr(peft_model.base_model, "config", None)
         return prefix_to_cache(prefix, config, bool(getattr(base_config, "is_encoder_decoder", False)))

@@ -6,11 +6,13 @@ from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .beft import BeftConfig, BeftModel
 from .boft import BOFTConfig, BOFTModel
 from .c3a import C3AConfig, C3AModel
+from .cartridge import CartridgeConfig, CartridgeEncoder
 from .cpt import CPTConfig, CPTEmbedding
 from .deft import DeftConfig, DeftModel
 from .delora import DeloraConfig, DeloraModel
 from .fourierft import FourierFTConfig, FourierFTModel
 from .frod import FrodConfig, FrodModel
+from .glora import GloraConfig, GloraModel
 from .gralora import GraloraConfig, GraloraModel
 from .hira import HiraConfig, HiraModel
 from .hra import HRAConfig, HRAModel
@@ -27,10 +29,13 @@ from .multitask_prompt_tuning import (
     MultitaskPromptTuningInit,
 )
 from .oft import OFTConfig, OFTModel
+from .osf import OSFConfig, OSFModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType
+from .peanut import PeanutConfig, PeanutModel
 from .poly import PolyConfig, PolyModel
 from .prefix_tuning import PrefixEncoder, PrefixTuningConfig
 from .prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningInit
+from .psoft import PsoftConfig, PsoftModel
 from .pvera import PveraConfig, PveraModel
 from .randlora import RandLoraConfig, RandLoraModel
 from .road import RoadConfig, RoadModel
@@ -71,6 +76,10 @@ __all__ = [
     "FrodModel",
     "HiraConfig",
     "HiraModel",
+    "CartridgeConfig",
+    "CartridgeEncoder",
+    "GloraConfig",
+    "GloraModel",
     "HRAConfig",
     "HRAModel",
     "IA3Config",
@@ -92,9 +101,13 @@ __all__ = [
     "OFTModel",
     "PolyConfig",
     "PolyModel",
+    "OSFConfig",
+    "OSFModel",
     "MultitaskPromptEmbedding",
     "MultitaskPromptTuningConfig",
     "MultitaskPromptTuningInit",
+    "PeanutConfig",
+    "PeanutModel",
     "PrefixEncoder",
     "PrefixTuningConfig",
     "PromptEmbedding",
@@ -121,6 +134,8 @@ __all__ = [
     "TinyLoraModel",
     "VBLoRAConfig",
     "VBLoRAModel",
+    "PsoftConfig",
+    "PsoftModel",
     "VeraConfig",
     "VeraModel",
     "WaveFTConfig",

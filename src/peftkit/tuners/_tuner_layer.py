@@ -186,10 +186,12 @@ class BaseTunerLayer:
         for tensor in self._adapter_tensors(adapter_name):
             # meta tensors (low_cpu_mem_usage) have no data to move: they are filled from a file later
             if weight is not None and not tensor.is_meta:
-                target_dtype = dtype or tensor.dtype
+                # integer buffers (PSOFT's index tables) keep their dtype
+                target_dtype = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
                 if tensor.device != weight.device or tensor.dtype != target_dtype:
                     tensor.data = tensor.data.to(weight.device, dtype=target_dtype)
-            tensor.requires_grad_(trainable)
+            if isinstance(tensor, nn.Parameter):  # an adapter's buffers (GLoRA's zeros) never train
+                tensor.requires_grad_(trainable)
 
     def _placement_reference(self) -> torch.Tensor | None:
         """The tensor whose device and float dtype new adapter tensors take: the base layer's weight."""
@@ -203,7 +205,8 @@ class BaseTunerLayer:
         """A new adapter trains only if it is active (O(1): the other adapters are left as they are)."""
         trainable = adapter_name in self.active_adapters and not inference_mode
         for tensor in self._adapter_tensors(adapter_name):
-            tensor.requires_grad_(trainable)
+            if isinstance(tensor, nn.Parameter):
+                tensor.requires_grad_(trainable)
 
     def cast_adapter_dtype(self, adapter_name: str, dtype: torch.dtype = torch.float32) -> None:
         """Cast the fp16/bf16 tensors of `adapter_name` to `dtype` (fp32 adapters train stably)."""

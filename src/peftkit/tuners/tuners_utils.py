@@ -546,7 +546,7 @@ def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             for tensor in module._adapter_tensors(adapter_name):
-                if tensor.is_floating_point():
+                if isinstance(tensor, nn.Parameter) and tensor.is_floating_point():
                     tensor.requires_grad_(trainable)
         elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
             module.modules_to_save[adapter_name].requires_grad_(trainable)

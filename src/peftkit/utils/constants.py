@@ -135,6 +135,43 @@ TRANSFORMERS_MODELS_TO_ADAMSS_TARGET_MODULES_MAPPING = _with_overrides(
 TRANSFORMERS_MODELS_TO_HIRA_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 )
+TRANSFORMERS_MODELS_TO_GLORA_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_PEANUT_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+TRANSFORMERS_MODELS_TO_PSOFT_TARGET_MODULES_MAPPING = _with_overrides(
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+)
+
+# OSF: every projection of the attention and MLP blocks (its own table in PEFT); a model type missing
+# here gets "all-linear" (OSFModel decides that, as PEFT does).
+_OSF_LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"]
+TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
+    **{
+        name: list(_OSF_LLAMA_LIKE)
+        for name in (
+            "llama",
+            "llama4",
+            "mistral",
+            "mixtral",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "qwen2",
+            "qwen3",
+            "phi",
+        )
+    },
+    "gpt2": ["c_attn", "c_proj"],
+    "bloom": ["query_key_value", "dense_4h_to_h"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense_4h_to_h"],
+    "falcon": ["query_key_value", "dense_4h_to_h"],
+    "gpt_bigcode": ["c_attn", "c_proj"],
+}
 
 # AdaLoRA: its own table (more projections per architecture for some models, fewer architectures).
 TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = {

@@ -46,7 +46,7 @@ def fsdp_auto_wrap_policy(model: nn.Module) -> Callable:
     layer_classes = _transformer_layer_classes(model)
     # prompt-learning encoders hold their trainable tensors directly
     for module in model.modules():
-        if type(module).__name__ in ("PrefixEncoder", "PromptEncoder", "PromptEmbedding"):
+        if type(module).__name__ in ("CartridgeEncoder", "PrefixEncoder", "PromptEncoder", "PromptEmbedding"):
             layer_classes.add(type(module))
     transformer_policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_classes)
     trainable_leaf_policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=_has_trainable_weight)
