@@ -1,5 +1,5 @@
-"""The framework's hooks for adapter state a tuner shares with its layers: a layer's `shared_adapter_names`
-keep its borrowed containers out of the adapter's file keys (the tuner saves them once), and a tuner's
+"""The framework's hooks for adapter state a tuner shares with its layers: a tuner's `shared_state_names`
+keep its layers' references out of the adapter's file keys (the tuner saves them once), and its
 `uses_shared_state` makes `inject_adapter_in_model` (which drops the tuner) refuse the method."""
 
 from __future__ import annotations
@@ -10,38 +10,31 @@ from torch import nn
 
 import peftkit
 from peftkit.tuners._adapter_keys import adapter_key_map
-from peftkit.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peftkit.tuners.tuners_utils import BaseTuner
 
 
-class _BorrowingLayer(BaseTunerLayer, nn.Module):
-    """A layer with one container of its own and one borrowed from its owner (the bank)."""
-
-    adapter_layer_names = ("fourierft_spectrum", "fourierft_bank")
-
-    def __init__(self, bank: nn.ParameterDict, shared: tuple[str, ...]) -> None:
-        nn.Module.__init__(self)
-        self._init_tuner_layer(nn.Linear(2, 2))
-        self.fourierft_spectrum = nn.ParameterDict({"default": nn.Parameter(torch.zeros(3))})
-        self.fourierft_bank = bank
-        self.shared_adapter_names = shared
+def _unilora(bias: str = "none") -> nn.Module:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(4, 4, bias=True), nn.ReLU(), nn.Linear(4, 2, bias=True))
+    config = peftkit.UniLoraConfig(target_modules=["0", "2"], r=2, theta_d_length=8, bias=bias)
+    return peftkit.get_peft_model(base, config)
 
 
-def _model(shared: tuple[str, ...]) -> nn.Module:
-    bank = nn.ParameterDict({"default": nn.Parameter(torch.zeros(4))})
-    model = nn.Module()
-    model.first, model.second = _BorrowingLayer(bank, shared), _BorrowingLayer(bank, shared)
-    model.peft_config = {"default": peftkit.FourierFTConfig(target_modules=["first", "second"])}
-    return model
+def test_containers_the_tuner_shares_are_saved_once_under_the_tuner(monkeypatch):
+    keys = adapter_key_map(_unilora(), "default")
+    shared = sorted(k for k in keys if "unilora_theta_d" in k)
+    assert shared == ["base_model.unilora_theta_d.default"]
+    assert keys["base_model.unilora_theta_d.default"] == "base_model.unilora_theta_d"
+    # without the tuner's declaration, each layer would save (and expect) its own copy
+    monkeypatch.setattr(peftkit.UniLoraModel, "shared_state_names", ())
+    copies = [k for k in adapter_key_map(_unilora(), "default") if ".unilora_theta_d." in k]
+    assert "base_model.model.0.unilora_theta_d.default" in copies
 
 
-def test_borrowed_containers_are_not_file_keys():
-    keys = adapter_key_map(_model(shared=("fourierft_bank",)), "default")
-    assert keys == {
-        "first.fourierft_spectrum.default": "first.fourierft_spectrum",
-        "second.fourierft_spectrum.default": "second.fourierft_spectrum",
-    }
-    # without the declaration, each layer would save (and expect) its own copy of the bank
-    assert "first.fourierft_bank.default" in adapter_key_map(_model(shared=()), "default")
+def test_bias_only_still_finds_the_layers_that_only_borrow_containers():
+    keys = adapter_key_map(_unilora(bias="unilora_only"), "default")
+    assert {"base_model.model.0.base_layer.bias", "base_model.model.2.base_layer.bias"} <= set(keys)
+    assert not [k for k in keys if k.startswith("base_model.model.") and "theta_d" in k]
 
 
 def test_inject_adapter_in_model_refuses_tuners_with_shared_state(monkeypatch):

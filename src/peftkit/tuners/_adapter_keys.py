@@ -5,7 +5,7 @@ A file key is the model key with the adapter name taken out (`...q_proj.lora_A.d
 `score.modules_to_save.default.weight` -> `score.weight`). Saving, loading and hot-swapping use the same
 function (`adapter_key_map`), so what is written is exactly what is read back. The rule is the
 framework's (a method only contributes its parameter prefix, `_tuner_state_keys` and its layers'
-`saved_other_param_names` and `shared_adapter_names`).
+`saved_other_param_names`, and its tuner's `shared_state_names`).
 """
 
 from __future__ import annotations
@@ -124,15 +124,13 @@ def adapter_key_map(
     config = model.peft_config[adapter_name]
     prefix = _prefix_of(config)
     keys = list(model.state_dict().keys()) if state_dict_keys is None else state_dict_keys
-    shared = _shared_references(model)
     mapping: dict[str, str] = {}
     for key in keys:
-        if shared and any(marker in key for marker in shared):
-            continue  # a layer's reference to state the tuner holds: saved once, by `_tuner_level_keys`
         file_key = _file_key(key, adapter_name, prefix)
         if file_key is not None:
             mapping[key] = file_key
-    mapping.update(tuner_level_keys(model, adapter_name, keys))
+    tuner_keys = tuner_level_keys(model, adapter_name, keys)
+    mapping.update(tuner_keys)
     bias = getattr(config, "bias", "none")
     if bias == "all":
         mapping.update(
@@ -151,20 +149,12 @@ def adapter_key_map(
             parts = key.split(".")
             if layer in parts and not any(p.startswith(prefix) for p in parts if prefix):
                 mapping[key] = key.replace(f".{_MODULES_TO_SAVE}.{adapter_name}", "")
-    # last: the layers' keys for borrowed containers still told which modules are adapted (bias="*_only")
-    borrowed = _borrowed_key_prefixes(model)
-    return {k: v for k, v in mapping.items() if not k.startswith(borrowed)} if borrowed else mapping
-
-
-def _borrowed_key_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Key prefixes (`<layer>.<container>.`) of the containers adapter layers borrow from their tuner
-    (`shared_adapter_names`): the tuner saves those tensors once, under its own keys."""
-    return tuple(
-        f"{name}.{attr}."
-        for name, module in model.named_modules()
-        if isinstance(module, BaseTunerLayer)
-        for attr in module.shared_adapter_names
-    )
+    # Last, since they still told `bias="*_only"` which modules are adapted: the layers' references to the
+    # containers the tuner holds (`shared_state_names`) are dropped; the tuner's own keys save them once.
+    shared = _shared_references(model)
+    if shared:
+        mapping = {k: v for k, v in mapping.items() if k in tuner_keys or not any(m in k for m in shared)}
+    return mapping
 
 
 def tuner_level_keys(model: nn.Module, adapter_name: str, keys: list[str]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from ..config import PeftConfig, PromptLearningConfig
 from ..utils.peft_types import PeftType
 from ._dispatch import check_layer_classes
 from ._registry import (
+    MIXED_MODEL_TYPES,
     PEFT_TYPE_TO_CONFIG_MAPPING,
     PEFT_TYPE_TO_DEFAULT_TARGET_MODULES,
     PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
@@ -45,6 +46,7 @@ def register_peft_method(
     prefix: str | None = None,
     is_mixed_compatible: bool = False,
     default_target_modules: Mapping[str, Any] | None = None,
+    mixed_model_support: bool | None = None,
 ) -> None:
     """Make the method `name` (its PeftType in lower case, e.g. "lora") known to peftkit.
 
@@ -52,7 +54,10 @@ def register_peft_method(
         encoder), or another module class for a method that wraps the model its own way (adaption prompt).
     prefix: the start of the method's parameter names. Read from `model_cls.prefix`; when given as well
         (peft's signature has it) it must be the same.
-    is_mixed_compatible: whether the method's adapters may be combined with others in a PeftMixedModel.
+    is_mixed_compatible: whether the method is listed in `PEFT_TYPE_TO_MIXED_MODEL_MAPPING` (peft's meaning).
+    mixed_model_support: whether a PeftMixedModel accepts the method's adapters; by default the same as
+        `is_mixed_compatible`. PEFT 0.21's two lists differ (its mapping names IA3, BEFT, HiRA and RoAd, which
+        its mixed model refuses, and not OFT, which it accepts); peftkit keeps both as PEFT has them.
     default_target_modules: model_type -> module names (or one regex) targeted when a config leaves
         `target_modules` unset.
 
@@ -62,13 +67,14 @@ def register_peft_method(
     peft_type = _peft_type_of(name)
     _check_config_cls(config_cls, peft_type)
     is_tuner = isinstance(model_cls, type) and issubclass(model_cls, BaseTuner)
-    _check_model_cls(model_cls, config_cls, is_tuner, is_mixed_compatible, default_target_modules)
+    mixable = is_mixed_compatible if mixed_model_support is None else mixed_model_support
+    _check_model_cls(model_cls, config_cls, is_tuner, is_mixed_compatible or mixable, default_target_modules)
     if is_tuner:
         prefix = _tuner_prefix(model_cls, prefix)
     if prefix is not None:
         _check_prefix(prefix, f"prefix {prefix!r}")
     targets = _checked_targets(default_target_modules)
-    entry = (config_cls, model_cls, prefix, bool(is_mixed_compatible), targets)
+    entry = (config_cls, model_cls, prefix, bool(is_mixed_compatible), bool(mixable), targets)
     if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:
         if entry == _registered_entry(peft_type):
             return  # the same registration again (a module imported twice): nothing changes
@@ -85,6 +91,8 @@ def register_peft_method(
         PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = prefix
     if is_mixed_compatible:
         PEFT_TYPE_TO_MIXED_MODEL_MAPPING[peft_type] = model_cls
+    if mixable:
+        MIXED_MODEL_TYPES.append(peft_type)
     if targets is not None:
         PEFT_TYPE_TO_DEFAULT_TARGET_MODULES[peft_type] = targets
 
@@ -99,6 +107,7 @@ def _registered_entry(peft_type: PeftType) -> tuple:
         PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type),
         PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type),
         peft_type in PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
+        peft_type in MIXED_MODEL_TYPES,
         PEFT_TYPE_TO_DEFAULT_TARGET_MODULES.get(peft_type),
     )
 

@@ -13,6 +13,7 @@ from ..config import PEFT_TYPE_TO_CONFIG_MAPPING
 from ..utils.peft_types import PeftType
 
 __all__ = [
+    "MIXED_MODEL_TYPES",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_DEFAULT_TARGET_MODULES",
     "PEFT_TYPE_TO_MIXED_MODEL_MAPPING",
@@ -25,6 +26,9 @@ __all__ = [
 PEFT_TYPE_TO_TUNER_MAPPING: dict[PeftType, type] = {}
 PEFT_TYPE_TO_PREFIX_MAPPING: dict[PeftType, str] = {}
 PEFT_TYPE_TO_MIXED_MODEL_MAPPING: dict[PeftType, type] = {}
+# The methods a PeftMixedModel accepts, in registration order (not always those of the mapping above: see
+# `register_peft_method`'s `mixed_model_support`)
+MIXED_MODEL_TYPES: list[PeftType] = []
 # model_type -> the module names (or one regex) a method targets when a config leaves target_modules unset
 PEFT_TYPE_TO_DEFAULT_TARGET_MODULES: dict[PeftType, Mapping[str, Any]] = {}
 
@@ -34,8 +38,8 @@ def default_target_modules(peft_type: PeftType) -> Mapping[str, Any]:
     return PEFT_TYPE_TO_DEFAULT_TARGET_MODULES.get(peft_type, {})
 
 
-# The order in which PEFT lists its mixed-compatible methods; it only orders the list (which methods are
-# in it is decided by registration), so that peftkit's tuple and messages read as PEFT's do.
+# The order in which PEFT lists the methods its mixed model accepts; it only orders the list (which methods
+# are in it is decided by registration), so that peftkit's tuple and messages read as PEFT's do.
 _PEFT_MIXED_LISTING_ORDER = (
     PeftType.LORA,
     PeftType.LOHA,
@@ -47,8 +51,7 @@ _PEFT_MIXED_LISTING_ORDER = (
 
 
 def mixed_compatible_types() -> tuple[PeftType, ...]:
-    """The methods registered as usable in a mixed model: in PEFT's order, then any others in the order
-    they were registered."""
-    registered = list(PEFT_TYPE_TO_MIXED_MODEL_MAPPING)
-    known = [t for t in _PEFT_MIXED_LISTING_ORDER if t in PEFT_TYPE_TO_MIXED_MODEL_MAPPING]
-    return tuple(known + [t for t in registered if t not in known])
+    """The methods a PeftMixedModel accepts: in PEFT's order, then any others in the order they were
+    registered."""
+    known = [t for t in _PEFT_MIXED_LISTING_ORDER if t in MIXED_MODEL_TYPES]
+    return tuple(known + [t for t in MIXED_MODEL_TYPES if t not in known])

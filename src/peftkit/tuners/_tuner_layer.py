@@ -48,10 +48,6 @@ class BaseTunerLayer:
     # Those of `other_param_names` that are plain dicts of tensors (so outside the state dict) which adapter
     # files hold all the same, as `<layer>.<name>` (SHiRA's sparse indices): saved and loaded by the framework.
     saved_other_param_names: tuple[str, ...] = ()
-    # Those of `adapter_layer_names` that the layer only borrows from its tuner, which owns them once for all
-    # layers (Uni-LoRA's `unilora_theta_d`): the layer's keys for them are not saved or loaded, the tuner's
-    # are (`BaseTuner._tuner_state_keys`).
-    shared_adapter_names: tuple[str, ...] = ()
 
     _active_adapter: str | list[str] = "default"
     _disable_adapters: bool = False

@@ -5,6 +5,11 @@ from .config import AdaptionPromptConfig
 from .layer import AdaptedAttention
 from .model import AdaptionPromptModel
 
-register_peft_method(name="adaption_prompt", config_cls=AdaptionPromptConfig, model_cls=AdaptionPromptModel)
+register_peft_method(
+    name="adaption_prompt",
+    config_cls=AdaptionPromptConfig,
+    model_cls=AdaptionPromptModel,
+    prefix="adaption_prompt_",
+)
 
 __all__ = ["AdaptedAttention", "AdaptionPromptConfig", "AdaptionPromptModel"]

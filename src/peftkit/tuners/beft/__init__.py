@@ -6,12 +6,13 @@ from .config import BeftConfig
 from .layer import BeftLayer, Linear
 from .model import BeftModel
 
-# peft registers BEFT as mixed-compatible, but its PeftMixedModel does not accept BEFT; peftkit's mixed
-# model accepts exactly the methods registered as compatible, so BEFT is not one (as in peft's mixed model)
 register_peft_method(
     name="beft",
     config_cls=BeftConfig,
     model_cls=BeftModel,
+    # PEFT lists it in PEFT_TYPE_TO_MIXED_MODEL_MAPPING, but its PeftMixedModel refuses it: so does peftkit's
+    is_mixed_compatible=True,
+    mixed_model_support=False,
     default_target_modules=TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING,
 )
 

@@ -56,6 +56,7 @@ class FrodModel(BaseTuner):
     """
 
     prefix = "frod_"
+    uses_shared_state = True  # its layers need the tuner's shared tensors (PEFT sets it too)
     tuner_layer_cls = FrodLayer
     layer_classes = {nn.Linear: Linear, CONV1D: Linear}
 

@@ -11,9 +11,9 @@ register_peft_method(
     name="hira",
     config_cls=HiraConfig,
     model_cls=HiraModel,
-    # peft 0.21 registers HiRA as mixed-compatible but its PeftMixedModel refuses it (COMPATIBLE_TUNER_TYPES
-    # lists LoRA, LoHa, LoKr, AdaLoRA, OFT and SHiRA): peftkit's mixed model accepts what peft's accepts
-    is_mixed_compatible=False,
+    # PEFT lists it in PEFT_TYPE_TO_MIXED_MODEL_MAPPING, but its PeftMixedModel refuses it: so does peftkit's
+    is_mixed_compatible=True,
+    mixed_model_support=False,
     default_target_modules=TRANSFORMERS_MODELS_TO_HIRA_TARGET_MODULES_MAPPING,
 )
 

@@ -10,6 +10,9 @@ register_peft_method(
     name="ia3",
     config_cls=IA3Config,
     model_cls=IA3Model,
+    # PEFT lists it in PEFT_TYPE_TO_MIXED_MODEL_MAPPING, but its PeftMixedModel refuses it: so does peftkit's
+    is_mixed_compatible=True,
+    mixed_model_support=False,
     default_target_modules=TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
 )
 

@@ -1,12 +1,12 @@
-"""MixedModel: adapters of different layer methods on one model (those registered as mixed-compatible:
-LoRA, LoHa, LoKr, AdaLoRA, OFT).
+"""MixedModel: adapters of different layer methods on one model (those whose registration says a mixed
+model supports them: LoRA, LoHa, LoKr, AdaLoRA, OFT, SHiRA, as in PEFT).
 
 Each adapter's layers are created by its own method's tuner; a module already adapted by another method
 is wrapped again, so a module can hold e.g. a LoHa layer whose `base_layer` is a LoRA layer (the same
 tree and keys as PEFT's mixed model). Several adapters, of any of these types, can be active at once.
 
 `COMPATIBLE_TUNER_TYPES` (PEFT's name) is read from the registry each time it is asked for, so it lists
-exactly the registered methods that said `is_mixed_compatible=True`.
+exactly the registered methods a mixed model supports (`register_peft_method(mixed_model_support=...)`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...config import PeftConfig
-from .._registry import PEFT_TYPE_TO_MIXED_MODEL_MAPPING, mixed_compatible_types
+from .._registry import PEFT_TYPE_TO_TUNER_MAPPING, mixed_compatible_types
 from ..tuners_utils import BaseTuner
 
 
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
 def _method_tuner(config: PeftConfig) -> type[BaseTuner]:
     check_mixable(config)
-    return PEFT_TYPE_TO_MIXED_MODEL_MAPPING[config.peft_type]
+    return PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
 
 
 def check_mixable(config: PeftConfig) -> None:

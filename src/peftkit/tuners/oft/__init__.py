@@ -10,7 +10,8 @@ register_peft_method(
     name="oft",
     config_cls=OFTConfig,
     model_cls=OFTModel,
-    is_mixed_compatible=True,
+    # PEFT's PeftMixedModel accepts OFT, though its PEFT_TYPE_TO_MIXED_MODEL_MAPPING does not list it
+    mixed_model_support=True,
     default_target_modules=TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING,
 )
 

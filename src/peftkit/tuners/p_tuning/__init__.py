@@ -4,6 +4,8 @@ from .._registration import register_peft_method
 from .config import PromptEncoderConfig, PromptEncoderReparameterizationType
 from .model import PromptEncoder
 
-register_peft_method(name="p_tuning", config_cls=PromptEncoderConfig, model_cls=None)
+register_peft_method(
+    name="p_tuning", config_cls=PromptEncoderConfig, model_cls=PromptEncoder, prefix="p_tuning_"
+)
 
 __all__ = ["PromptEncoder", "PromptEncoderConfig", "PromptEncoderReparameterizationType"]

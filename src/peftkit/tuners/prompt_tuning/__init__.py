@@ -4,6 +4,8 @@ from .._registration import register_peft_method
 from .config import PromptTuningConfig, PromptTuningInit
 from .model import PromptEmbedding
 
-register_peft_method(name="prompt_tuning", config_cls=PromptTuningConfig, model_cls=None)
+register_peft_method(
+    name="prompt_tuning", config_cls=PromptTuningConfig, model_cls=PromptEmbedding, prefix="prompt_tuning_"
+)
 
 __all__ = ["PromptEmbedding", "PromptTuningConfig", "PromptTuningInit"]

@@ -56,6 +56,7 @@ class PveraModel(BaseTuner):
     """
 
     prefix = "pvera_lambda_"
+    uses_shared_state = True  # its layers need the tuner's shared tensors (PEFT sets it too)
     tuner_layer_cls = PveraLayer
     layer_classes = {nn.Linear: Linear, CONV1D: Linear}
     layer_dispatchers = (dispatch_bnb,)

@@ -7,12 +7,13 @@ from .config import RoadConfig, RoadVariant
 from .layer import Linear, RoadLayer
 from .model import RoadModel
 
-# peft registers RoAd as mixed-compatible but its PeftMixedModel refuses it (it is not in
-# COMPATIBLE_TUNER_TYPES); peftkit's registry has one list for both, so RoAd stays out of it as PeftMixedModel
 register_peft_method(
     name="road",
     config_cls=RoadConfig,
     model_cls=RoadModel,
+    # PEFT lists it in PEFT_TYPE_TO_MIXED_MODEL_MAPPING, but its PeftMixedModel refuses it: so does peftkit's
+    is_mixed_compatible=True,
+    mixed_model_support=False,
     default_target_modules=TRANSFORMERS_MODELS_TO_ROAD_TARGET_MODULES_MAPPING,
 )
 

@@ -39,6 +39,7 @@ class TinyLoraModel(BaseTuner):
     """
 
     prefix = "tinylora_"
+    uses_shared_state = True  # its layers need the tuner's shared tensors (PEFT sets it too)
     tuner_layer_cls = TinyLoraLayer
     layer_classes = {nn.Linear: Linear, CONV1D: Linear, nn.Embedding: Embedding}
     shared_state_names = ("tinylora_v",)

@@ -32,8 +32,7 @@ class UniLoraLayer(BaseTunerLayer):
     to the tuner's `theta_d` vectors."""
 
     adapter_layer_names = ("unilora_theta_d",)
-    # theta_d is the tuner's, saved once as `base_model.unilora_theta_d`; a layer only borrows it
-    shared_adapter_names = ("unilora_theta_d",)
+    # theta_d is the tuner's (`UniLoraModel.shared_state_names`), saved once as `base_model.unilora_theta_d`
     other_param_names = (
         "r",
         "unilora_indices_A",

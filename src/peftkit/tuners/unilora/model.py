@@ -63,6 +63,7 @@ class UniLoraModel(BaseTuner):
     tuner_layer_cls = UniLoraLayer
     layer_classes = {nn.Linear: Linear, CONV1D: Linear}
     uses_shared_state = True
+    shared_state_names = ("unilora_theta_d",)
     generate_index = staticmethod(balanced_assignment)  # PEFT's name for it
 
     def _pre_injection_hook(

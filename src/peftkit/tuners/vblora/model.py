@@ -37,6 +37,7 @@ class VBLoRAModel(BaseTuner):
     """
 
     prefix = "vblora_"
+    uses_shared_state = True  # its layers need the tuner's shared tensors (PEFT sets it too)
     tuner_layer_cls = VBLoRALayer
     layer_classes = {nn.Linear: Linear, CONV1D: Linear}
     shared_state_names = ("vblora_vector_bank",)

@@ -57,6 +57,7 @@ class VeraModel(BaseTuner):
     """
 
     prefix = "vera_lambda_"
+    uses_shared_state = True  # its layers need the tuner's shared tensors (PEFT sets it too)
     tuner_layer_cls = VeraLayer
     layer_classes = {nn.Linear: Linear, CONV1D: Linear}
 
