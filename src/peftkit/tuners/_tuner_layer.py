@@ -14,9 +14,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..utils.warnings import PeftWarning
+from . import _quantized
 
 BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -318,13 +320,17 @@ class BaseTunerLayer:
         as PEFT does), and the output returns to the input's dtype.
         """
         base = self.get_base_layer()
-        adapted = base.weight
+        quantized = _quantized.quantization_backend(base) is not None
+        # a quantized layer cannot run with a plain weight: its dequantized weight is adapted and applied
+        adapted = self._dense_base_weight() if quantized else base.weight
         for name in active:
             adapted = self._weight_in_forward(name, adapted)
-        params = {"weight": adapted}
-        if getattr(base, "bias", None) is not None:
-            params["bias"] = base.bias.to(adapted.dtype)
+        bias = getattr(base, "bias", None)
+        bias = None if bias is None else bias.to(adapted.dtype)
         inputs = (self._cast_input_dtype(x, adapted.dtype), *args)
+        if quantized:
+            return F.linear(inputs[0], adapted, bias).to(x.dtype)
+        params = {"weight": adapted} if bias is None else {"weight": adapted, "bias": bias}
         return torch.func.functional_call(base, params, inputs, kwargs).to(x.dtype)
 
     def _mixed_batch_forward(
@@ -391,12 +397,31 @@ class BaseTunerLayer:
 
     def _dense_base_weight(self) -> torch.Tensor:
         """The base weight as a plain tensor to merge into (a quantized base layer dequantizes it)."""
-        return self.get_base_layer().weight.data
+        return _quantized.dense_weight(self.get_base_layer())
 
     def _write_base_weight(self, weight: torch.Tensor) -> None:
         """Store a merged or unmerged weight in the base layer (a quantized base layer requantizes it)."""
-        base_weight = self.get_base_layer().weight
-        base_weight.data = weight.to(base_weight.dtype)
+        _quantized.store_weight(self.get_base_layer(), weight)
+
+    def _warn_requantizing(self, merging: bool) -> None:
+        """Say that merging into (or unmerging from) a quantized base rounds the weight to its grid."""
+        backend = _quantized.quantization_backend(self.get_base_layer())
+        if backend is None:
+            return
+        if merging:
+            message = (
+                f"Merging an adapter into a {backend} quantized layer requantizes the merged weight: it is rounded "
+                "to the quantization grid, so the outputs differ slightly from the unmerged model's (and "
+                "unmerging does not restore the original weight exactly). For an exact merge use "
+                "peftkit.utils.quantization.merge_and_unload_dequantized(model), which returns a floating-point "
+                "model."
+            )
+        else:
+            message = (
+                f"Unmerging an adapter from a {backend} quantized layer requantizes the weight: it is not exactly "
+                "the weight before the merge."
+            )
+        warnings.warn(message, PeftWarning, stacklevel=4)
 
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
@@ -412,6 +437,9 @@ class BaseTunerLayer:
             return
         self._check_mergeable()
         base = self.get_base_layer()
+        _quantized.check_writable(base)
+        if any(self.has_adapter(name) for name in names):
+            self._warn_requantizing(merging=True)
         for name in names:
             if not self.has_adapter(name):
                 continue
@@ -435,6 +463,7 @@ class BaseTunerLayer:
             warnings.warn("Already unmerged. Nothing to do.", PeftWarning)
             return
         base = self.get_base_layer()
+        self._warn_requantizing(merging=False)
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if not self.has_adapter(name):
