@@ -250,3 +250,38 @@ def test_training_lowers_the_loss_where_peft_fails_or_was_wrong(method):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1e-3, losses
+
+
+def test_xlora_over_4bit_equals_the_dequantized_reference(tmp_path):
+    """X-LoRA's layers are LoRA layers: over a 4-bit base they are LoRA's bitsandbytes layers. The
+    classifier and the experts give the dequantized copy's logits (1e-5). peft 0.21's X-LoRA fails there
+    (it hands its `scalings` keyword to bitsandbytes' forward)."""
+    adapters = {}
+    for number, targets in enumerate((["q_proj", "v_proj"], ["q_proj", "down_proj"])):
+        torch.manual_seed(number)
+        config = peftkit.LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+        peftkit.get_peft_model(quantizable_llama(), config).save_pretrained(tmp_path / str(number))
+        adapters[str(number)] = str(tmp_path / str(number))
+    base = _quantized_base("nf4")
+    base.config.use_cache = False
+
+    def config(lib):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return lib.XLoraConfig(task_type="CAUSAL_LM", hidden_size=64, adapters=adapters)
+
+    inputs = llama_inputs()
+    theirs = peft.get_peft_model(copy.deepcopy(base), config(peft)).eval()
+    with pytest.raises(TypeError, match="scalings"):
+        _logits(theirs, inputs)
+    ours = peftkit.get_peft_model(copy.deepcopy(base), config(peftkit)).eval()
+    perturb_adapter_weights(ours, scale=0.3)
+    layer = ours.base_model.lora_model.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear4bit" and is_bnb_layer(layer.get_base_layer())
+    reference = peftkit.get_peft_model(dequantized_copy(base), config(peftkit)).eval()
+    adapter = {
+        k: v for k, v in ours.state_dict().items() if ".lora_A." in k or ".lora_B." in k or "classifier" in k
+    }
+    result = reference.load_state_dict(adapter, strict=False)
+    assert not result.unexpected_keys
+    torch.testing.assert_close(_logits(ours, inputs), _logits(reference, inputs), atol=1e-5, rtol=0)
