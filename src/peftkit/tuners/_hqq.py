@@ -1,8 +1,9 @@
 """HQQ-quantized linear layers (`hqq.core.quantize.HQQLinear`): the weight as numbers and back.
 
 An `HQQLinear` keeps its packed weight (`W_q`) and its quantization settings (`quant_config`): it
-dequantizes itself, and requantizing runs its own `quantize` on the new numbers with those settings, in
-place. hqq is never imported here: a model holding HQQ layers has imported it already.
+dequantizes itself; requantizing builds a new layer of the same class with those settings (an
+`HQQLinear` cannot take a new packed weight in place) and quantizes the new numbers into it. hqq is never
+imported here: a model holding HQQ layers has imported it already.
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     return layer.dequantize()
 
 
-def requantize(layer: nn.Module, weight: torch.Tensor) -> None:
-    """Quantize `weight` (out, in) into `layer` with its own settings (bits, group size, axis, ...)."""
+def requantized_layer(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A new HQQ layer like `layer` (settings, dtype, device, bias) holding `weight` (out, in), quantized."""
     settings = copy.deepcopy(layer.quant_config)
+    new = type(layer)(
+        None,
+        {**settings, "offload_meta": layer.offload_meta},
+        compute_dtype=layer.compute_dtype,
+        device=layer.device,
+        initialize=False,
+    )
     settings.pop("offload_meta", None)
-    layer.quantize(weight.to(layer.compute_dtype), **settings)
+    new.quantize(weight.to(layer.compute_dtype), **settings)
+    new.bias = layer.bias
+    return new

@@ -49,11 +49,13 @@ _OPAQUE_BACKENDS = {
 
 @dataclass(frozen=True)
 class QuantizationBackend:
-    """The quantization backend of one base layer: its name and whether its weight can be read as numbers
-    (`dequantizes`) and written back (merging needs both)."""
+    """The quantization backend of one base layer: its name, its family (the package: "bitsandbytes",
+    "torchao", "HQQ", ...) and whether its weight can be read as numbers (`dequantizes`) and written back
+    (merging needs both)."""
 
     name: str
     dequantizes: bool
+    family: str = ""
 
     def __str__(self) -> str:
         return self.name
@@ -71,15 +73,15 @@ def quantization_backend(layer: nn.Module) -> QuantizationBackend | None:
     """The backend that quantized `layer`, or None for a plain layer."""
     bits = _bnb.bnb_layer_bits(layer)
     if bits is not None:
-        return QuantizationBackend(f"bitsandbytes {bits}-bit", dequantizes=True)
+        return QuantizationBackend(f"bitsandbytes {bits}-bit", dequantizes=True, family="bitsandbytes")
     if _torchao.is_torchao_layer(layer):
-        return QuantizationBackend("torchao", dequantizes=True)
+        return QuantizationBackend("torchao", dequantizes=True, family="torchao")
     if _hqq.is_hqq_layer(layer):
-        return QuantizationBackend("HQQ", dequantizes=True)
+        return QuantizationBackend("HQQ", dequantizes=True, family="HQQ")
     name = _module_prefix_match(layer, _OPAQUE_BACKENDS) or _module_prefix_match(
         getattr(layer, "weight", None), _OPAQUE_BACKENDS
     )
-    return None if name is None else QuantizationBackend(name, dequantizes=False)
+    return None if name is None else QuantizationBackend(name, dequantizes=False, family=name)
 
 
 def weight_shape(layer: nn.Module) -> torch.Size:
@@ -135,9 +137,10 @@ def check_writable(layer: nn.Module) -> None:
         raise _refuse(layer, backend, "merge into")
 
 
-def store_weight(layer: nn.Module, weight: torch.Tensor) -> None:
+def store_weight(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
     """Store `weight` (numbers, (out, in) for a quantized layer) in `layer`; a quantized layer requantizes
-    it with its own settings, so it is rounded to the layer's grid."""
+    it with its own settings, so it is rounded to the layer's grid. Returns the layer that holds it now:
+    `layer`, or a new layer that replaces it (HQQ layers cannot take a new packed weight in place)."""
     backend = quantization_backend(layer)
     if backend is None:
         layer.weight.data = weight.to(layer.weight.dtype)
@@ -148,7 +151,8 @@ def store_weight(layer: nn.Module, weight: torch.Tensor) -> None:
     elif _torchao.is_torchao_layer(layer):
         _torchao.requantize(layer, weight)
     else:
-        _hqq.requantize(layer, weight)
+        return _hqq.requantized_layer(layer, weight)
+    return layer
 
 
 def dense_linear(layer: nn.Module, dtype: torch.dtype | None = None) -> nn.Linear:

@@ -2,7 +2,7 @@
 (`Int8Tensor` for `Int8WeightOnlyConfig` / `Int8DynamicActivationInt8WeightConfig`, ...).
 
 The weight dequantizes itself (`weight.dequantize()`). Requantizing needs the quantization settings:
-they are read from the old weight itself (its granularity and activation-quantization settings), which
+they are read from the old weight itself (its block size and activation-quantization settings), which
 torchao's `Int8Tensor` records; other torchao weight types are refused for merging, by name, rather than
 requantized with guessed settings. torchao is never imported here unless such a weight is written back.
 """
@@ -55,9 +55,11 @@ def requantize(layer: nn.Module, weight: torch.Tensor) -> None:
             "requantized with settings it does not record. Keep the adapter unmerged, or quantize the base with "
             "Int8WeightOnlyConfig."
         )
+    from torchao.quantization.granularity import PerBlock  # only here: merging into a torchao weight
+
     new = type(old).from_hp(
         weight.to(old.dtype),
-        granularity=old.granularity,
+        granularity=PerBlock(tuple(old.block_size)),  # the old weight's blocks (per row: (1, in))
         act_quant_kwargs=old.act_quant_kwargs,
         reduce_range=bool(getattr(old, "reduce_range", False)),
     )

@@ -400,8 +400,15 @@ class BaseTunerLayer:
         return _quantized.dense_weight(self.get_base_layer())
 
     def _write_base_weight(self, weight: torch.Tensor) -> None:
-        """Store a merged or unmerged weight in the base layer (a quantized base layer requantizes it)."""
-        _quantized.store_weight(self.get_base_layer(), weight)
+        """Store a merged or unmerged weight in the base layer (a quantized base layer requantizes it; an
+        HQQ layer is replaced by a new one)."""
+        base = self.get_base_layer()
+        stored = _quantized.store_weight(base, weight)
+        if stored is not base:
+            holder = self
+            while holder._modules["base_layer"] is not base:
+                holder = holder._modules["base_layer"]
+            holder.base_layer = stored
 
     def _warn_requantizing(self, merging: bool) -> None:
         """Say that merging into (or unmerging from) a quantized base rounds the weight to its grid."""

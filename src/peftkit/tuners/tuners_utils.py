@@ -87,6 +87,9 @@ class BaseTuner(nn.Module):
     # True when the tuner's `forward`/`generate` take `task_ids` (Poly routes each sample by its task):
     # PeftModel's task classes then hand `task_ids` to the tuner instead of dropping it
     takes_task_ids: bool = False
+    # The quantization backends (`_quantized.QuantizationBackend.family`) whose layers this method adapts;
+    # a target quantized by another one is refused by name (`_dispatch.create_layer`)
+    quantization_backends: tuple[str, ...] = ("bitsandbytes",)
 
     def __init__(
         self,
