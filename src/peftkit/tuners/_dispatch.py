@@ -90,7 +90,7 @@ def create_layer(
     `nn.Linear`/`Conv1D` base `config.fan_in_fan_out` is aligned to the layer (when the config has one)
     and passed on if `kwargs` carries it, and a `Conv1D` base adds `is_target_conv_1d_layer=True`.
     """
-    check_quantization_backend(method, base_of(target))
+    check_quantization_backend(method, base_of(target), config)
     for dispatch in method.layer_dispatchers:
         layer = dispatch(target, adapter_name, **kwargs)
         if layer is not None:
@@ -113,18 +113,19 @@ def create_layer(
     return layer_cls(target, adapter_name=adapter_name, **kwargs)
 
 
-def check_quantization_backend(method: type, base: nn.Module) -> None:
+def check_quantization_backend(method: type, base: nn.Module, config: Any = None) -> None:
     """Raise `UnsupportedLayerError` when `base` is quantized by a backend `method` does not adapt."""
     backend = quantization_backend(base)
     supported = getattr(method, "quantization_backends", ())
     if backend is None or backend.family in supported:
         return
-    method_name = method.__name__.removesuffix("Model")
+    peft_type = getattr(config, "peft_type", None)
+    name = getattr(peft_type, "value", None) or method.__name__.removesuffix("Model")
     raise UnsupportedLayerError(
-        f"{method_name} on {backend}-quantized layers ({type(base).__module__}.{type(base).__name__}) is not "
-        f"supported by peftkit: {method_name} adapts layers quantized by {', '.join(supported) or 'no backend'}. "
-        "Quantize the base model with bitsandbytes (transformers' BitsAndBytesConfig), adapt it with LoRA, or "
-        "load it unquantized."
+        f"{name} on {backend}-quantized layers ({type(base).__module__}.{type(base).__name__}) is not supported "
+        f"by peftkit: {name} adapts layers quantized by {', '.join(supported) or 'no backend'}. Quantize the base "
+        "model with one of those (bitsandbytes: transformers' BitsAndBytesConfig) or load it unquantized (LoRA "
+        "adapts bitsandbytes, torchao and HQQ layers)."
     )
 
 
