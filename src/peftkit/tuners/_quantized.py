@@ -29,6 +29,7 @@ __all__ = [
     "dense_linear",
     "dense_weight",
     "quantization_backend",
+    "requantizing_message",
     "store_weight",
     "weight_dtype",
     "weight_shape",
@@ -106,6 +107,21 @@ def weight_dtype(layer: nn.Module) -> torch.dtype:
     if _torchao.is_torchao_layer(layer):
         return _torchao.dense_dtype(layer)
     return torch.float32  # bitsandbytes int8 dequantizes to fp32
+
+
+def requantizing_message(backend: QuantizationBackend, merging: bool) -> str:
+    """The warning that merging into (or unmerging from) a layer of `backend` rounds its weight."""
+    if not merging:
+        return (
+            f"Unmerging an adapter from a {backend} quantized layer requantizes the weight: it is not exactly the "
+            "weight before the merge."
+        )
+    return (
+        f"Merging an adapter into a {backend} quantized layer requantizes the merged weight: it is rounded to the "
+        "quantization grid, so the outputs differ slightly from the unmerged model's (and unmerging does not "
+        "restore the original weight exactly). For an exact merge use "
+        "peftkit.utils.quantization.merge_and_unload_dequantized(model), which returns a floating-point model."
+    )
 
 
 def _refuse(layer: nn.Module, backend: QuantizationBackend, what: str) -> ValueError:

@@ -413,22 +413,8 @@ class BaseTunerLayer:
     def _warn_requantizing(self, merging: bool) -> None:
         """Say that merging into (or unmerging from) a quantized base rounds the weight to its grid."""
         backend = _quantized.quantization_backend(self.get_base_layer())
-        if backend is None:
-            return
-        if merging:
-            message = (
-                f"Merging an adapter into a {backend} quantized layer requantizes the merged weight: it is rounded "
-                "to the quantization grid, so the outputs differ slightly from the unmerged model's (and "
-                "unmerging does not restore the original weight exactly). For an exact merge use "
-                "peftkit.utils.quantization.merge_and_unload_dequantized(model), which returns a floating-point "
-                "model."
-            )
-        else:
-            message = (
-                f"Unmerging an adapter from a {backend} quantized layer requantizes the weight: it is not exactly "
-                "the weight before the merge."
-            )
-        warnings.warn(message, PeftWarning, stacklevel=4)
+        if backend is not None:
+            warnings.warn(_quantized.requantizing_message(backend, merging), PeftWarning, stacklevel=4)
 
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
