@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -55,3 +57,16 @@ def quantize_linears(
     else:
         model.is_loaded_in_8bit = True
     return model
+
+
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every quantized linear layer replaced by a plain `nn.Linear` holding its
+    dequantized weight: the floating-point reference a quantized model's numbers are checked against."""
+    from peftkit.tuners._quantized import dense_linear, quantization_backend
+
+    copied = copy.deepcopy(model)
+    for parent in list(copied.modules()):
+        for name, child in list(parent.named_children()):
+            if quantization_backend(child) is not None:
+                setattr(parent, name, dense_linear(child))
+    return copied

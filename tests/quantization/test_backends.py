@@ -1,5 +1,9 @@
-"""Quantization backends other than bitsandbytes: LoRA on their layers is refused with an error that names
-the backend (instead of adapting a packed weight as if it were a plain one)."""
+"""Quantization backends peftkit does not adapt (GPTQ, AWQ, EETQ, AQLM, optimum-quanto): LoRA on their
+layers is refused with an error that names the backend (instead of adapting a packed weight as if it were
+a plain one). Stand-in classes defined in each backend's module: none of these packages installs and runs
+on a CPU-only machine with a registry wheel (gptqmodel builds from source and JIT-compiles its CPU
+packing), and peft 0.21 has no optimum-quanto support. torchao and HQQ are adapted:
+test_torchao_hqq.py."""
 
 from __future__ import annotations
 
@@ -21,32 +25,27 @@ def _backend_layer(module: str, name: str) -> nn.Module:
 @pytest.mark.parametrize(
     ("module", "name", "backend"),
     [
-        ("hqq.core.quantize", "HQQLinear", "HQQ"),
         ("auto_gptq.nn_modules.qlinear.qlinear_cuda", "QuantLinear", "GPTQ"),
         ("gptqmodel.nn_modules.qlinear.torch", "TorchQuantLinear", "GPTQ"),
         ("awq.modules.linear.gemm", "WQLinear_GEMM", "AWQ"),
         ("eetq.modules.qlinear", "EetqLinear", "EETQ"),
         ("aqlm.inference", "QuantizedLinear", "AQLM"),
+        ("optimum.quanto.nn.qlinear", "QLinear", "optimum-quanto"),
     ],
 )
 def test_layers_of_other_backends_are_refused_by_name(module, name, backend):
     model = nn.Sequential()
     model.add_module("proj", _backend_layer(module, name))
-    with pytest.raises(ValueError, match=rf"LoRA on {backend}.*{name}.*bitsandbytes"):
+    with pytest.raises(ValueError, match=rf"LORA on {backend}.*{name}.*bitsandbytes"):
         peftkit.get_peft_model(model, peftkit.LoraConfig(target_modules=["proj"]))
     assert type(model.proj).__name__ == name  # nothing was replaced
 
 
-def test_torchao_quantized_weight_in_a_plain_linear_is_refused():
-    class AffineQuantizedTensor(torch.Tensor):
-        pass
+def test_merging_into_a_forward_only_backend_is_refused_by_name():
+    from peftkit.tuners._quantized import check_writable, dense_weight
 
-    AffineQuantizedTensor.__module__ = "torchao.dtypes.affine_quantized_tensor"
-    model = nn.Sequential()
-    model.add_module("proj", nn.Linear(4, 4))
-    model.proj.weight = nn.Parameter(
-        torch.randn(4, 4).as_subclass(AffineQuantizedTensor), requires_grad=False
-    )
-    assert type(model.proj.weight).__module__.startswith("torchao")
-    with pytest.raises(ValueError, match="LoRA on torchao"):
-        peftkit.get_peft_model(model, peftkit.LoraConfig(target_modules=["proj"]))
+    layer = _backend_layer("gptqmodel.nn_modules.qlinear.torch", "TorchQuantLinear")
+    with pytest.raises(ValueError, match=r"Cannot merge into TorchQuantLinear: .* GPTQ \(gptqmodel\)"):
+        check_writable(layer)
+    with pytest.raises(ValueError, match="Keep the adapter unmerged"):
+        dense_weight(layer)

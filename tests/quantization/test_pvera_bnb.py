@@ -76,7 +76,7 @@ def test_4bit_merge_writes_the_quantized_sum(case):
     weight change), quantized with the layer's own settings."""
     import bitsandbytes as bnb
 
-    from peftkit.tuners.pvera.bnb import dequantized_weight
+    from peftkit.tuners._bnb import dequantized_weight
 
     _, ours = _pair(CASES[case])
     ours.eval()

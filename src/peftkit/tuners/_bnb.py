@@ -1,8 +1,8 @@
-"""bitsandbytes base layers as numbers and back: what a method over `Linear4bit` / `Linear8bitLt` needs to
-merge (dequantize the packed weight, requantize the merged one).
+"""bitsandbytes' quantized linear layers (`Linear4bit`: nf4/fp4, double quantization; `Linear8bitLt`:
+LLM.int8()): which one a layer is, its weight as numbers, and a new quantized weight from numbers.
 
-A method's layer for such a base overrides `_dense_base_weight` with `dequantized_weight` and
-`_write_base_weight` with `requantized_weight`; the merged weight is then rounded to the 4- or 8-bit grid.
+This is the one place peftkit reads or writes a bitsandbytes weight; every method reaches it through
+`_quantized.py`, so merging, DoRA's weight norm or a method that needs the base weight work alike.
 bitsandbytes is never imported here: a model holding bitsandbytes layers has imported it already.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +25,8 @@ __all__ = [
 ]
 
 
-def bnb_module():
-    """bitsandbytes, if something has imported it (a model holding its layers has); else None."""
+def bnb_module() -> Any:
+    """The bitsandbytes module if it has been imported, else None."""
     return sys.modules.get("bitsandbytes")
 
 
@@ -47,6 +48,7 @@ def is_bnb_layer(module: nn.Module) -> bool:
 
 
 def is_bnb_4bit_layer(module: nn.Module) -> bool:
+    """Whether `module` is a bitsandbytes `Linear4bit`."""
     return bnb_layer_bits(module) == 4
 
 
@@ -57,7 +59,8 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     if bnb_layer_bits(layer) == 4:
         data, state = weight.data, weight.quant_state
         if getattr(state, "packing_format_for_cpu", False):
-            # repacked for bitsandbytes' CPU inference kernel: read through the inverse repacking, on copies
+            # repacked for bitsandbytes' CPU inference kernel (an eval forward without grad on a CPU with
+            # AVX512-BF16): the plain 4-bit reader would misread it, so undo the repacking, on copies
             data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(
                 data.clone(), copy.deepcopy(state)
             )
@@ -70,7 +73,7 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
 
 def requantized_weight(layer: nn.Module, weight: torch.Tensor) -> nn.Parameter:
     """A new quantized weight for the bitsandbytes layer `layer`, holding `weight` (out, in), with the
-    layer's quantization settings (4-bit: block size, type, double quantization, storage)."""
+    layer's quantization settings (4-bit: block size, type, double quantization, storage), on its device."""
     bnb = bnb_module()
     old = layer.weight
     if bnb_layer_bits(layer) == 4:

@@ -31,6 +31,7 @@ from ._linear_kind import (
     is_linear_kind,
     unknown_layer_name,
 )
+from ._quantized import quantization_backend
 
 __all__ = ["CONV1D", "LayerClasses", "LayerDispatcher", "UnsupportedLayerError", "create_layer"]
 
@@ -85,11 +86,13 @@ def create_layer(
 ) -> nn.Module:
     """The new adapter layer of `method` (a tuner class) around `target`, built with `kwargs`.
 
-    `method.layer_dispatchers` are tried first, then `method.layer_classes`; for an `nn.Linear`/`Conv1D`
-    base `config.fan_in_fan_out` is aligned to the layer (when the config has one; on a copy when
-    `method.keeps_config_fan_in_fan_out`) and passed on if `kwargs` carries it, and a `Conv1D` base adds
-    `is_target_conv_1d_layer=True`.
+    A target quantized by a backend the method does not list in `method.quantization_backends` is
+    refused by name. `method.layer_dispatchers` are tried first, then `method.layer_classes`; for an
+    `nn.Linear`/`Conv1D` base `config.fan_in_fan_out` is aligned to the layer (when the config has one; on
+    a copy when `method.keeps_config_fan_in_fan_out`) and passed on if `kwargs` carries it, and a `Conv1D`
+    base adds `is_target_conv_1d_layer=True`.
     """
+    check_quantization_backend(method, base_of(target), config)
     for dispatch in method.layer_dispatchers:
         layer = dispatch(target, adapter_name, **kwargs)
         if layer is not None:
@@ -112,6 +115,22 @@ def create_layer(
     else:
         kwargs.pop("fan_in_fan_out", None)
     return layer_cls(target, adapter_name=adapter_name, **kwargs)
+
+
+def check_quantization_backend(method: type, base: nn.Module, config: Any = None) -> None:
+    """Raise `UnsupportedLayerError` when `base` is quantized by a backend `method` does not adapt."""
+    backend = quantization_backend(base)
+    supported = getattr(method, "quantization_backends", ())
+    if backend is None or backend.family in supported:
+        return
+    peft_type = getattr(config, "peft_type", None)
+    name = getattr(peft_type, "value", None) or method.__name__.removesuffix("Model")
+    raise UnsupportedLayerError(
+        f"{name} on {backend}-quantized layers ({type(base).__module__}.{type(base).__name__}) is not supported "
+        f"by peftkit: {name} adapts layers quantized by {', '.join(supported) or 'no backend'}. Quantize the base "
+        "model with one of those (bitsandbytes: transformers' BitsAndBytesConfig) or load it unquantized (LoRA "
+        "adapts bitsandbytes, torchao and HQQ layers)."
+    )
 
 
 def check_layer_classes(method: type) -> None:

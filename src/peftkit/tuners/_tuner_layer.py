@@ -14,9 +14,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..utils.warnings import PeftWarning
+from . import _quantized
 
 BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -317,13 +319,17 @@ class BaseTunerLayer:
         as PEFT does), and the output returns to the input's dtype.
         """
         base = self.get_base_layer()
-        adapted = base.weight
+        quantized = _quantized.quantization_backend(base) is not None
+        # a quantized layer cannot run with a plain weight: its dequantized weight is adapted and applied
+        adapted = self._dense_base_weight() if quantized else base.weight
         for name in active:
             adapted = self._weight_in_forward(name, adapted)
-        params = {"weight": adapted}
-        if getattr(base, "bias", None) is not None:
-            params["bias"] = base.bias.to(adapted.dtype)
+        bias = getattr(base, "bias", None)
+        bias = None if bias is None else bias.to(adapted.dtype)
         inputs = (self._cast_input_dtype(x, adapted.dtype), *args)
+        if quantized:
+            return F.linear(inputs[0], adapted, bias).to(x.dtype)
+        params = {"weight": adapted} if bias is None else {"weight": adapted, "bias": bias}
         return torch.func.functional_call(base, params, inputs, kwargs).to(x.dtype)
 
     def _mixed_batch_forward(
@@ -390,12 +396,24 @@ class BaseTunerLayer:
 
     def _dense_base_weight(self) -> torch.Tensor:
         """The base weight as a plain tensor to merge into (a quantized base layer dequantizes it)."""
-        return self.get_base_layer().weight.data
+        return _quantized.dense_weight(self.get_base_layer())
 
     def _write_base_weight(self, weight: torch.Tensor) -> None:
-        """Store a merged or unmerged weight in the base layer (a quantized base layer requantizes it)."""
-        base_weight = self.get_base_layer().weight
-        base_weight.data = weight.to(base_weight.dtype)
+        """Store a merged or unmerged weight in the base layer (a quantized base layer requantizes it; an
+        HQQ layer is replaced by a new one)."""
+        base = self.get_base_layer()
+        stored = _quantized.store_weight(base, weight)
+        if stored is not base:
+            holder = self
+            while holder._modules["base_layer"] is not base:
+                holder = holder._modules["base_layer"]
+            holder.base_layer = stored
+
+    def _warn_requantizing(self, merging: bool) -> None:
+        """Say that merging into (or unmerging from) a quantized base rounds the weight to its grid."""
+        backend = _quantized.quantization_backend(self.get_base_layer())
+        if backend is not None:
+            warnings.warn(_quantized.requantizing_message(backend, merging), PeftWarning, stacklevel=4)
 
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
@@ -411,6 +429,9 @@ class BaseTunerLayer:
             return
         self._check_mergeable()
         base = self.get_base_layer()
+        _quantized.check_writable(base)
+        if any(self.has_adapter(name) for name in names):
+            self._warn_requantizing(merging=True)
         for name in names:
             if not self.has_adapter(name):
                 continue
@@ -434,6 +455,7 @@ class BaseTunerLayer:
             warnings.warn("Already unmerged. Nothing to do.", PeftWarning)
             return
         base = self.get_base_layer()
+        self._warn_requantizing(merging=False)
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if not self.has_adapter(name):

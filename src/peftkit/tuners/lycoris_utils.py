@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import PeftConfig
 from ..utils.other import get_pattern_key
+from ._quantized import weight_shape
 from ._scaling import ScalingHelpers
 from .tuners_utils import BaseTuner, BaseTunerLayer
 
@@ -103,12 +104,12 @@ class LycorisLayer(ScalingHelpers, BaseTunerLayer, nn.Module):
     @property
     def kernel_size(self) -> tuple[int, ...]:
         """The base convolution's kernel size; `()` for a linear layer."""
-        return tuple(self.get_base_layer().weight.shape[2:])
+        return tuple(weight_shape(self.get_base_layer())[2:])
 
     @property
     def weight_in_features(self) -> int:
         """The input size of the base weight: `in_channels // groups` for a grouped convolution."""
-        return self.get_base_layer().weight.shape[1]
+        return weight_shape(self.get_base_layer())[1]
 
     def _uses_tucker(self, use_effective_conv2d: bool) -> bool:
         """LyCORIS's "effective conv": only for convolutions whose kernel is not 1 (x 1)."""
@@ -157,7 +158,7 @@ class LycorisLayer(ScalingHelpers, BaseTunerLayer, nn.Module):
     def get_delta_weight(self, adapter_name: str, apply_rank_dropout: bool = False) -> torch.Tensor:
         """`dW = (alpha / r) * delta(factors)` in the base weight's shape; with `apply_rank_dropout`, each
         output row is kept with probability `1 - rank_dropout` (kept rows rescaled if configured)."""
-        weight = self._unscaled_delta(adapter_name).reshape(self.get_base_layer().weight.shape)
+        weight = self._unscaled_delta(adapter_name).reshape(weight_shape(self.get_base_layer()))
         weight = weight * self.scaling[adapter_name]
         rate = self.rank_dropout[adapter_name]
         if apply_rank_dropout and rate > 0:

@@ -91,6 +91,9 @@ class BaseTuner(nn.Module):
     # corrected), as PEFT's LoRA does; True: only the layer gets the corrected value, the config keeps the
     # user's (as PEFT's HiRA does, so the saved adapter_config.json is PEFT's)
     keeps_config_fan_in_fan_out: bool = False
+    # The quantization backends (`_quantized.QuantizationBackend.family`) whose layers this method adapts;
+    # a target quantized by another one is refused by name (`_dispatch.create_layer`)
+    quantization_backends: tuple[str, ...] = ("bitsandbytes",)
 
     def __init__(
         self,

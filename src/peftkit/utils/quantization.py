@@ -1,5 +1,6 @@
 """Training on quantized or half-precision bases: preparing a k-bit model and mixed-precision casting.
-(`merge_and_unload_dequantized` is LoRA's, in `tuners/lora/dequantized_merge.py`; importable here too.)"""
+(`merge_and_unload_dequantized` is the tuner framework's, in `tuners/_dequantized_merge.py`; importable
+here too.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from torch import nn
 
 from .lazy_exports import lazy_exports
 
-# merging into a dequantized base is LoRA's (it needs LoRA's bitsandbytes layers): defined there
-_HOMES = {"merge_and_unload_dequantized": "peftkit.tuners.lora.dequantized_merge"}
+# merging into a dequantized base needs the tuner framework, a floor above this one: defined there
+_HOMES = {"merge_and_unload_dequantized": "peftkit.tuners._dequantized_merge"}
 __all__ = ["cast_mixed_precision_params", "prepare_model_for_kbit_training", *_HOMES]
 __getattr__, __dir__ = lazy_exports(globals(), _HOMES)
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._dropout import input_dropout
+from .._quantized import weight_shape
 from ..lora.layer import LoraLayer, _in_out_features
 
 
@@ -58,7 +59,7 @@ class AdaLoraLayer(LoraLayer, nn.Module):
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = lora_alpha if lora_alpha > 0 else float(r)
         self.lora_dropout[adapter_name] = input_dropout(lora_dropout)
-        in_dim = self.in_features * math.prod(self.get_base_layer().weight.shape[2:])
+        in_dim = self.in_features * math.prod(weight_shape(self.get_base_layer())[2:])
         self.lora_A[adapter_name] = nn.Parameter(torch.randn(r, in_dim))
         self.lora_E[adapter_name] = nn.Parameter(torch.randn(r, 1))
         self.lora_B[adapter_name] = nn.Parameter(torch.randn(self.out_features, r))
@@ -87,7 +88,7 @@ class AdaLoraLayer(LoraLayer, nn.Module):
         delta = delta * self._scale(adapter_name)
         if self.fan_in_fan_out:
             delta = delta.T
-        return delta.reshape(self.get_base_layer().weight.shape)
+        return delta.reshape(weight_shape(self.get_base_layer()))
 
     # AdaLoRA's scale is lora_alpha (the rank enters through ranknum), not lora_alpha / r
     def set_scale(self, adapter: str, scale: float) -> None:

@@ -35,6 +35,7 @@ class AdaLoraModel(LoraModel):
     tuner_layer_cls = AdaLoraLayer
     layer_classes = {nn.Linear: SVDLinear, CONV1D: SVDLinear, nn.Conv2d: SVDConv2d}
     layer_dispatchers = ()  # LoRA's quantized layers are not AdaLoRA layers: quantized bases are adapted as Linear
+    quantization_backends = ("bitsandbytes",)
 
     @property
     def trainable_adapter_name(self) -> str | None:

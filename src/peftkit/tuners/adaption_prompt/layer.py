@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._quantized import weight_shape
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
@@ -45,15 +47,15 @@ class AdaptedAttention(nn.Module):
         self.spec = SPECS[model_type]
         self.model = model
         self.adapter_len = adapter_len
-        weight = self._q_weight()
-        hidden = weight.shape[1] if not self.spec.fused_qkv else weight.shape[0]
+        query = self.model.c_attn if self.spec.fused_qkv else self.model.q_proj
+        shape, device = weight_shape(query), query.weight.device  # as numbers: a 4-bit weight is packed
+        hidden = shape[1] if not self.spec.fused_qkv else shape[0]
+        # over an integer (bitsandbytes-packed) query weight the prompt trains in fp32, as in PEFT
+        dtype = query.weight.dtype if query.weight.is_floating_point() else torch.float32
         self.adaption_prompt = nn.Parameter(
-            torch.empty(1, adapter_len, hidden, device=weight.device, dtype=weight.dtype).normal_()
+            torch.empty(1, adapter_len, hidden, device=device, dtype=dtype).normal_()
         )
-        self.adaption_gate = nn.Parameter(torch.zeros(1, device=weight.device, dtype=weight.dtype))
-
-    def _q_weight(self) -> torch.Tensor:
-        return self.model.c_attn.weight if self.spec.fused_qkv else self.model.q_proj.weight
+        self.adaption_gate = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
 
     def _head_dim(self) -> int:
         attn = self.model

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .._linalg import solve
+from .._quantized import quantization_backend
 from ..tuners_utils import BaseTunerLayer
 
 
@@ -168,7 +169,36 @@ class BOFTLayer(BaseTunerLayer, nn.Module):
 
 
 class Linear(BOFTLayer):
-    """BOFT on `nn.Linear`."""
+    """BOFT on `nn.Linear`.
+
+    A quantized base layer cannot run with a rotated weight, so there the rotation acts on the input,
+    `base(x B^T)`, and the output is rescaled around the bias, `(y - b) * s + b`, as PEFT computes it: the
+    same map, with the base layer's own quantized kernel.
+    """
+
+    @property
+    def adapts_weight_in_forward(self) -> bool:
+        return quantization_backend(self.get_base_layer()) is None
+
+    @property
+    def transforms_input(self) -> bool:
+        return not self.adapts_weight_in_forward
+
+    def _transform_input(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """`x B^T` = `x B_{m-1}^T ... B_0^T`: each factor transposed, the last one first."""
+        blocks = self._blocks(adapter_name, dropout=self.training).to(x.dtype).transpose(-1, -2)
+        flat = x.reshape(-1, x.shape[-1])
+        for factor in reversed(range(blocks.shape[0])):
+            flat = self._apply_factor(flat, blocks[factor], factor)
+        return flat.reshape(x.shape)
+
+    def _apply_adapter(self, adapter_name, x, result, base_result) -> torch.Tensor:
+        scales = self.boft_s[adapter_name].flatten().to(result.dtype)
+        bias = self.get_base_layer().bias
+        if bias is None:
+            return result * scales
+        bias = bias.to(result.dtype)
+        return (result - bias) * scales + bias
 
 
 class Conv2d(BOFTLayer):

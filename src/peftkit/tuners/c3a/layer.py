@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._quantized import weight_dtype
 from ..tuners_utils import BaseTunerLayer
 from .config import C3AConfig
 from .utils import block_circular_convolution, get_circulant_fast
@@ -99,7 +100,7 @@ class C3ALinear(C3ALayer, nn.Module):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """`[C(k_ij)] / in`, built in fp32, in the base weight's dtype (as PEFT merges it)."""
         kernel = self.c3a_kernel[adapter].float()
-        return (get_circulant_fast(kernel) / self.in_features).to(self.get_base_layer().weight.dtype)
+        return (get_circulant_fast(kernel) / self.in_features).to(weight_dtype(self.get_base_layer()))
 
     def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
         kernel = self.c3a_kernel[adapter_name].float()

@@ -26,6 +26,7 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
+from .._quantized import weight_dtype, weight_shape
 from .._tuner_layer import _as_list
 from ..tuners_utils import BaseTunerLayer
 from .config import DeftConfig
@@ -99,7 +100,8 @@ class DeftLayer(BaseTunerLayer):
             nn.init.normal_(R, mean=0.0, std=0.02 * self.deft_init_scale[adapter_name])
             return
         _, right = self._project(self.deft_P[adapter_name].detach().to(weight.device), adapter_name)
-        identity_R = right.T @ _logical(weight.detach().float(), self.fan_in_fan_out)
+        dense = self._dense_base_weight()  # dequantized for a quantized base
+        identity_R = right.T @ _logical(dense.detach().float(), self.fan_in_fan_out)
         with torch.no_grad():
             R.copy_((identity_R / self.deft_scaling[adapter_name]).to(R.device, R.dtype))
 
@@ -139,8 +141,8 @@ class DeftLinear(DeftLayer, nn.Module):
         DeftLayer.__init__(self, base_layer, **kwargs)
         self.fan_in_fan_out = config.fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())  # as numbers: a 4-bit weight is stored packed
+        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, config)
 
@@ -179,7 +181,7 @@ class DeftLinear(DeftLayer, nn.Module):
     # ----- merging: delta = Q_P (s R - right^T W), with right^T W taken before the merge -----
     def _merge_factor(self, adapter_name: str) -> torch.Tensor:
         """`right^T W` (r x in, fp32): the only part of the delta that depends on the base weight."""
-        weight = _logical(self.get_base_layer().weight.float(), self.fan_in_fan_out)
+        weight = _logical(self._dense_base_weight().float(), self.fan_in_fan_out)
         return self._project(self.deft_P[adapter_name], adapter_name)[1].T @ weight
 
     def _delta_from_factor(self, adapter_name: str, factor: torch.Tensor) -> torch.Tensor:
@@ -189,7 +191,7 @@ class DeftLinear(DeftLayer, nn.Module):
             delta = -(Q_P @ factor)
         else:
             delta = Q_P @ (self.deft_R[adapter_name].float() * self.deft_scaling[adapter_name] - factor)
-        return _logical(delta, self.fan_in_fan_out).to(self.get_base_layer().weight.dtype)
+        return _logical(delta, self.fan_in_fan_out).to(weight_dtype(self.get_base_layer()))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """`W' - W` for the current base weight, in its layout ((in, out) for Conv1D)."""

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._buffer_dict import BufferDict
-from .._linear_kind import UnsupportedLayerError
 from ..tuners_utils import BaseTunerLayer
 from .config import DeloraConfig
 
@@ -81,9 +80,10 @@ class DeloraLayer(BaseTunerLayer):
             self.delora_lambda[adapter_name].fill_(float(delora_lambda))
             weight = self.get_base_layer().weight
             if weight.is_meta:
-                self.delora_w_norm[adapter_name] = torch.ones(weight.shape[1], device=weight.device)
-            else:  # in the weight's precision (as PEFT takes it; an autocast makes it fp32 afterwards)
-                self.delora_w_norm[adapter_name] = torch.norm(weight.detach(), dim=0)
+                self.delora_w_norm[adapter_name] = torch.ones(self.in_features, device=weight.device)
+            else:  # in the weight's precision (as PEFT takes it; an autocast makes it fp32 afterwards);
+                # a quantized weight is dequantized first
+                self.delora_w_norm[adapter_name] = torch.norm(self._dense_base_weight().detach(), dim=0)
 
     def cast_adapter_dtype(self, adapter_name: str, dtype: torch.dtype = torch.float32) -> None:
         """The trained tensors and the column norms go to `dtype` together (PEFT casts both)."""
@@ -131,11 +131,6 @@ class DeloraLinear(DeloraLayer, nn.Module):
         nn.Module.__init__(self)
         DeloraLayer.__init__(self, base_layer, **kwargs)
         base = self.get_base_layer()
-        if not base.weight.is_floating_point():
-            raise UnsupportedLayerError(
-                f"{base} holds a quantized weight ({base.weight.dtype}); peftkit's DeLoRA needs the weight's column "
-                "norms and supports unquantized `torch.nn.Linear` layers only."
-            )
         self.in_features, self.out_features = base.in_features, base.out_features
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, delora_lambda, config)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import FourierFTConfig
 
@@ -106,8 +107,8 @@ class FourierFTLinear(FourierFTLayer, nn.Module):
         FourierFTLayer.__init__(self, base_layer, **kwargs)
         self.fan_in_fan_out = config.fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        weight = base_layer.weight
-        self.out_features, self.in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
+        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
+        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, n_frequency, config)
 

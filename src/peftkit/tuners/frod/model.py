@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from .._buffer_dict import BufferDict
 from .._dispatch import CONV1D, base_of
-from .._linear_kind import conv1d_type
+from .._linear_kind import UnsupportedLayerError, conv1d_type
+from .._quantized import quantization_backend
 from ..tuners_utils import BaseTuner
 from .config import FrodConfig
 from .layer import FrodLayer, Linear
@@ -26,6 +27,14 @@ def _weights_by_block(model: nn.Module, keys: list[str]) -> dict[int, dict[str, 
     position = 0
     for key in keys:
         base = base_of(model.get_submodule(key))
+        backend = quantization_backend(base)
+        if backend is not None:
+            raise UnsupportedLayerError(
+                f"FRoD cannot adapt {key} ({type(base).__name__}, quantized by {backend}): it rebuilds the layer's "
+                "weight from factors of the weight's own decomposition, which it runs instead of the base layer "
+                "and writes back on merge. Load the base model unquantized for FRoD, or use LoRA on the quantized "
+                "model (peft 0.21's FRoD fails on quantized layers too)."
+            )
         if isinstance(base, nn.Linear):
             weight = base.weight
         elif isinstance(base, conv1d_type()):

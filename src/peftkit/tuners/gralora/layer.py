@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._linear_kind import UnsupportedLayerError
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import GraloraConfig
 
@@ -196,15 +196,9 @@ class Linear(GraloraLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         GraloraLayer.__init__(self, base_layer, **kwargs)
-        base = self.get_base_layer()
-        if not base.weight.is_floating_point():
-            raise UnsupportedLayerError(
-                f"{base} holds a quantized weight ({base.weight.dtype}); peftkit's GraLoRA supports unquantized "
-                "`torch.nn.Linear` and `Conv1D` layers only."
-            )
         self.fan_in_fan_out = config.fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        weight = base.weight
-        self.in_features, self.out_features = weight.shape if self.fan_in_fan_out else weight.shape[::-1]
+        shape = weight_shape(self.get_base_layer())  # as numbers: a 4-bit weight is stored packed
+        self.in_features, self.out_features = shape if self.fan_in_fan_out else shape[::-1]
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, module_name, r, config)

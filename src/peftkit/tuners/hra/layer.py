@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...utils.warnings import PeftWarning
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import HRAConfig
 
@@ -84,7 +85,7 @@ class HRALayer(BaseTunerLayer):
 
     def _input_dim(self) -> int:
         """The size of the weight's flattened input side (what the reflections act on)."""
-        return self.get_base_layer().weight[0].numel()
+        return weight_shape(self.get_base_layer())[1:].numel()  # a 4-bit weight is stored packed
 
     def _rotate(self, weight: torch.Tensor, adapter_name: str, reverse: bool = False) -> torch.Tensor:
         """`weight @ H` (or `weight @ H^T` with `reverse`) for a 2-D weight, in fp32, one reflection at a time."""

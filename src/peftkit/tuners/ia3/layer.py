@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import IA3Config
 
@@ -79,9 +80,9 @@ class IA3Layer(BaseTunerLayer):
 
     # ----- merging: W -> W * l along the scaled axis -----
     def _weight_factor(self, adapter_name: str) -> torch.Tensor:
-        weight = self.get_base_layer().weight
+        dims = len(weight_shape(self.get_base_layer()))
         out_axis, in_axis = self._weight_axes()
-        shape = [1] * weight.dim()
+        shape = [1] * dims
         shape[in_axis if self.is_feedforward else out_axis] = -1
         return self.ia3_l[adapter_name].detach().float().reshape(shape)
 
@@ -123,9 +124,9 @@ class Linear(IA3Layer, nn.Module):
         IA3Layer.__init__(self, base_layer, is_feedforward=is_feedforward, **kwargs)
         self.fan_in_fan_out = config.fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        weight = base_layer.weight
+        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
         out_axis, in_axis = self._weight_axes()
-        self.in_features, self.out_features = weight.shape[in_axis], weight.shape[out_axis]
+        self.in_features, self.out_features = shape[in_axis], shape[out_axis]
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 

@@ -51,6 +51,8 @@ def fused_training_applies(layer: Any, active: list[str], x: torch.Tensor, args:
         return False
     name = active[0]
     base = layer.base_layer
+    if layer.casts_adapter_output:  # a quantized base (bitsandbytes, torchao, HQQ): its weight is packed
+        return False
     if type(base) not in _base_types() or base.weight.requires_grad:
         return False
     if base.bias is not None and base.bias.requires_grad:

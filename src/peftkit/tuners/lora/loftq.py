@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .bnb import is_bnb_layer
+from .._bnb import is_bnb_layer
 from .inits import register_init_scheme
 from .layer import LoraLayer
 from .sub_configs import LoftQConfig

@@ -23,7 +23,7 @@ from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .layer_replication import apply_layer_replication, check_no_shared_merge, is_replica_tie
 from .param_wrapper import inject_parameters
-from .quantized import dispatch_quantized
+from .quantized import QUANTIZATION_BACKENDS, dispatch_quantized
 from .variants import check_mergeable
 
 
@@ -47,6 +47,7 @@ class LoraModel(BaseTuner):
     }
     # bitsandbytes layers subclass nn.Linear: they must be dispatched before the plain Linear entry
     layer_dispatchers = (dispatch_quantized,)
+    quantization_backends = QUANTIZATION_BACKENDS
 
     def _layer_kwargs(self, config: LoraConfig, key: str) -> dict[str, Any]:
         rank_key = get_pattern_key(config.rank_pattern.keys(), key)

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...utils.warnings import PeftWarning
-from .._linear_kind import UnsupportedLayerError
 from ..tuners_utils import BaseTunerLayer
 from .config import MissConfig
 
@@ -143,7 +142,7 @@ class MissLayer(BaseTunerLayer):
     def get_delta_weight(self, adapter: str, orig_weight: torch.Tensor | None = None) -> torch.Tensor:
         """The change adapter `adapter` makes to `orig_weight` (default: the base weight), (out, in)."""
         if self.miss_init[adapter] == "bat":
-            weight = self.get_base_layer().weight if orig_weight is None else orig_weight
+            weight = self._dense_base_weight() if orig_weight is None else orig_weight
             return self._bat_delta(adapter, weight)
         shard = self._shared_shard(adapter)
         r = shard.shape[0]
@@ -176,11 +175,6 @@ class MissLinear(MissLayer, nn.Module):
         nn.Module.__init__(self)
         MissLayer.__init__(self, base_layer, **kwargs)
         base = self.get_base_layer()
-        if not base.weight.is_floating_point():
-            raise UnsupportedLayerError(
-                f"{base} holds a quantized weight ({base.weight.dtype}); peftkit's MiSS supports unquantized "
-                "`torch.nn.Linear` layers only."
-            )
         self.in_features, self.out_features = base.in_features, base.out_features
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, config)

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._linear_kind import UnsupportedLayerError
 from ..tuners_utils import BaseTunerLayer
 from .config import ShiraConfig
 
@@ -148,11 +147,6 @@ class Linear(ShiraLayer, nn.Module):
             raise ValueError(
                 f"SHiRA does not support nested base layers: {base_layer} already holds another method's adapter. "
                 "Add the SHiRA adapter first (it must act on the plain weight), then the others."
-            )
-        if not base_layer.weight.is_floating_point():
-            raise UnsupportedLayerError(
-                f"SHiRA adds to the base weight's entries, but {base_layer} holds a quantized weight "
-                f"({base_layer.weight.dtype}); peftkit's SHiRA supports unquantized `torch.nn.Linear` layers only."
             )
         ShiraLayer.__init__(self, base_layer, **kwargs)
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features

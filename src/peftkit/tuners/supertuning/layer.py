@@ -68,7 +68,8 @@ class SupertuningLayer(BaseTunerLayer):
     ) -> None:
         """Create adapter `adapter_name`: choose its positions, then its values and LoRA branch."""
         weight = self.get_base_layer().weight
-        indices = sparse_support(weight.data, config.sparsity, config.select_top)
+        # positions by the magnitudes of the weight as numbers (a quantized weight is dequantized)
+        indices = sparse_support(self._dense_base_weight(), config.sparsity, config.select_top)
         self.supertuning_indices[adapter_name] = indices.to(weight.device)
         count = indices.numel()
         if config.init_weights:
@@ -137,7 +138,7 @@ class Linear(SupertuningLayer, nn.Module):
     # ----- merging (in the weight's dtype, sparse part first, as PEFT) -----
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """`S (+ (alpha / r) B A)` as an (out, in) matrix in the base weight's dtype."""
-        weight = self.get_base_layer().weight
+        weight = self._dense_base_weight()
         delta = self._scatter(adapter_name, torch.zeros_like(weight))
         if self.supertuning_rank[adapter_name]:
             delta = delta + self._lora_delta(adapter_name, weight.dtype)

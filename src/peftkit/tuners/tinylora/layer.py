@@ -76,8 +76,8 @@ class TinyLoraLayer(BaseTunerLayer):
         self.kwargs = kwargs
 
     def _weight_out_in(self) -> torch.Tensor:
-        """The base weight as (out, in), the matrix the SVD factors describe."""
-        return self.get_base_layer().weight.data
+        """The base weight as (out, in), the matrix the SVD factors describe (dequantized for a quantized base)."""
+        return self._dense_base_weight()
 
     # the shared `tinylora_v` holds every adapter: this layer has an adapter only where it has its factors
     def has_adapter(self, adapter_name: str) -> bool:
@@ -172,7 +172,7 @@ class Linear(TinyLoraLayer, nn.Module):
         self.update_layer(adapter_name, tinylora_v, v_key, r, config, layer_idx=layer_idx)
 
     def _weight_out_in(self) -> torch.Tensor:
-        weight = self.get_base_layer().weight.data
+        weight = self._dense_base_weight()
         return weight.T if self.fan_in_fan_out else weight
 
     def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
+from .._quantized import weight_dtype, weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import UniLoraConfig
 
@@ -91,13 +92,14 @@ class UniLoraLayer(BaseTunerLayer):
     ) -> None:
         """Store the adapter's theta_d positions and scales of A (r x in) and B (out x r); `persistent`
         (the config's `save_indices`) decides whether they are part of the state dict. The scales take
-        the base weight's dtype, as in PEFT."""
-        weight = self.get_base_layer().weight
+        the base weight's dtype, as in PEFT (the dtype it dequantizes to, for a quantized base: peft 0.21
+        casts them to the packed integer dtype, which rounds them to zero)."""
+        weight, dtype = self.get_base_layer().weight, weight_dtype(self.get_base_layer())
         for container, tensor in (
             (self.unilora_indices_A, indices_A),
             (self.unilora_indices_B, indices_B),
-            (self.unilora_scales_A, scales_A.to(weight.dtype)),
-            (self.unilora_scales_B, scales_B.to(weight.dtype)),
+            (self.unilora_scales_A, scales_A.to(dtype)),
+            (self.unilora_scales_B, scales_B.to(dtype)),
         ):
             container.persistent = persistent
             container[adapter_name] = tensor.to(weight.device)
@@ -134,8 +136,8 @@ class Linear(UniLoraLayer, nn.Module):
         UniLoraLayer.__init__(self, base_layer, **kwargs)
         self.fan_in_fan_out = config.fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        weight = base_layer.weight
-        self.out_features, self.in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
+        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
+        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, unilora_theta_d, config)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._dropout import input_dropout
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import VBLoRAConfig
 
@@ -133,8 +134,8 @@ class Linear(VBLoRALayer, nn.Module):
         VBLoRALayer.__init__(self, base_layer, **kwargs)
         self.fan_in_fan_out = fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())  # as numbers: a 4-bit weight is stored packed
+        self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, vblora_vector_bank, r, config)
 

@@ -9,6 +9,7 @@ from torch import nn
 from ...utils.other import get_pattern_key
 from .._dispatch import CONV1D, base_of
 from .._linear_kind import conv1d_type
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTuner
 from .config import WaveFTConfig
 from .layer import WaveFTLayer, WaveFTLinear
@@ -18,7 +19,7 @@ def _weight_size(module: nn.Module) -> int | None:
     """in * out of a Linear or Conv1D base layer; None for layer kinds WaveFT does not adapt."""
     base = base_of(module)
     if isinstance(base, (nn.Linear, conv1d_type())):
-        return base.weight.numel()
+        return weight_shape(base).numel()  # as numbers: a 4-bit weight is stored packed
     return None
 
 
