@@ -84,8 +84,8 @@ def create_arrow_model(
         model = _load(model, path, name, adapter_kwargs)
     arrow_config.task_adapter_names, arrow_config.gks_adapter_names = task_names, gks_names
 
-    targets, r = check_loaded_lora_compatibility_arrow(model, task_names + gks_names)
     ensure_adapters_target_linear_layers_only(model, task_names + gks_names)
+    targets, r = check_loaded_lora_compatibility_arrow(model, task_names + gks_names)
     model.add_adapter(ROUTER_ADAPTER_NAME, LoraConfig(arrow_config=arrow_config, target_modules=targets, r=r))
     model.set_adapter(ROUTER_ADAPTER_NAME)
     return model

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...utils.lazy_exports import lazy_exports
-from .layer import Linear
+from .layer import Linear, LoraLayer
 from .sub_configs import ArrowConfig
 from .variants import LoraVariant, add_adapter_container
 
@@ -176,7 +176,7 @@ def _adapted_layers(model: nn.Module, adapter_name: str) -> dict[str, Any]:
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(getattr(module, "lora_A", None), nn.ModuleDict) and adapter_name in module.lora_A
+        if isinstance(module, LoraLayer) and module.has_adapter(adapter_name)
     }
 
 
