@@ -119,3 +119,15 @@ def test_clear_errors_and_nothing_truncated_when_one_layer_fails():
         kasa.add_adapter("plain", peftkit.LoraConfig(target_modules=["q_proj"]))
     assert "plain" not in kasa.peft_config
     kasa.add_adapter("second", peftkit.LoraConfig(target_modules=["q_proj"], kasa_config={}))
+
+
+def test_conversion_to_plain_lora_is_refused(tmp_path):
+    model = peftkit.get_peft_model(
+        tiny_llama(), peftkit.LoraConfig(target_modules=["q_proj"], kasa_config={})
+    )
+    model.save_pretrained(tmp_path / "init")
+    with pytest.raises(ValueError, match="KaSA adapters cannot be converted"):
+        model.save_pretrained(
+            tmp_path / "plain", path_initial_model_for_weight_conversion=str(tmp_path / "init")
+        )
+    assert not (tmp_path / "plain" / "adapter_config.json").exists()

@@ -88,6 +88,11 @@ def test_gpt2_conv1d_and_clear_errors():
         peftkit.get_peft_model(
             tiny_llama(), peftkit.LoraConfig(target_modules=["q_proj"], use_qalora=True, use_dora=True)
         )
+    with pytest.raises(ValueError, match="init_lora_weights='pissa'"):
+        peftkit.get_peft_model(
+            tiny_llama(),
+            peftkit.LoraConfig(target_modules=["q_proj"], use_qalora=True, init_lora_weights="pissa"),
+        )
     with pytest.raises(ValueError, match="qalora_group_size must be a positive integer"):
         peftkit.LoraConfig(use_qalora=True, qalora_group_size=0)
     with pytest.raises(ValueError, match="linear layers only"):

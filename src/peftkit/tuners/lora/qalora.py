@@ -76,6 +76,13 @@ class QaLoraVariant(LoraVariant):
 
 def check_qalora_config(config: Any) -> None:
     """Reject what QA-LoRA does not define, before any layer is touched."""
+    if config.init_lora_weights not in (True, False, "gaussian"):
+        # PiSSA, OLoRA, CorDA, LoftQ, EVA, ... compute a full-width A (some also rewrite the base weight to
+        # match it), which the pooled A then replaces: the model would silently not be what it claims
+        raise ValueError(
+            f"use_qalora=True does not work with init_lora_weights={config.init_lora_weights!r}: that initialisation "
+            "computes a full-width A, and QA-LoRA's A reads pooled features. Use init_lora_weights=True."
+        )
     if config.lora_bias:
         raise ValueError(
             "use_qalora=True does not work with lora_bias=True (PEFT's QA-LoRA forward leaves lora_B's bias out); "
