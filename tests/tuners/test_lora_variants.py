@@ -274,11 +274,13 @@ def test_at_most_one_variant_per_config_with_peft_s_error():
     ):
         model = tiny_llama()
         expected = str(tuple(sorted("mica" if k == "init_lora_weights" else k for k in fields)))
-        with pytest.raises(
-            ValueError, match=re.escape(f"Invalid or unsupported variant combination: {expected}")
-        ):
-            peftkit.get_peft_model(model, peftkit.LoraConfig(target_modules=["q_proj"], **fields))
-        assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+        message = re.escape(f"Invalid or unsupported variant combination: {expected}")
+        for mixed in (False, True):  # a mixed model creates LoRA layers without LoraModel.inject_adapter
+            with pytest.raises(ValueError, match=message):
+                peftkit.get_peft_model(
+                    model, peftkit.LoraConfig(target_modules=["q_proj"], **fields), mixed=mixed
+                )
+            assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
 
 
 def test_target_parameters_refuse_variants_naming_the_field():

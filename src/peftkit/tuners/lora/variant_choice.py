@@ -50,7 +50,9 @@ def check_variant_combination(config: Any) -> None:
 
 
 def new_variant(config: Any) -> LoraVariant | None:
-    """A fresh variant object for one layer of an adapter with `config` (None: the layer builds it, or none)."""
+    """A fresh variant object for one layer of an adapter with `config` (None: the layer builds it, or none).
+    Checks the combination first: a mixed model creates LoRA layers without `LoraModel.inject_adapter`."""
+    check_variant_combination(config)
     if config.velora_config is not None:
         return VeloraVariant(config.velora_config)
     if config.kasa_config is not None:
