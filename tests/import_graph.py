@@ -51,6 +51,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     (
         "above the model",
         [
+            "peftkit.arrow_model",
             "peftkit.auto",
             "peftkit.mixed_model",
             "peftkit.mapping_func",

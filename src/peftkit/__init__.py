@@ -5,6 +5,7 @@ model = get_peft_model(base_model, LoraConfig(r=16, target_modules="all-linear",
 """
 
 from ._version import __version__
+from .arrow_model import create_arrow_model
 from .auto import (
     AutoPeftModel,
     AutoPeftModelForCausalLM,
@@ -62,7 +63,19 @@ from .tuners.lily import LilyConfig, LilyModel
 from .tuners.ln_tuning import LNTuningConfig, LNTuningModel
 from .tuners.loha import LoHaConfig, LoHaModel
 from .tuners.lokr import LoKrConfig, LoKrModel
-from .tuners.lora import BdLoraConfig, EvaConfig, LoftQConfig, get_eva_state_dict, initialize_lora_eva_weights
+from .tuners.lora import (
+    ArrowConfig,
+    BdLoraConfig,
+    EvaConfig,
+    KasaConfig,
+    LoftQConfig,
+    LoraGAConfig,
+    MontecloraConfig,
+    VeloraConfig,
+    get_eva_state_dict,
+    initialize_lora_eva_weights,
+    preprocess_loraga,
+)
 from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.miss import MissConfig, MissModel
 from .tuners.multitask_prompt_tuning import MultitaskPromptTuningConfig, MultitaskPromptTuningInit
@@ -98,6 +111,13 @@ from .utils import (
 from .utils.quantization import cast_mixed_precision_params, prepare_model_for_kbit_training
 
 __all__ = [
+    "ArrowConfig",
+    "KasaConfig",
+    "LoraGAConfig",
+    "MontecloraConfig",
+    "VeloraConfig",
+    "create_arrow_model",
+    "preprocess_loraga",
     "BdLoraConfig",
     "EvaConfig",
     "LoftQConfig",

@@ -1,8 +1,11 @@
 """The LoRA variant seam: a variant attached to an adapter replaces the formula's pieces it declares, and
 every fast path steps aside for it, through the one plain-adapter predicate."""
 
+import re
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from tests.conftest import perturb_adapter_weights, tiny_llama
 from torch import nn
 
@@ -11,7 +14,7 @@ from peftkit.tuners.lora import fast_paths
 from peftkit.tuners.lora.alora import AloraVariant
 from peftkit.tuners.lora.bdlora import BdLoraConfig, BdLoraVariant
 from peftkit.tuners.lora.dora import DoraEmbeddingVariant, DoraVariant
-from peftkit.tuners.lora.variants import LoraVariant
+from peftkit.tuners.lora.variants import LoraVariant, add_adapter_container
 
 ATOL = 1e-6
 
@@ -209,3 +212,83 @@ def test_dora_alora_and_bdlora_are_variants_in_one_place():
 
     plain = peftkit.get_peft_model(tiny_llama(), peftkit.LoraConfig(target_modules=["q_proj"]))
     assert plain.base_model.model.model.layers[0].self_attn.q_proj.lora_variant == {}
+
+
+class _ContainerVariant(DoubledVariant):
+    """A toy variant with a trainable per-adapter vector of its own, frozen B, and a log of the adapters
+    its layer gained or lost."""
+
+    def init(self, layer, adapter_name, inference_mode=False):
+        super().init(layer, adapter_name, inference_mode)
+        gains = add_adapter_container(layer, "lora_toy_gain", nn.ParameterDict)
+        gains[adapter_name] = nn.Parameter(torch.ones(layer.r[adapter_name]))
+        layer._finish_new_adapter(adapter_name, inference_mode)
+        layer.freeze_adapter_weights(adapter_name, "lora_B")
+        self.seen: list[list[str]] = []
+
+    def on_adapters_changed(self, layer, adapter_name):
+        self.seen.append(sorted(layer.lora_A))
+
+
+def test_variant_containers_frozen_factors_and_adapter_changes(tmp_path):
+    torch.manual_seed(0)
+    variant = _ContainerVariant()
+    model = peftkit.get_peft_model(
+        nn.Sequential(nn.Linear(8, 6)), peftkit.LoraConfig(target_modules=["0"], r=4)
+    )
+    layer = model.base_model.model[0]
+    layer.set_lora_variant("default", variant)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "base_model.model.0.lora_A.default.weight",
+        "base_model.model.0.lora_toy_gain.default",
+    }
+    assert (
+        "lora_toy_gain" in layer.adapter_layer_names
+        and "lora_toy_gain" not in type(layer).adapter_layer_names
+    )
+    # B stays frozen whatever makes the adapter trainable again
+    for step in (lambda: model.set_adapter("default"), model.enable_adapter_layers):
+        model.disable_adapter_layers()
+        step()
+        assert (
+            not layer.lora_B["default"].weight.requires_grad and layer.lora_A["default"].weight.requires_grad
+        )
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert "base_model.model.0.lora_toy_gain" in saved  # a container of the variant is saved like the factors
+    # the variant hears about the layer's other adapters coming and going
+    model.add_adapter("other", peftkit.LoraConfig(target_modules=["0"], r=2))
+    model.delete_adapter("other")
+    assert variant.seen == [["default", "other"], ["default"]]
+    model.add_adapter("third", peftkit.LoraConfig(target_modules=["0"], r=2))
+    model.delete_adapter("default")  # its container entry and frozen-weights entry go with it
+    assert "default" not in layer.lora_toy_gain and "default" not in layer.frozen_peft_weight_names
+
+
+def test_at_most_one_variant_per_config_with_peft_s_error():
+    for fields in (
+        {"use_dora": True, "kasa_config": peftkit.KasaConfig()},
+        {"init_lora_weights": "mica", "velora_config": peftkit.VeloraConfig()},
+        {"use_qalora": True, "monteclora_config": peftkit.MontecloraConfig()},
+    ):
+        model = tiny_llama()
+        expected = str(tuple(sorted("mica" if k == "init_lora_weights" else k for k in fields)))
+        message = re.escape(f"Invalid or unsupported variant combination: {expected}")
+        for mixed in (False, True):  # a mixed model creates LoRA layers without LoraModel.inject_adapter
+            with pytest.raises(ValueError, match=message):
+                peftkit.get_peft_model(
+                    model, peftkit.LoraConfig(target_modules=["q_proj"], **fields), mixed=mixed
+                )
+            assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+
+
+def test_target_parameters_refuse_variants_naming_the_field():
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="`velora_config` is set"):
+        peftkit.get_peft_model(
+            model,
+            peftkit.LoraConfig(
+                target_modules=[], target_parameters=["0.weight"], velora_config={"num_groups": 2}
+            ),
+        )

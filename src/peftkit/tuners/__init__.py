@@ -1,5 +1,6 @@
 """The adapter methods. Importing this package registers each of them."""
 
+from ..utils.lazy_exports import lazy_exports
 from .adalora import AdaLoraConfig, AdaLoraModel
 from .adamss import AdamssConfig, AdamssModel
 from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
@@ -21,7 +22,17 @@ from .lily import LilyConfig, LilyModel
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
-from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
+from .lora import (
+    ArrowConfig,
+    KasaConfig,
+    LoraConfig,
+    LoraGAConfig,
+    LoraModel,
+    LoraRuntimeConfig,
+    MontecloraConfig,
+    VeloraConfig,
+    preprocess_loraga,
+)
 from .miss import MissConfig, MissModel
 from .multitask_prompt_tuning import (
     MultitaskPromptEmbedding,
@@ -49,7 +60,17 @@ from .vera import VeraConfig, VeraModel
 from .waveft import WaveFTConfig, WaveFTModel
 from .xlora import XLoraConfig, XLoraModel
 
+# create_arrow_model builds a PeftModel (a floor above the methods): imported when first used
+__getattr__, __dir__ = lazy_exports(globals(), {"create_arrow_model": "peftkit.arrow_model"})
+
 __all__ = [
+    "ArrowConfig",
+    "KasaConfig",
+    "LoraGAConfig",
+    "MontecloraConfig",
+    "VeloraConfig",
+    "create_arrow_model",
+    "preprocess_loraga",
     "AdaLoraConfig",
     "AdaLoraModel",
     "AdamssConfig",

@@ -50,6 +50,9 @@ class BaseTunerLayer:
     # Those of `other_param_names` that are plain dicts of tensors (so outside the state dict) which adapter
     # files hold all the same, as `<layer>.<name>` (SHiRA's sparse indices): saved and loaded by the framework.
     saved_other_param_names: tuple[str, ...] = ()
+    # Adapter name -> those of `adapter_layer_names` whose tensors stay frozen whatever trainability the adapter
+    # gets (peft's name; MiCA trains only LoRA's A). Filled per layer by `freeze_adapter_weights`.
+    frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
 
     _active_adapter: str | list[str] = "default"
     _disable_adapters: bool = False
@@ -149,13 +152,40 @@ class BaseTunerLayer:
             for key in container:
                 trainable = key in names and not inference_mode
                 container[key].requires_grad_(trainable)
+        self._freeze_non_trainable_peft_weights(names)
         self._active_adapter = adapter_names
+
+    def freeze_adapter_weights(self, adapter_name: str, container_name: str) -> None:
+        """Keep the tensors of `adapter_name` in container `container_name` (one of `adapter_layer_names`)
+        frozen from now on, also when the adapter is made trainable again (set_adapter, loading with
+        is_trainable=True, ...)."""
+        frozen = dict(self.frozen_peft_weight_names)  # this layer's own copy, never the class default
+        names = frozen.get(adapter_name, ())
+        if container_name not in names:
+            frozen[adapter_name] = (*names, container_name)
+        self.frozen_peft_weight_names = frozen
+        self._freeze_non_trainable_peft_weights([adapter_name])
+
+    def _freeze_non_trainable_peft_weights(self, adapter_names: Iterable[str] | None = None) -> None:
+        """Freeze again the tensors `freeze_adapter_weights` declared frozen (of `adapter_names`, default all)."""
+        if not self.frozen_peft_weight_names:
+            return
+        names = self.frozen_peft_weight_names.keys() if adapter_names is None else adapter_names
+        for name in names:
+            for container_name in self.frozen_peft_weight_names.get(name, ()):
+                container = getattr(self, container_name, None)
+                if container is not None and name in container:
+                    container[name].requires_grad_(False)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove every tensor and setting of `adapter_name`; if it was active, activate another one."""
         for container in self._adapter_dicts():
             if adapter_name in container:
                 del container[adapter_name]
+        if adapter_name in self.frozen_peft_weight_names:
+            self.frozen_peft_weight_names = {
+                k: v for k, v in self.frozen_peft_weight_names.items() if k != adapter_name
+            }
         if adapter_name in self.merged_adapters:
             self.merged_adapters.remove(adapter_name)
         active = [a for a in self.active_adapters if a != adapter_name]
@@ -190,6 +220,7 @@ class BaseTunerLayer:
                     tensor.data = tensor.data.to(weight.device, dtype=target_dtype)
             if isinstance(tensor, nn.Parameter):  # an adapter's buffers (GLoRA's zeros) never train
                 tensor.requires_grad_(trainable)
+        self._freeze_non_trainable_peft_weights([adapter_name])
 
     def _placement_reference(self) -> torch.Tensor | None:
         """The tensor whose device and float dtype new adapter tensors take: the base layer's weight."""
@@ -205,6 +236,7 @@ class BaseTunerLayer:
         for tensor in self._adapter_tensors(adapter_name):
             if isinstance(tensor, nn.Parameter):
                 tensor.requires_grad_(trainable)
+        self._freeze_non_trainable_peft_weights([adapter_name])
 
     def cast_adapter_dtype(self, adapter_name: str, dtype: torch.dtype = torch.float32) -> None:
         """Cast the fp16/bf16 tensors of `adapter_name` to `dtype` (fp32 adapters train stably)."""

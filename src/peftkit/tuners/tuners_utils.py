@@ -551,6 +551,8 @@ def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) 
             for tensor in module._adapter_tensors(adapter_name):
                 if isinstance(tensor, nn.Parameter) and tensor.is_floating_point():
                     tensor.requires_grad_(trainable)
+            if trainable:
+                module._freeze_non_trainable_peft_weights([adapter_name])
         elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
             module.modules_to_save[adapter_name].requires_grad_(trainable)
 

@@ -1,6 +1,7 @@
-"""LoRA: low-rank adaptation (Hu et al., 2021), with rsLoRA and DoRA options."""
+"""LoRA: low-rank adaptation (Hu et al., 2021), with its initialisations and variants."""
 
 from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from ...utils.lazy_exports import lazy_exports
 from .._registration import register_peft_method
 from .bdlora import BdLoraConfig
 from .config import LoraConfig, LoraRuntimeConfig
@@ -8,8 +9,13 @@ from .corda import CordaConfig
 from .eva import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .loftq import LoftQConfig
+from .loraga import preprocess_loraga
 from .model import LoraModel
 from .param_wrapper import ParamWrapper
+from .sub_configs import ArrowConfig, KasaConfig, LoraGAConfig, MontecloraConfig, VeloraConfig
+
+# create_arrow_model builds a PeftModel, which lives above the methods: imported when first used
+__getattr__, __dir__ = lazy_exports(globals(), {"create_arrow_model": "peftkit.arrow_model"})
 
 register_peft_method(
     name="lora",
@@ -20,6 +26,13 @@ register_peft_method(
 )
 
 __all__ = [
+    "ArrowConfig",
+    "KasaConfig",
+    "LoraGAConfig",
+    "MontecloraConfig",
+    "VeloraConfig",
+    "create_arrow_model",
+    "preprocess_loraga",
     "BdLoraConfig",
     "CordaConfig",
     "EvaConfig",

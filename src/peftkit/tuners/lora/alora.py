@@ -93,6 +93,7 @@ class AloraVariant(LoraVariant):
     """aLoRA on a Linear: LoRA's output, kept only at the positions its context's mask selects."""
 
     name = "aLoRA"
+    config_field = "alora_invocation_tokens"
     supports_merge = False  # the adapter is not applied everywhere
     supports_mixed_batch = False  # the offsets are per row of the whole batch, not of a group of samples
 

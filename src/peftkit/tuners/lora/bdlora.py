@@ -86,6 +86,7 @@ class BdLoraVariant(LoraVariant):
     """
 
     name = "bd-LoRA"
+    config_field = "use_bdlora"
 
     def __init__(self, side: str, nblocks: int, zero_init: bool) -> None:
         self.side, self.nblocks, self.zero_init = side, nblocks, zero_init

@@ -10,15 +10,61 @@ from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 
 # PEFT code imports the sub-configs from the config module
-from .sub_configs import BdLoraConfig, CordaConfig, EvaConfig, LoftQConfig
+from .sub_configs import (
+    ArrowConfig,
+    BdLoraConfig,
+    CordaConfig,
+    EvaConfig,
+    KasaConfig,
+    LoftQConfig,
+    LoraGAConfig,
+    MontecloraConfig,
+    VeloraConfig,
+    subconfig,
+)
 
-__all__ = ["BdLoraConfig", "CordaConfig", "EvaConfig", "LoftQConfig", "LoraConfig", "LoraRuntimeConfig"]
+__all__ = [
+    "ArrowConfig",
+    "BdLoraConfig",
+    "CordaConfig",
+    "EvaConfig",
+    "KasaConfig",
+    "LoftQConfig",
+    "LoraConfig",
+    "LoraGAConfig",
+    "LoraRuntimeConfig",
+    "MontecloraConfig",
+    "VeloraConfig",
+]
 
 _VALID_BIAS = ("none", "all", "lora_only")
 # Initialisations peftkit implements today; the others are accepted by the config (so files from peft
 # load) but raise a clear error when an adapter would be created with them.
-IMPLEMENTED_INITS = (True, False, "gaussian", "pissa", "olora", "orthogonal", "corda", "eva", "loftq")
-_KNOWN_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
+IMPLEMENTED_INITS = (
+    True,
+    False,
+    "gaussian",
+    "pissa",
+    "olora",
+    "orthogonal",
+    "corda",
+    "eva",
+    "loftq",
+    "mica",
+    "lora_ga",
+)
+_KNOWN_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica", "lora_ga")
+# The sub-config fields and their classes (a dict read from adapter_config.json becomes the class)
+_SUBCONFIGS = {
+    "use_bdlora": BdLoraConfig,
+    "corda_config": CordaConfig,
+    "eva_config": EvaConfig,
+    "velora_config": VeloraConfig,
+    "kasa_config": KasaConfig,
+    "lora_ga_config": LoraGAConfig,
+    "monteclora_config": MontecloraConfig,
+    "arrow_config": ArrowConfig,
+}
 
 
 def init_is_implemented(init: bool | str) -> bool:
@@ -61,7 +107,14 @@ class LoraConfig(PeftConfig):
         default=False, metadata={"help": "Scale by alpha/sqrt(r) (rank-stabilised LoRA)."}
     )
     modules_to_save: list[str] | None = field(default=None, metadata={"help": "Modules trained in full."})
-    init_lora_weights: bool | str = field(default=True, metadata={"help": "True, False or 'gaussian'."})
+    init_lora_weights: bool | str = field(
+        default=True,
+        metadata={
+            "help": "True (B = 0), False (random, for debugging), 'gaussian', 'pissa', 'pissa_niter_K', 'olora', "
+            "'orthogonal', 'corda', 'eva', 'loftq', 'mica' (B: the weight's minor left singular vectors, frozen; "
+            "A = 0) or 'lora_ga' (from the gradient, see preprocess_loraga)."
+        },
+    )
     layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer indices."})
     layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "Name of the layer list."})
     rank_pattern: dict = field(default_factory=dict, metadata={"help": "Regex -> rank overrides."})
@@ -72,13 +125,24 @@ class LoraConfig(PeftConfig):
     loftq_config: dict = field(default_factory=dict)
     eva_config: Any = field(default=None)
     corda_config: Any = field(default=None)
-    lora_ga_config: Any = field(default=None)
+    lora_ga_config: LoraGAConfig | None = field(
+        default=None, metadata={"help": "LoRA-GA options (with init_lora_weights='lora_ga')."}
+    )
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
-    velora_config: Any = field(default=None)
+    velora_config: VeloraConfig | None = field(
+        default=None, metadata={"help": "VeLoRA: compressed activations in A's backward pass."}
+    )
     alora_invocation_tokens: list[int] | None = field(default=None)
-    use_qalora: bool = field(default=False)
-    qalora_group_size: int = field(default=16)
-    monteclora_config: Any = field(default=None)
+    use_qalora: bool = field(
+        default=False,
+        metadata={"help": "QA-LoRA: A reads the input average-pooled in groups of qalora_group_size."},
+    )
+    qalora_group_size: int = field(
+        default=16, metadata={"help": "Input features averaged into one pooled feature (use_qalora=True)."}
+    )
+    monteclora_config: MontecloraConfig | None = field(
+        default=None, metadata={"help": "MonteCLoRA: Monte Carlo mixtures of noisy A factors in training."}
+    )
     layer_replication: list[tuple[int, int]] | None = field(default=None)
     runtime_config: LoraRuntimeConfig = field(default_factory=LoraRuntimeConfig)
     lora_bias: bool = field(
@@ -86,8 +150,12 @@ class LoraConfig(PeftConfig):
     )
     target_parameters: list[str] | None = field(default=None)
     use_bdlora: Any = field(default=None)
-    arrow_config: Any = field(default=None)
-    kasa_config: Any = field(default=None)
+    arrow_config: ArrowConfig | None = field(
+        default=None, metadata={"help": "Arrow routing among task adapters (see create_arrow_model)."}
+    )
+    kasa_config: KasaConfig | None = field(
+        default=None, metadata={"help": "KaSA: truncated base weight and a learned singular-value vector."}
+    )
     ensure_weight_tying: bool = field(default=False)
 
     def __post_init__(self) -> None:
@@ -97,12 +165,8 @@ class LoraConfig(PeftConfig):
         self.exclude_modules = as_set(self.exclude_modules)
         if isinstance(self.runtime_config, dict):
             self.runtime_config = LoraRuntimeConfig(**self.runtime_config)
-        if isinstance(self.use_bdlora, dict):
-            self.use_bdlora = BdLoraConfig(**self.use_bdlora)
-        if isinstance(self.corda_config, dict):
-            self.corda_config = CordaConfig(**self.corda_config)
-        if isinstance(self.eva_config, dict):
-            self.eva_config = EvaConfig(**self.eva_config)
+        for name, config_cls in _SUBCONFIGS.items():
+            setattr(self, name, subconfig(getattr(self, name), config_cls, name))
         self._validate()
 
     def _validate(self) -> None:
@@ -120,6 +184,12 @@ class LoraConfig(PeftConfig):
             raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex).")
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
             raise ValueError("layers_pattern cannot be used when target_modules is a str (a regex).")
+        if self.use_qalora and (
+            not isinstance(self.qalora_group_size, int)
+            or isinstance(self.qalora_group_size, bool)
+            or self.qalora_group_size <= 0
+        ):
+            raise ValueError(f"qalora_group_size must be a positive integer, got {self.qalora_group_size!r}.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When layers_pattern is specified, layers_to_transform must also be specified.")
         init = self.init_lora_weights
@@ -131,7 +201,7 @@ class LoraConfig(PeftConfig):
         if not valid_init:
             raise ValueError(
                 f"init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', 'pissa_niter_K', "
-                "'olora', 'corda', 'eva', 'loftq' or 'orthogonal'."
+                "'olora', 'corda', 'eva', 'loftq', 'orthogonal', 'mica' or 'lora_ga'."
             )
         self._validate_patterns()
 

@@ -61,6 +61,11 @@ def convert_to_lora(
     """
     if getattr(config, "peft_type", None) is None or config.peft_type.value != "LORA":
         raise ValueError("path_initial_model_for_weight_conversion converts LoRA adapters only.")
+    if config.kasa_config is not None:
+        raise ValueError(
+            "KaSA adapters cannot be converted to plain LoRA: their update carries lora_diag between B and A, and "
+            "the base weight they were trained on was truncated."
+        )
     if config.use_bdlora is not None:
         raise ValueError(
             "Block-diagonal LoRA adapters cannot be converted: the stacked factors are not block-diagonal."

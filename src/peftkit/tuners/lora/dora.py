@@ -45,6 +45,7 @@ class DoraVariant(LoraVariant):
     """DoRA on a Linear (plain or quantized) or a convolution."""
 
     name = "DoRA"
+    config_field = "use_dora"
 
     def __init__(self) -> None:
         self._norm_at_merge: torch.Tensor | None = None  # ||V|| when merged: unmerging divides by it

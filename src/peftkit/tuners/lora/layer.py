@@ -93,8 +93,10 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         if not init_is_implemented(init_lora_weights):
             raise NotImplementedError(
                 f"init_lora_weights={init_lora_weights!r} is not implemented in peftkit yet; use True, False, "
-                "'gaussian', 'pissa', 'pissa_niter_K', 'olora', 'orthogonal', 'corda', 'eva' or 'loftq'."
+                "'gaussian', 'pissa', 'pissa_niter_K', 'olora', 'orthogonal', 'corda', 'eva', 'loftq', 'mica' or "
+                "'lora_ga'."
             )
+        self.kwargs.update(kwargs)  # the options of this adapter's init scheme (loftq_config, lora_ga_config)
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = lora_alpha
         self.scaling[adapter_name] = rank_scaling(lora_alpha, r, use_rslora)
@@ -108,6 +110,7 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
         variant = self.dora_variant() if use_dora else lora_variant
         if variant is not None:
             self.set_lora_variant(adapter_name, variant, inference_mode)
+        self._tell_variants(adapter_name)
 
     def set_lora_variant(self, adapter_name: str, variant: LoraVariant, inference_mode: bool = False) -> None:
         """Make adapter `adapter_name` (its factors created) follow `variant` instead of plain LoRA."""
@@ -121,6 +124,13 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
     def delete_adapter(self, adapter_name: str) -> None:
         self.lora_variant.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
+        self._tell_variants(adapter_name)
+
+    def _tell_variants(self, changed: str) -> None:
+        """Tell the variants of the other adapters that adapter `changed` was added or deleted."""
+        for name, variant in list(self.lora_variant.items()):
+            if name != changed:
+                variant.on_adapters_changed(self, name)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
         raise NotImplementedError
@@ -270,6 +280,7 @@ class Linear(LoraLayer, nn.Module):
         use_rslora: bool = False,
         use_dora: bool = False,
         lora_bias: bool = False,
+        lora_variant: LoraVariant | None = None,
         **kwargs: Any,
     ) -> None:
         nn.Module.__init__(self)
@@ -289,6 +300,7 @@ class Linear(LoraLayer, nn.Module):
             use_rslora=use_rslora,
             use_dora=use_dora,
             lora_bias=lora_bias,
+            lora_variant=lora_variant,
         )
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
@@ -354,6 +366,7 @@ class Embedding(LoraLayer, nn.Module):
         use_rslora: bool = False,
         use_dora: bool = False,
         lora_bias: bool = False,
+        lora_variant: LoraVariant | None = None,
         **kwargs: Any,
     ) -> None:
         if lora_bias:
@@ -371,6 +384,7 @@ class Embedding(LoraLayer, nn.Module):
             use_rslora=use_rslora,
             use_dora=use_dora,
             lora_bias=lora_bias,
+            lora_variant=lora_variant,
         )
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:
@@ -418,6 +432,7 @@ class _ConvNd(LoraLayer, nn.Module):
         use_rslora: bool = False,
         use_dora: bool = False,
         lora_bias: bool = False,
+        lora_variant: LoraVariant | None = None,
         **kwargs: Any,
     ) -> None:
         nn.Module.__init__(self)
@@ -440,6 +455,7 @@ class _ConvNd(LoraLayer, nn.Module):
             use_rslora=use_rslora,
             use_dora=use_dora,
             lora_bias=lora_bias,
+            lora_variant=lora_variant,
         )
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:

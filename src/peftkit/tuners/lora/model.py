@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...utils.other import get_pattern_key
@@ -20,10 +21,12 @@ from .alora import install_alora
 from .arithmetic import add_weighted_adapter
 from .bdlora import check_bdlora_config, make_block_diagonal
 from .config import LoraConfig
+from .kasa import check_kasa_targets, kasa_regularization
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .layer_replication import apply_layer_replication, check_no_shared_merge, is_replica_tie
 from .param_wrapper import inject_parameters
 from .quantized import QUANTIZATION_BACKENDS, dispatch_quantized
+from .variant_choice import check_variant_combination, new_variant
 from .variants import check_mergeable
 
 
@@ -61,8 +64,30 @@ class LoraModel(BaseTuner):
             "use_rslora": config.use_rslora,
             "use_dora": config.use_dora,
             "lora_bias": config.lora_bias,
+            "lora_variant": new_variant(config),  # VeLoRA, KaSA, MiCA, QA-LoRA, MonteCLoRA, Arrow
             **({"loftq_config": config.loftq_config} if config.init_lora_weights == "loftq" else {}),
+            **({"lora_ga_config": config.lora_ga_config} if config.init_lora_weights == "lora_ga" else {}),
         }
+
+    def _check_new_adapter_config(self, config: LoraConfig) -> None:
+        super()._check_new_adapter_config(config)
+        # KaSA truncates the base weights when its adapter is created: an adapter made before or beside it
+        # would see other base weights than it was made for (PEFT's rule)
+        uses_kasa = config.kasa_config is not None
+        for name, other in self.peft_config.items():
+            if other is not config and (getattr(other, "kasa_config", None) is not None) is not uses_kasa:
+                raise ValueError(
+                    "KaSA cannot be combined with adapters that don't use KaSA, since KaSA modifies the base "
+                    f"weights: the new adapter {'uses' if uses_kasa else 'does not use'} KaSA but adapter "
+                    f"'{name}' {'does not' if uses_kasa else 'does'}."
+                )
+
+    def _pre_injection_hook(
+        self, model: nn.Module, config: LoraConfig, adapter_name: str, matched: list[str]
+    ) -> None:
+        super()._pre_injection_hook(model, config, adapter_name, matched)
+        if config.kasa_config is not None:  # all layers checked before the first base weight is truncated
+            check_kasa_targets(model, config, matched)
 
     def add_weighted_adapter(
         self,
@@ -106,6 +131,7 @@ class LoraModel(BaseTuner):
     # ----- layer_replication, target_parameters (param_wrapper.py), trainable_token_indices (trainable_tokens/) -----
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
         config = self.peft_config[adapter_name]
+        check_variant_combination(config)
         if config.layer_replication:
             apply_layer_replication(self, model, config.layer_replication)
         if config.use_bdlora is not None:
@@ -171,3 +197,40 @@ class LoraModel(BaseTuner):
                         PeftWarning,
                     )
         super()._set_adapter_layers(enabled)
+
+    # ----- the regularisers of KaSA and MonteCLoRA (add them to the training loss) -----
+    def _adapters_or_active(self, adapter_names: str | list[str] | None) -> list[str]:
+        if adapter_names is None:
+            return list(self.active_adapters)
+        return [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+
+    def _get_kasa_loss(self, adapter_names: str | list[str] | None = None) -> torch.Tensor | float:
+        """KaSA's regularisers summed over the layers of `adapter_names` (default: the active adapters):
+        `beta * sum(lora_diag^2) + gamma * (||B^T B - I||_F + ||A A^T - I||_F)` per layer, with each adapter's
+        `kasa_config`; 0.0 when none of them uses KaSA. Add it to the training loss."""
+        total: torch.Tensor | float = 0.0
+        names = self._adapters_or_active(adapter_names)
+        for module in self.model.modules():
+            diag = getattr(module, "lora_diag", None) if isinstance(module, LoraLayer) else None
+            for name in names if diag is not None else ():
+                if name in diag:
+                    options = self.peft_config[name].kasa_config
+                    total = total + kasa_regularization(module, name, options.beta, options.gamma)
+        return total
+
+    def _get_monteclora_loss(self, adapter_names: str | list[str] | None = None) -> torch.Tensor | float:
+        """MonteCLoRA's variational loss (weighted KL terms, plus the entropy term with `use_entropy`) averaged
+        over the samplers of `adapter_names` (default: the active adapters); 0.0 when there are none (or in
+        eval mode). Add it to the training loss, or train with `MontecloraTrainerMixin`."""
+        total: torch.Tensor | float = 0.0
+        count = 0
+        names = self._adapters_or_active(adapter_names)
+        for module in self.model.modules():
+            samplers = (
+                getattr(module, "lora_monteclora_sampler", None) if isinstance(module, LoraLayer) else None
+            )
+            for name in names if samplers is not None else ():
+                if name in samplers:
+                    kl, entropy = samplers[name].variational_loss()
+                    total, count = total + kl + entropy, count + 1
+        return total / count if count else 0.0

@@ -81,6 +81,7 @@ class ParamWrapper(LoraLayer, nn.Module):
             use_rslora=use_rslora,
             use_dora=use_dora,
             lora_bias=lora_bias,
+            lora_variant=self.kwargs.pop("lora_variant", None),
         )
 
     def get_param(self) -> nn.Parameter:
@@ -94,6 +95,12 @@ class ParamWrapper(LoraLayer, nn.Module):
         ):
             if kwargs.get(option):
                 raise ValueError(f"lora.{type(self).__name__} does not work with {message}.")
+        variant = kwargs.get("lora_variant")
+        if variant is not None:
+            raise ValueError(
+                f"lora.{type(self).__name__} (target_parameters) does not work when `{variant.config_field}` is set: "
+                "it takes plain LoRA only."
+            )
         super().update_layer(adapter_name, r, lora_alpha, **kwargs)
 
     def _create_factors(self, adapter_name: str, r: int, lora_bias: bool) -> None:

@@ -10,22 +10,29 @@ receive the layer and the adapter's name:
     merged_weight(layer, name, W) -> W'         the base weight with the adapter folded in (fp32)
     unmerged_weight(layer, name, W') -> W       its inverse
     forward(layer, name, x, result, base_result) -> y   the layer output with the adapter applied
+    on_adapters_changed(layer, name)            another adapter was added to or deleted from the layer
 
 plus the flags `supports_merge` / `supports_mixed_batch` (False: the operation is refused, and the error
-names the variant by its `LoraVariant.name`). Each hook defaults to what plain LoRA does, built from the
-layer's own formula (`layer._adapter_output`, `layer._delta_weight`), so a variant overrides only what it
-changes. DoRA (`dora.py`, chosen by `use_dora` when the adapter is created), aLoRA (`alora.py`) and
-bd-LoRA (`bdlora.py`, both attached by the tuner once the adapter's layers exist) are variants; new ones
-(Arrow, KaSA, VeLoRA, QALoRA, ...) subclass `LoraVariant` and are attached with
-`layer.set_lora_variant(adapter_name, variant)` or `layer.update_layer(..., lora_variant=variant)`.
+names the variant by its `LoraVariant.name`) and `supports_lora_conversion` (whether the adapter is a plain
+`s B A` on the unchanged base weight). Each hook defaults to what plain LoRA does, built from the layer's
+own formula (`layer._adapter_output`, `layer._delta_weight`), so a variant overrides only what it changes.
+A variant with per-adapter tensors of its own registers their container on the layer with
+`add_adapter_container` (trainable ones are then placed, cast, saved and deleted with the factors), and
+one that trains only some of the factors declares the others with `layer.freeze_adapter_weights`.
+
+DoRA (`dora.py`) is chosen by `use_dora` when the adapter is created; aLoRA (`alora.py`) and bd-LoRA
+(`bdlora.py`) are attached by the tuner once the adapter's layers exist; the others (VeLoRA, KaSA, MiCA,
+QA-LoRA, MonteCLoRA, Arrow) are built from the config by `variant_choice.py` and handed to
+`layer.update_layer(..., lora_variant=variant)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .._tuner_layer import BaseTunerLayer
 
@@ -37,8 +44,10 @@ class LoraVariant:
     """An adapter's departure from plain LoRA on one layer; every hook defaults to plain LoRA."""
 
     name: str = "LoRA"  # how errors name adapters of this variant
+    config_field: str = ""  # the LoraConfig field that asks for it (errors name it)
     supports_merge: bool = True
     supports_mixed_batch: bool = True  # adapter_names= batches (one pass per group of samples)
+    supports_lora_conversion: bool = True  # the adapter is `s B A` on the unchanged base weight
 
     def init(self, layer: LoraLayer, adapter_name: str, inference_mode: bool = False) -> None:
         """Set the variant up on `layer`, whose factors for `adapter_name` exist and are placed."""
@@ -67,9 +76,27 @@ class LoraVariant:
         `BaseTunerLayer._apply_adapter`). Default: the op-by-op formula `result + s * B(A(dropout(x)))`."""
         return layer._add_adapter_output(result, layer._adapter_output(adapter_name, x, base_result))
 
+    def on_adapters_changed(self, layer: LoraLayer, adapter_name: str) -> None:
+        """Another adapter was added to `layer` or deleted from it (Arrow routes among the layer's adapters)."""
+
 
 # The hooks of an adapter without a variant: plain LoRA (stateless, so one object serves every layer).
 PLAIN_LORA = LoraVariant()
+
+
+def add_adapter_container(
+    layer: LoraLayer, attr: str, make: Callable[[], nn.Module], trainable: bool = True
+) -> nn.Module:
+    """The per-adapter container `layer.<attr>` (created with `make()` the first time), registered on this
+    layer as one of its `adapter_layer_names` (`trainable`: its tensors train, are cast and placed with the
+    factors) or of its `other_param_names` (fixed state); either way it is saved when it holds persistent
+    tensors and emptied when an adapter is deleted."""
+    if attr not in layer._modules:
+        layer.add_module(attr, make())
+    names = "adapter_layer_names" if trainable else "other_param_names"
+    if attr not in getattr(layer, names):
+        setattr(layer, names, (*getattr(layer, names), attr))  # this layer's own tuple, as PEFT does
+    return layer._modules[attr]
 
 
 def check_mergeable(layers: Iterable[LoraLayer], adapter_names: list[str]) -> None:
