@@ -51,7 +51,7 @@ def converted_config(config: PeftConfig) -> PeftConfig:
     return config
 
 
-def convert_to_lora(
+def convert_initialized_to_plain_lora(
     tensors: dict[str, torch.Tensor], config: PeftConfig, path_initial: str
 ) -> tuple[dict[str, torch.Tensor], PeftConfig]:
     """(file tensors, config) of the plain LoRA adapter equivalent to trained `tensors` on the original base.
