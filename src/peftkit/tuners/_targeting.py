@@ -229,3 +229,27 @@ def modules_named_in_state_dict(
             PeftWarning,
         )
     return matched
+
+
+# Mamba-style models compute with these modules' weights directly (a fused selective scan, a causal
+# convolution called functionally), so a LoRA layer in their place would never run: peft refuses them.
+_MAMBA_MODEL_TYPES = ("falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h")
+_MAMBA_INCOMPATIBLE_MODULES = ("out_proj", "conv1d")
+_LORA_LIKE_TYPES = ("LORA", "ADALORA", "XLORA", "RANDLORA")
+
+
+def check_mamba_targets(config: PeftConfig, model: nn.Module, matched: list[str]) -> None:
+    """Raise a ValueError when a LoRA-like adapter targets a Mamba `out_proj` or `conv1d` (as peft does)."""
+    peft_type = getattr(config.peft_type, "value", config.peft_type)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if peft_type not in _LORA_LIKE_TYPES or model_type not in _MAMBA_MODEL_TYPES:
+        return
+    for key in matched:
+        name = key.rpartition(".")[2]
+        if name in _MAMBA_INCOMPATIBLE_MODULES:
+            raise ValueError(
+                f"[PEFT:{peft_type}] Module '{name}' ({key}) is incompatible with Mamba-based models "
+                f"(model_type='{model_type}'): the model uses its weight directly, so an adapter there would "
+                f"never run. Incompatible modules: {set(_MAMBA_INCOMPATIBLE_MODULES)}. Please remove it from "
+                "`target_modules` (e.g. target in_proj and x_proj instead)."
+            )
