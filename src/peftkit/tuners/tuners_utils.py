@@ -21,12 +21,27 @@ from tqdm import tqdm
 
 from ..config import PeftConfig
 from ..utils.gc_pause import gc_paused
+from ..utils.lazy_exports import lazy_exports
 from ..utils.modules_to_save import ModulesToSaveWrapper, has_ancestor_in, set_modules_to_save
 from ..utils.other import get_submodules
-from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning  # noqa: F401  (peft exports the error here)
+from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning
 from ._dispatch import LayerClasses, LayerDispatcher, create_layer
+from ._model_functions import (  # peft's module-level helpers, importable from here as in peft
+    BasePromptEncoder,
+    cast_adapter_dtype,
+    check_adapters_to_merge,
+    clone_module,
+    delete_adapter,
+    find_parameter_name_by_module,
+    get_device_map,
+    inspect_matched_modules,
+    onload_layer,
+    set_adapter,
+    warn_msg_weight_tying,
+)
 from ._registry import default_target_modules
 from ._targeting import (
+    check_mamba_targets,
     expand_all_linear,
     is_targeted,
     modules_named_in_state_dict,
@@ -40,11 +55,28 @@ from ._tuner_layer import BASE_ADAPTER_NAME, BaseTunerLayer, _as_list
 
 __all__ = [
     "BASE_ADAPTER_NAME",
+    "BasePromptEncoder",
     "BaseTuner",
     "BaseTunerLayer",
+    "NoMatchingPeftModuleError",
+    "cast_adapter_dtype",
+    "check_adapters_to_merge",
     "check_target_module_exists",
+    "clone_module",
+    "delete_adapter",
+    "find_parameter_name_by_module",
+    "get_device_map",
+    "inspect_matched_modules",
+    "onload_layer",
+    "replicate_layers",  # noqa: F822  (resolved by __getattr__)
+    "set_adapter",
     "set_adapter_trainable",
+    "set_requires_grad",
+    "warn_msg_weight_tying",
 ]
+
+# LoRA's layer_replication lives with LoRA, a floor above this one (see `lazy_exports`)
+__getattr__, __dir__ = lazy_exports(globals(), {"replicate_layers": "peftkit.tuners.lora.layer_replication"})
 
 # Tuner methods that only some methods have; asking another tuner for them names the method in the error.
 _TUNER_ONLY_METHODS = ("add_weighted_adapter",)
@@ -305,6 +337,7 @@ class BaseTuner(nn.Module):
                 f"{wrapped} are fully trained by another adapter's modules_to_save and cannot be adapted too; "
                 "leave them out of target_modules."
             )
+        check_mamba_targets(config, model, matched)
         try:
             self._pre_injection_hook(model, config, adapter_name, matched)
             by_name = dict(modules)  # parents by name: get_submodule per target walks the path each time
@@ -462,6 +495,14 @@ class BaseTuner(nn.Module):
             new_active = [a for a in self.active_adapters if a != adapter_name]
         self.active_adapter = new_active[0] if len(new_active) == 1 else new_active
 
+    def set_requires_grad(self, adapter_names: str | Iterable[str], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for the tensors of `adapter_names` (see `set_requires_grad`)."""
+        set_requires_grad(self.model, adapter_names=adapter_names, requires_grad=requires_grad)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """Whether every adapter layer can write adapter `adapter_name` as a LoRA adapter (`convert_to_lora`)."""
+        return all(layer.supports_lora_conversion(adapter_name) for layer in self._tuner_layers(self.model))
+
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """Merge the active (or the named) adapters into the base weights, keeping the adapter layers.
 
@@ -546,6 +587,16 @@ def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) 
                     tensor.requires_grad_(trainable)
         elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
             module.modules_to_save[adapter_name].requires_grad_(trainable)
+
+
+def set_requires_grad(
+    model: nn.Module, adapter_names: str | Iterable[str], requires_grad: bool = True
+) -> None:
+    """Turn gradients on or off for the tensors of `adapter_names` in every adapter layer and
+    `modules_to_save` copy of `model`; which adapters are active is left alone."""
+    for module in model.modules():
+        if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper)):
+            module.set_requires_grad(adapter_names=adapter_names, requires_grad=requires_grad)
 
 
 def check_target_module_exists(config: PeftConfig, key: str) -> bool:

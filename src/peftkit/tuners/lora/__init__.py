@@ -4,6 +4,7 @@ from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPIN
 from .._registration import register_peft_method
 from .bdlora import BdLoraConfig
 from .config import LoraConfig, LoraRuntimeConfig
+from .conversion import convert_to_lora, save_as_lora
 from .corda import CordaConfig
 from .eva import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
@@ -36,4 +37,6 @@ __all__ = [
     "LoraLayer",
     "LoraModel",
     "LoraRuntimeConfig",
+    "convert_to_lora",
+    "save_as_lora",
 ]

@@ -193,6 +193,17 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
     def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
         return self._variant(adapter_name).merged_weight(self, adapter_name, weight)
 
+    def _merges_additively(self, adapter_name: str) -> bool:
+        return type(self._variant(adapter_name)).merged_weight is LoraVariant.merged_weight
+
+    def _lora_conversion_refusal(self, adapter_name: str) -> str | None:
+        variant = self.lora_variant.get(adapter_name)
+        if variant is None:
+            return self.lora_conversion_refusal
+        if not variant.supports_merge:
+            return f"{variant.name} adapters cannot be merged: their effect depends on the input"
+        return variant.lora_conversion_refusal
+
     def _unmerged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
         return self._variant(adapter_name).unmerged_weight(self, adapter_name, weight)
 

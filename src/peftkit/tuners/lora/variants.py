@@ -39,6 +39,8 @@ class LoraVariant:
     name: str = "LoRA"  # how errors name adapters of this variant
     supports_merge: bool = True
     supports_mixed_batch: bool = True  # adapter_names= batches (one pass per group of samples)
+    # why `convert_to_lora` cannot write the adapter as a plain LoRA (None: its merge is its weight change)
+    lora_conversion_refusal: str | None = None
 
     def init(self, layer: LoraLayer, adapter_name: str, inference_mode: bool = False) -> None:
         """Set the variant up on `layer`, whose factors for `adapter_name` exist and are placed."""
