@@ -399,6 +399,11 @@ class BaseTunerLayer:
         base_weight = self.get_base_layer().weight
         base_weight.data = weight.to(base_weight.dtype)
 
+    def _unloaded_base_layer(self) -> nn.Module:
+        """The module that takes this layer's place when its adapters are removed: the base layer (a layer
+        that also adapted modules inside its base layer restores them first)."""
+        return self.get_base_layer()
+
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
 

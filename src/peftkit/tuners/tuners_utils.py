@@ -390,12 +390,13 @@ class BaseTuner(nn.Module):
 
     def _remove_partial_adapter(self, model: nn.Module, adapter_name: str) -> None:
         """Undo a failed injection: drop `adapter_name` everywhere, unwrap layers left without adapters."""
-        for key, module in list(model.named_modules()):
+        # innermost first: a layer nested in another's base layer is unwrapped before its holder
+        for key, module in reversed(list(model.named_modules())):
             if isinstance(module, BaseTunerLayer) and adapter_name in module._get_available_adapters():
                 module.delete_adapter(adapter_name)
                 if not module._get_available_adapters():
                     parent, _, name = get_submodules(model, key)
-                    setattr(parent, name, module.get_base_layer())
+                    setattr(parent, name, module._unloaded_base_layer())
 
     def _create_and_replace(
         self,
@@ -428,7 +429,13 @@ class BaseTuner(nn.Module):
                 param.requires_grad = False
         for _, module in modules_outside_adapters(model):
             if isinstance(module, BaseTunerLayer):
-                module.get_base_layer().requires_grad_(False)
+                base = module.get_base_layer()
+                base.requires_grad_(False)
+                for (
+                    inner
+                ) in base.modules():  # adapter layers nested in the base (MultiheadAttention's out_proj)
+                    if isinstance(inner, BaseTunerLayer):
+                        inner.set_adapter(inner.active_adapter)
             elif not isinstance(module, ModulesToSaveWrapper):
                 for param in module._parameters.values():
                     if param is not None:
@@ -517,7 +524,8 @@ class BaseTuner(nn.Module):
         if not merged_layers:
             warnings.warn("Already unmerged. Nothing to do.", PeftWarning)
         for module in merged_layers:
-            module.unmerge()
+            if module.merged:  # a layer may unmerge the layers nested in it (LoRA on MultiheadAttention)
+                module.unmerge()
 
     def merge_and_unload(
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
@@ -556,7 +564,7 @@ class BaseTuner(nn.Module):
                         layer = layer.base_layer
                     for layer in reversed(chain):
                         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-                replacement = target.get_base_layer()
+                replacement = target._unloaded_base_layer()
             else:
                 replacement = target.unwrapped_module()
             setattr(parent, target_name, replacement)

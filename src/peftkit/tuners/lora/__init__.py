@@ -10,6 +10,7 @@ from .eva import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .loftq import LoftQConfig
 from .model import LoraModel
+from .multihead_attention import MultiheadAttention
 from .param_wrapper import ParamWrapper
 
 register_peft_method(
@@ -37,6 +38,7 @@ __all__ = [
     "LoraLayer",
     "LoraModel",
     "LoraRuntimeConfig",
+    "MultiheadAttention",
     "convert_to_lora",
     "save_as_lora",
 ]

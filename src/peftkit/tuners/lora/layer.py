@@ -33,8 +33,15 @@ from .config import init_is_implemented
 from .inits import apply_init
 from .variants import PLAIN_LORA, LoraVariant
 
-# PEFT code imports the nn.Parameter wrapper from here; it subclasses LoraLayer, so it lives in its own file.
-__getattr__, __dir__ = lazy_exports(globals(), {"ParamWrapper": "peftkit.tuners.lora.param_wrapper"})
+# PEFT code imports the nn.Parameter wrapper and the attention layer from here; they subclass LoraLayer, so
+# they live in files of their own.
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "ParamWrapper": "peftkit.tuners.lora.param_wrapper",
+        "MultiheadAttention": "peftkit.tuners.lora.multihead_attention",
+    },
+)
 
 
 class LoraLayer(ScalingHelpers, BaseTunerLayer):

@@ -22,13 +22,15 @@ from .bdlora import check_bdlora_config, make_block_diagonal
 from .config import LoraConfig
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .layer_replication import apply_layer_replication, check_no_shared_merge, is_replica_tie
+from .multihead_attention import MultiheadAttention
 from .param_wrapper import inject_parameters
 from .quantized import dispatch_quantized
 from .variants import check_mergeable
 
 
 class LoraModel(BaseTuner):
-    """Adds LoRA adapters to `nn.Linear`, `nn.Embedding`, `nn.Conv1d/2d/3d` and transformers' `Conv1D`.
+    """Adds LoRA adapters to `nn.Linear`, `nn.Embedding`, `nn.Conv1d/2d/3d`, transformers' `Conv1D` and
+    `nn.MultiheadAttention` (both its projections).
 
     Example:
         >>> from peftkit import LoraConfig, LoraModel
@@ -44,6 +46,7 @@ class LoraModel(BaseTuner):
         nn.Conv1d: Conv1d,
         nn.Conv2d: Conv2d,
         nn.Conv3d: Conv3d,
+        nn.MultiheadAttention: MultiheadAttention,
     }
     # bitsandbytes layers subclass nn.Linear: they must be dispatched before the plain Linear entry
     layer_dispatchers = (dispatch_quantized,)
