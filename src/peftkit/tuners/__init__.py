@@ -17,8 +17,20 @@ from .lily import LilyConfig, LilyModel
 from .ln_tuning import LNTuningConfig, LNTuningModel
 from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
-from .lora import LoraConfig, LoraModel, LoraRuntimeConfig
+from .lora import (
+    BdLoraConfig,
+    EvaConfig,
+    LoftQConfig,
+    LoraConfig,
+    LoraModel,
+    LoraRuntimeConfig,
+    convert_to_lora,
+    get_eva_state_dict,
+    initialize_lora_eva_weights,
+    save_as_lora,
+)
 from .miss import MissConfig, MissModel
+from .mixed import MixedModel
 from .multitask_prompt_tuning import (
     MultitaskPromptEmbedding,
     MultitaskPromptTuningConfig,
@@ -36,6 +48,7 @@ from .shadow import ShadowConfig, ShadowModel
 from .shira import ShiraConfig, ShiraModel
 from .supertuning import SupertuningConfig, SupertuningModel
 from .tinylora import TinyLoraConfig, TinyLoraModel
+from .trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .unilora import UniLoraConfig, UniLoraModel
 from .vblora import VBLoRAConfig, VBLoRAModel
 from .vera import VeraConfig, VeraModel
@@ -43,6 +56,16 @@ from .waveft import WaveFTConfig, WaveFTModel
 from .xlora import XLoraConfig, XLoraModel
 
 __all__ = [
+    "BdLoraConfig",
+    "EvaConfig",
+    "LoftQConfig",
+    "MixedModel",
+    "TrainableTokensConfig",
+    "TrainableTokensModel",
+    "convert_to_lora",
+    "get_eva_state_dict",
+    "initialize_lora_eva_weights",
+    "save_as_lora",
     "AdaLoraConfig",
     "AdaLoraModel",
     "AdaptionPromptConfig",

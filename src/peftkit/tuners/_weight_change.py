@@ -49,7 +49,7 @@ def conversion_refusal(layer: BaseTunerLayer, adapter_name: str) -> str | None:
         return str(refusal)
     if bias_changes:
         return "the adapter also changes the layer's bias, which a LoRA adapter cannot hold"
-    if adapter_name in layer.merged_adapters and not layer._merges_additively(adapter_name):
+    if adapter_name in layer.merged_adapters:  # the base weight holds the change already
         return "the adapter is merged into the base weight; call unmerge_adapter() first"
     return None
 
