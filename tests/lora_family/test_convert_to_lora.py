@@ -336,7 +336,7 @@ def test_weight_difference_at_a_lower_rank_keeps_that_rank():
 
 
 def test_weight_difference_of_unrelated_or_identical_models_is_refused():
-    base, tuned = _fine_tuned_gpt2()
+    base, _ = _fine_tuned_gpt2()
     with pytest.raises(ValueError, match="no change to convert"):
         convert_to_lora(copy.deepcopy(base), 4, base_model=base)
     with pytest.raises(ValueError, match="same parameters"):
