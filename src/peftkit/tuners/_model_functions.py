@@ -148,9 +148,13 @@ def inspect_matched_modules(tuner: BaseTuner, adapter_name: str = "default") -> 
 
 
 def _offload_hook(module: nn.Module) -> Any:
-    """accelerate's hook of a module whose weights it offloads (CPU or disk), or None."""
+    """accelerate's hook that offloads the weights of `module` (CPU or disk), or None; it may be one of
+    the hooks of a `SequentialHook` (what `cpu_offload` attaches)."""
     hook = getattr(module, "_hf_hook", None)
-    return hook if getattr(hook, "offload", False) and hasattr(hook, "pre_forward") else None
+    for candidate in getattr(hook, "hooks", (hook,)):
+        if getattr(candidate, "offload", False) and hasattr(candidate, "pre_forward"):
+            return candidate
+    return None
 
 
 @contextmanager
@@ -174,7 +178,7 @@ def onload_layer(layer: nn.Module) -> Iterator[None]:
         yield
     finally:
         for module in onloaded:
-            module._hf_hook.post_forward(module, torch.tensor([]))
+            _offload_hook(module).post_forward(module, torch.tensor([]))
         if base_hook is not None:
             tensors = {**dict(base.named_parameters()), **dict(base.named_buffers())}
             base_hook.weights_map = {name: tensor.detach().to("cpu") for name, tensor in tensors.items()}
