@@ -211,3 +211,17 @@ def test_mixed_batches_and_conversion_are_refused():
         ours.base_model.model.attn(_inputs(), _inputs(), _inputs(), adapter_names=["default"] * 3)
     with pytest.raises(TypeError, match="MultiheadAttention"):
         peftkit.convert_to_lora(ours, 2)
+
+
+@pytest.mark.parametrize("targets", [["out_proj", "head"], "all-linear"], ids=["named", "all-linear"])
+def test_the_attention_s_out_proj_is_never_adapted_alone(targets):
+    # peft puts a LoRA layer there that the attention never calls (no effect); peftkit leaves it out and says so
+    with pytest.warns(peftkit.PeftWarning, match=r"\['attn.out_proj'\] are the output projections"):
+        model = peftkit.get_peft_model(_base(), peftkit.LoraConfig(target_modules=targets))
+    assert model.base_model.targeted_module_names == ["head"]
+    assert type(model.base_model.model.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    with (
+        pytest.warns(peftkit.PeftWarning, match="output projections"),
+        pytest.raises(ValueError, match="not found"),
+    ):
+        peftkit.get_peft_model(_base(), peftkit.LoraConfig(target_modules=["out_proj"]))

@@ -253,3 +253,29 @@ def check_mamba_targets(config: PeftConfig, model: nn.Module, matched: list[str]
                 f"never run. Incompatible modules: {set(_MAMBA_INCOMPATIBLE_MODULES)}. Please remove it from "
                 "`target_modules` (e.g. target in_proj and x_proj instead)."
             )
+
+
+def attention_output_projections(modules: list[tuple[str, nn.Module]]) -> set[str]:
+    """Names of the `out_proj` layers of `nn.MultiheadAttention` modules. The attention reads their weight
+    directly and never calls them, so an adapter layer put in their place would never run."""
+    return {
+        f"{name}.out_proj" if name else "out_proj"
+        for name, m in modules
+        if isinstance(m, nn.MultiheadAttention)
+    }
+
+
+def drop_attention_output_projections(
+    matched: list[str], modules: list[tuple[str, nn.Module]], adapter_name: str
+) -> list[str]:
+    """`matched` without attention output projections, with a warning naming those left out."""
+    ignored = attention_output_projections(modules) & set(matched)
+    if not ignored:
+        return matched
+    warnings.warn(
+        f"Adapter '{adapter_name}': {sorted(ignored)} are the output projections of nn.MultiheadAttention modules, "
+        "which use their weight directly: an adapter there would never run, so they are not adapted. Target the "
+        "MultiheadAttention module itself instead (LoRA then adapts both of its projections).",
+        PeftWarning,
+    )
+    return [key for key in matched if key not in ignored]

@@ -42,6 +42,7 @@ from ._model_functions import (  # peft's module-level helpers, importable from 
 from ._registry import default_target_modules
 from ._targeting import (
     check_mamba_targets,
+    drop_attention_output_projections,
     expand_all_linear,
     is_targeted,
     modules_named_in_state_dict,
@@ -313,6 +314,7 @@ class BaseTuner(nn.Module):
             matched = modules_named_in_state_dict(
                 config, adapter_name, state_dict, self._method_for(config).prefix, modules, matched
             )
+        matched = drop_attention_output_projections(matched, modules, adapter_name)
         # As in PEFT, a module listed in modules_to_save is fully trained and never adapted as well.
         fully_trained = [k for k in matched if any(k == n or k.endswith("." + n) for n in modules_to_save)]
         matched = [k for k in matched if k not in fully_trained]
