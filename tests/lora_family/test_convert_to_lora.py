@@ -36,6 +36,10 @@ PEFT_CONVERTS = {
     "DeloraConfig": dict(r=4),
     "GraloraConfig": dict(r=4, gralora_k=2),
     "RandLoraConfig": dict(r=4),
+    "WaveFTConfig": dict(n_frequency=100),
+    "VBLoRAConfig": dict(vector_length=16),
+    "UniLoraConfig": dict(),
+    "TinyLoraConfig": dict(),
 }
 # C3A's circulant changes have repeated singular values, so a truncation is not unique (tested at full
 # rank); peft gives MiSS its exact rank-r factors whatever rank is asked (tested at rank r)
