@@ -12,11 +12,19 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 
 import peft
 import pytest
 import torch
-from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.conftest import (
+    conv_net,
+    llama_inputs,
+    perturb_adapter_weights,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_llama_seq_cls,
+)
 
 import peftkit
 from peftkit.tuners.lora import convert_to_lora, save_as_lora
@@ -184,6 +192,28 @@ def test_full_rank_conversion_reproduces_the_adapted_model(method):
     }
     converted = _as_lora(base, config, tensors)
     assert (_logits(converted, inputs) - _logits(model, inputs)).abs().max() <= FULL_RANK_ATOL
+
+
+@pytest.mark.parametrize(
+    ("method", "targets"),
+    [
+        ("LoraConfig", ["emb", "conv1d", "conv2d", "conv2d_1x1", "conv3d", "lin"]),
+        ("LoHaConfig", ["conv2d", "conv1d"]),
+    ],
+)
+def test_embeddings_and_convolutions_convert_in_their_lora_layout(method, targets):
+    base = conv_net()
+    model = peftkit.get_peft_model(copy.deepcopy(base), getattr(peftkit, method)(target_modules=targets))
+    perturb_adapter_weights(model)
+    inputs = torch.randint(0, 20, (3, 8), generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LoRA to LoRA: "there is typically no need"
+        config, tensors = convert_to_lora(model.eval(), 1.0)
+    if "emb" in targets:
+        assert tensors["base_model.model.emb.lora_embedding_A"].shape[1] == 20
+    converted = _as_lora(base, config, tensors)
+    with torch.no_grad():
+        assert (converted(inputs) - model(inputs)).abs().max() <= FULL_RANK_ATOL
 
 
 @pytest.mark.parametrize("method", sorted(NOT_CONVERTIBLE))
