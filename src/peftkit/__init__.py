@@ -16,8 +16,11 @@ from .auto import (
     AutoPeftModelForTokenClassification,
 )
 from .config import PeftConfig, PeftConfigMixin, PromptLearningConfig
+from .helpers import find_kappa_target_modules
 from .mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
+    PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
+    PEFT_TYPE_TO_TUNER_MAPPING,
     get_peft_config,
     inject_adapter_in_model,
     register_peft_method,
@@ -25,6 +28,7 @@ from .mapping import (
 from .mapping_func import get_peft_model
 from .mixed_model import PeftMixedModel
 from .peft_model import (
+    MODEL_TYPE_TO_PEFT_MODEL_MAPPING,
     PeftModel,
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -35,6 +39,7 @@ from .peft_model import (
     get_layer_status,
     get_model_status,
 )
+from .persistence.base_state_dict import get_base_model_state_dict, set_base_model_state_dict
 from .tuners import LoraConfig, LoraModel, LoraRuntimeConfig  # registers the methods
 from .tuners.adalora import AdaLoraConfig, AdaLoraModel
 from .tuners.adamss import AdamssConfig, AdamssModel
@@ -72,9 +77,11 @@ from .tuners.lora import (
     LoraGAConfig,
     MontecloraConfig,
     VeloraConfig,
+    convert_to_lora,
     get_eva_state_dict,
     initialize_lora_eva_weights,
     preprocess_loraga,
+    save_as_lora,
 )
 from .tuners.lora.loftq import replace_lora_weights_loftq
 from .tuners.miss import MissConfig, MissModel
@@ -101,12 +108,17 @@ from .tuners.vera import VeraConfig, VeraModel
 from .tuners.waveft import WaveFTConfig, WaveFTModel
 from .tuners.xlora import XLoraConfig, XLoraModel
 from .utils import (
+    TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING,
+    NoMatchingPeftModuleError,
+    PeftError,
     PeftType,
     PeftWarning,
     TaskType,
+    bloom_model_postprocess_past_key_value,
     get_peft_model_state_dict,
     load_peft_weights,
     set_peft_model_state_dict,
+    shift_tokens_right,
 )
 from .utils.quantization import cast_mixed_precision_params, prepare_model_for_kbit_training
 
@@ -255,4 +267,17 @@ __all__ = [
     "AutoPeftModelForTokenClassification",
     "cast_mixed_precision_params",
     "prepare_model_for_kbit_training",
+    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
+    "PEFT_TYPE_TO_MIXED_MODEL_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING",
+    "TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING",
+    "NoMatchingPeftModuleError",
+    "PeftError",
+    "bloom_model_postprocess_past_key_value",
+    "convert_to_lora",
+    "find_kappa_target_modules",
+    "get_base_model_state_dict",
+    "save_as_lora",
+    "set_base_model_state_dict",
+    "shift_tokens_right",
 ]

@@ -166,6 +166,25 @@ class PeftConfigMixin:
             )
         return cls.from_peft_type(**loaded)
 
+    @classmethod
+    def _get_peft_type(cls, model_id: str | os.PathLike, **hf_hub_download_kwargs: Any) -> str:
+        """The `peft_type` recorded in the `adapter_config.json` of `model_id` (a folder or a Hub repo id;
+        `subfolder=`, `revision=`, ... as for `from_pretrained`), as the string the file holds."""
+        hub_kwargs = {
+            k: v
+            for k, v in hf_hub_download_kwargs.items()
+            if k in ("subfolder", "revision", "cache_dir", "token", "local_files_only", "force_download")
+        }
+        path = resolve_adapter_file(model_id, CONFIG_NAME, **hub_kwargs)
+        if path is None:
+            raise ValueError(f"Can't find '{CONFIG_NAME}' at '{model_id}'")
+        loaded = cls.from_json_file(path)
+        if "peft_type" not in loaded:
+            raise MissingConfigKeysError(
+                f"{path} has no 'peft_type': it is not a PEFT adapter config (save_pretrained writes one)."
+            )
+        return loaded["peft_type"]
+
     def _prepare_for_loading(self, model_id: str, kwargs: dict[str, Any], hub_kwargs: dict[str, Any]) -> None:
         """Called by `PeftModel.from_pretrained` before the model is built, with the adapter's location,
         the keyword arguments nothing else took (a method pops its own, e.g. X-LoRA's `adapters=`) and the

@@ -9,12 +9,16 @@ from torch import nn
 
 from .adapter_contexts import disable_input_dtype_casting, rescale_adapter_scale
 from .config import PeftConfig
-from .tuners.lora import LoraModel
+from .tuners._kappa_targets import KappaTuneSelector, find_kappa_target_modules
+from .tuners.lora import LoraModel, dora
 from .utils.signatures import update_forward_signature, update_generate_signature, update_signature
 
 __all__ = [
+    "DoraCaching",
+    "KappaTuneSelector",
     "MontecloraTrainerMixin",
     "check_if_peft_model",
+    "find_kappa_target_modules",
     "disable_input_dtype_casting",
     "rescale_adapter_scale",
     "update_forward_signature",
@@ -58,3 +62,27 @@ class MontecloraTrainerMixin:
         variational = sum(losses) / len(losses) if len(losses) > 1 else sum(losses)
         total = task_loss + variational
         return (total, outputs) if return_outputs else total
+
+
+class DoraCaching:
+    """Cache DoRA's weight norms in eval mode: faster inference, a little more memory.
+
+    As a context manager, caching is on inside the block (`with DoraCaching(): model(x)`); called, it turns
+    caching on or off for good (`DoraCaching()(enabled=False)`). A layer in training mode never caches. A
+    cached norm is dropped as soon as a weight it depends on changes (see `peftkit.tuners.lora.dora`).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.prev_value: bool | None = None
+
+    def __enter__(self) -> None:
+        self.prev_value = dora.ENABLE_DORA_CACHING
+        dora.ENABLE_DORA_CACHING = self.enabled
+
+    def __exit__(self, *exc_info: Any) -> None:
+        dora.ENABLE_DORA_CACHING = self.prev_value
+        self.prev_value = None
+
+    def __call__(self, enabled: bool = True) -> None:
+        dora.ENABLE_DORA_CACHING = enabled

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,6 +70,10 @@ def _validate_adapter_name(name: Any) -> None:
         )
 
 
+def _output_requires_grad(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    output.requires_grad_(True)
+
+
 class PeftModel(nn.Module):
     """A base model with adapters.
 
@@ -100,6 +104,8 @@ class PeftModel(nn.Module):
         if peft_config.is_prompt_learning:  # no tuner: base_model is the model itself (see prompt_learning)
             setup_prompt_learning(self, model, peft_config, adapter_name)
             self._track_modules_to_save(peft_config)
+            if getattr(model, "is_gradient_checkpointing", True):
+                self.prepare_model_for_gradient_checkpointing(model)
             self._hf_peft_config_loaded = True
             return
         tuner_cls = self._tuner_class(peft_config)
@@ -111,6 +117,8 @@ class PeftModel(nn.Module):
             autocast_adapter_dtype=autocast_adapter_dtype,
         )
         self._track_modules_to_save(peft_config)
+        if getattr(model, "is_gradient_checkpointing", True):  # as peft: checkpointing already on
+            self.prepare_model_for_gradient_checkpointing(model)
         if hasattr(self.base_model, "config") and hasattr(self.base_model.config, "pretraining_tp"):
             self.base_model.config.pretraining_tp = 1
         # transformers' Trainer and quantized-training guards look for this flag
@@ -339,6 +347,51 @@ class PeftModel(nn.Module):
         print(
             f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
         )
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for the tensors of `adapter_names` (in the adapter layers and their
+        `modules_to_save` copies), leaving which adapters are active alone. Not for prompt learning."""
+        if self._is_prompt_learning:
+            raise TypeError(
+                "Setting `requires_grad` is not supported for prompt learning methods like "
+                f"{self.active_peft_config.peft_type.value}."
+            )
+        self.base_model.set_requires_grad(adapter_names=adapter_names, requires_grad=requires_grad)
+
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """Whether any adapter acts right now: one is active and adapters are not disabled
+        (`disable_adapter()`)."""
+        if self._is_prompt_learning:
+            return not self._prompt_learning.disabled
+        return bool(self.active_adapters) and self._layers_disabled_states() != {True}
+
+    @property
+    def base_model_torch_dtype(self) -> torch.dtype | None:
+        """The dtype the base model reports (`model.dtype` of a transformers model), or None."""
+        return getattr(self.base_model, "dtype", None)
+
+    def prepare_model_for_gradient_checkpointing(self, model: nn.Module) -> nn.Module:
+        """Make the input embeddings' output require grad, so that checkpointed blocks over a frozen base
+        still pass gradients to the adapters (skipped for quantized models, which
+        `prepare_model_for_kbit_training` prepares). Returns `model`."""
+        quantized = any(
+            getattr(model, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")
+        )
+        if quantized:
+            return model
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        elif hasattr(model, "get_input_embeddings"):
+            model.get_input_embeddings().register_forward_hook(_output_requires_grad)
+        return model
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """Whether `convert_to_lora` can turn adapter `adapter_name` into a LoRA adapter (see
+        `peftkit.tuners.lora.conversion`)."""
+        if self._is_prompt_learning or self.peft_config[adapter_name].is_prompt_learning:
+            return False
+        return self.base_model.supports_lora_conversion(adapter_name)
 
     def get_layer_status(self):
         return get_layer_status(self)
@@ -595,6 +648,11 @@ class PeftModelForCausalLM(PeftModel):
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
         return self.get_base_model().prepare_inputs_for_generation(*args, **kwargs)
+
+    @property
+    def base_model_prepare_inputs_for_generation(self) -> Any:
+        """The base model's own `prepare_inputs_for_generation` (peft keeps it under this name)."""
+        return self.get_base_model().prepare_inputs_for_generation
 
 
 class PeftModelForSeq2SeqLM(PeftModelForCausalLM):

@@ -28,8 +28,8 @@ UNSUPPORTED_CASES = {
     "lora": (
         LoraConfig(target_modules=["lin", "norm"]),
         "LoraModel",
-        f"{TORCH_LINEAR}, {HF_CONV1D}, `torch.nn.Embedding`, `torch.nn.Conv1d`, `torch.nn.Conv2d` and "
-        "`torch.nn.Conv3d`",
+        f"{TORCH_LINEAR}, {HF_CONV1D}, `torch.nn.Embedding`, `torch.nn.Conv1d`, `torch.nn.Conv2d`, "
+        "`torch.nn.Conv3d` and `torch.nn.MultiheadAttention`",
     ),
     "adalora": (
         peftkit.AdaLoraConfig(target_modules=["lin", "norm"], total_step=10, init_r=2),
@@ -138,11 +138,12 @@ def test_every_layer_method_declares_its_dispatch():
     assert peftkit.LNTuningModel.layer_classes == {nn.Module: peftkit.tuners.ln_tuning.LNTuningLayer}
 
 
-def test_lora_on_multihead_attention_is_unsupported():
+def test_lora_on_multihead_attention_is_dispatched_to_its_layer():
     model = nn.Sequential()
     model.add_module("attn", nn.MultiheadAttention(8, 2))
-    with pytest.raises(UnsupportedLayerError, match=r"MultiheadAttention.*not supported by LoraModel"):
-        get_peft_model(model, LoraConfig(target_modules=["attn"]))
+    layer = get_peft_model(model, LoraConfig(target_modules=["attn"])).base_model.model.attn
+    assert type(layer) is peftkit.tuners.lora.MultiheadAttention
+    assert type(layer.base_layer.out_proj) is peftkit.tuners.lora.Linear
 
 
 def test_lora_keeps_picking_its_layers():

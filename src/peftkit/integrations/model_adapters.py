@@ -116,10 +116,10 @@ def load_adapter(
 def _remove_new_adapter(model: nn.Module, adapter_name: str) -> None:
     """Undo a failed load: delete the adapter and put back the original layers of those left empty."""
     delete_adapter(model, adapter_name)
-    for key, module in list(model.named_modules()):
+    for key, module in reversed(list(model.named_modules())):  # innermost first
         if isinstance(module, BaseTunerLayer) and not module._get_available_adapters():
             parent, _, name = get_submodules(model, key)
-            setattr(parent, name, module.get_base_layer())
+            setattr(parent, name, module._unloaded_base_layer())
         elif isinstance(module, ModulesToSaveWrapper) and not module.modules_to_save:
             parent, _, name = get_submodules(model, key)
             setattr(parent, name, module.original_module)

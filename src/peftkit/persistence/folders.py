@@ -28,7 +28,7 @@ from .._version import __version__
 from ..config import PeftConfig
 from ..tuners._adapter_keys import tuner_of
 from ..tuners._registry import PEFT_TYPE_TO_TUNER_MAPPING
-from ..tuners.lora.conversion import convert_to_lora
+from ..tuners.lora.initial_conversion import convert_initialized_to_plain_lora
 from ..tuners.tuners_utils import BaseTuner, BaseTunerLayer, set_adapter_trainable
 from ..utils.atomic_io import atomic_write_text, staged_file
 from ..utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
@@ -165,7 +165,7 @@ def save_peft_model(
             raise ValueError(f"Adapter '{adapter_name}' has no tensors to save; nothing was written.")
         config = _config_to_save(model, adapter_name)
         if path_initial_model_for_weight_conversion is not None:  # PiSSA/OLoRA/CorDA -> plain LoRA, rank 2r
-            tensors, config = convert_to_lora(
+            tensors, config = convert_initialized_to_plain_lora(
                 tensors, config, os.fspath(path_initial_model_for_weight_conversion)
             )
         tuner = tuner_of(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
@@ -74,3 +75,14 @@ def fill_prompt_learning_config(config: PromptLearningConfig, model: nn.Module) 
     if hasattr(config, "encoder_hidden_size") and config.encoder_hidden_size is None:
         config.encoder_hidden_size = config.token_dim
     return config
+
+
+def _prepare_prompt_learning_config(
+    peft_config: PromptLearningConfig, model_config: Any
+) -> PromptLearningConfig:
+    """peft's form of `fill_prompt_learning_config`: the fields filled from a model config (a transformers
+    config or its `to_dict()`; a composite model's `text_config` is used) instead of from a model."""
+    if isinstance(model_config, dict):
+        text = model_config.get("text_config") or model_config
+        model_config = SimpleNamespace(**text)
+    return fill_prompt_learning_config(peft_config, SimpleNamespace(config=model_config))

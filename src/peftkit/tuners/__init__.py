@@ -24,16 +24,24 @@ from .loha import LoHaConfig, LoHaModel
 from .lokr import LoKrConfig, LoKrModel
 from .lora import (
     ArrowConfig,
+    BdLoraConfig,
+    EvaConfig,
     KasaConfig,
+    LoftQConfig,
     LoraConfig,
     LoraGAConfig,
     LoraModel,
     LoraRuntimeConfig,
     MontecloraConfig,
     VeloraConfig,
+    convert_to_lora,
+    get_eva_state_dict,
+    initialize_lora_eva_weights,
     preprocess_loraga,
+    save_as_lora,
 )
 from .miss import MissConfig, MissModel
+from .mixed import MixedModel
 from .multitask_prompt_tuning import (
     MultitaskPromptEmbedding,
     MultitaskPromptTuningConfig,
@@ -54,6 +62,7 @@ from .shadow import ShadowConfig, ShadowModel
 from .shira import ShiraConfig, ShiraModel
 from .supertuning import SupertuningConfig, SupertuningModel
 from .tinylora import TinyLoraConfig, TinyLoraModel
+from .trainable_tokens import TrainableTokensConfig, TrainableTokensModel
 from .unilora import UniLoraConfig, UniLoraModel
 from .vblora import VBLoRAConfig, VBLoRAModel
 from .vera import VeraConfig, VeraModel
@@ -71,6 +80,16 @@ __all__ = [
     "VeloraConfig",
     "create_arrow_model",
     "preprocess_loraga",
+    "BdLoraConfig",
+    "EvaConfig",
+    "LoftQConfig",
+    "MixedModel",
+    "TrainableTokensConfig",
+    "TrainableTokensModel",
+    "convert_to_lora",
+    "get_eva_state_dict",
+    "initialize_lora_eva_weights",
+    "save_as_lora",
     "AdaLoraConfig",
     "AdaLoraModel",
     "AdamssConfig",

@@ -229,3 +229,53 @@ def modules_named_in_state_dict(
             PeftWarning,
         )
     return matched
+
+
+# Mamba-style models compute with these modules' weights directly (a fused selective scan, a causal
+# convolution called functionally), so a LoRA layer in their place would never run: peft refuses them.
+_MAMBA_MODEL_TYPES = ("falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h")
+_MAMBA_INCOMPATIBLE_MODULES = ("out_proj", "conv1d")
+_LORA_LIKE_TYPES = ("LORA", "ADALORA", "XLORA", "RANDLORA")
+
+
+def check_mamba_targets(config: PeftConfig, model: nn.Module, matched: list[str]) -> None:
+    """Raise a ValueError when a LoRA-like adapter targets a Mamba `out_proj` or `conv1d` (as peft does)."""
+    peft_type = getattr(config.peft_type, "value", config.peft_type)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if peft_type not in _LORA_LIKE_TYPES or model_type not in _MAMBA_MODEL_TYPES:
+        return
+    for key in matched:
+        name = key.rpartition(".")[2]
+        if name in _MAMBA_INCOMPATIBLE_MODULES:
+            raise ValueError(
+                f"[PEFT:{peft_type}] Module '{name}' ({key}) is incompatible with Mamba-based models "
+                f"(model_type='{model_type}'): the model uses its weight directly, so an adapter there would "
+                f"never run. Incompatible modules: {set(_MAMBA_INCOMPATIBLE_MODULES)}. Please remove it from "
+                "`target_modules` (e.g. target in_proj and x_proj instead)."
+            )
+
+
+def attention_output_projections(modules: list[tuple[str, nn.Module]]) -> set[str]:
+    """Names of the `out_proj` layers of `nn.MultiheadAttention` modules. The attention reads their weight
+    directly and never calls them, so an adapter layer put in their place would never run."""
+    return {
+        f"{name}.out_proj" if name else "out_proj"
+        for name, m in modules
+        if isinstance(m, nn.MultiheadAttention)
+    }
+
+
+def drop_attention_output_projections(
+    matched: list[str], modules: list[tuple[str, nn.Module]], adapter_name: str
+) -> list[str]:
+    """`matched` without attention output projections, with a warning naming those left out."""
+    ignored = attention_output_projections(modules) & set(matched)
+    if not ignored:
+        return matched
+    warnings.warn(
+        f"Adapter '{adapter_name}': {sorted(ignored)} are the output projections of nn.MultiheadAttention modules, "
+        "which use their weight directly: an adapter there would never run, so they are not adapted. Target the "
+        "MultiheadAttention module itself instead (LoRA then adapts both of its projections).",
+        PeftWarning,
+    )
+    return [key for key in matched if key not in ignored]

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..utils.warnings import PeftWarning
 from . import _quantized
+from ._weight_change import conversion_refusal
 
 BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -447,6 +448,11 @@ class BaseTunerLayer:
         if backend is not None:
             warnings.warn(_quantized.requantizing_message(backend, merging), PeftWarning, stacklevel=4)
 
+    def _unloaded_base_layer(self) -> nn.Module:
+        """The module that takes this layer's place when its adapters are removed: the base layer (a layer
+        that also adapted modules inside its base layer restores them first)."""
+        return self.get_base_layer()
+
     def _check_mergeable(self) -> None:
         """Raise when this layer's adapters cannot be merged (a method may override)."""
 
@@ -496,6 +502,42 @@ class BaseTunerLayer:
             unmerged_bias = self._unmerged_bias(name)
             if unmerged_bias is not None:
                 base.bias.data = unmerged_bias.to(base.bias.dtype)
+
+    # ----- gradients, and conversion to LoRA (`_weight_change`, `peftkit.tuners.lora.conversion`) -----
+    def set_requires_grad(self, adapter_names: str | Iterable[str], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for the tensors of `adapter_names` on this layer (which adapters are
+        active is left alone)."""
+        names = set(_as_list(adapter_names))
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            for key in container:
+                if key in names:
+                    container[key].requires_grad_(requires_grad)
+
+    # A method whose effect is not a change of the layer's weight (it depends on the input, e.g. routing or
+    # activation by tokens) says why here: `convert_to_lora` then refuses its layers with this reason.
+    lora_conversion_refusal: str | None = None
+
+    def _lora_conversion_refusal(self, adapter_name: str) -> str | None:
+        """Why the method cannot express adapter `adapter_name` as a weight change (None: it can); by
+        default the class's `lora_conversion_refusal`."""
+        return self.lora_conversion_refusal
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """Whether adapter `adapter_name` of this layer can be written as a LoRA adapter (`convert_to_lora`)."""
+        return conversion_refusal(self, adapter_name) is None
+
+    def _can_merge(self) -> bool:
+        """Whether the method defines a merge (a delta weight or a merged weight) at all."""
+        cls = type(self)
+        return (
+            cls.get_delta_weight is not BaseTunerLayer.get_delta_weight
+            or cls._merged_weight is not BaseTunerLayer._merged_weight
+        )
+
+    def _merges_additively(self, adapter_name: str) -> bool:
+        """Whether merging adapter `adapter_name` adds `get_delta_weight` to the weight (the default merge)."""
+        return type(self)._merged_weight is BaseTunerLayer._merged_weight
 
     def _adapters_to_merge(self, adapter_names: list[str] | None) -> list[str]:
         names = self.active_adapters if adapter_names is None else _as_list(adapter_names)

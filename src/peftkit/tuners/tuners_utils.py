@@ -21,12 +21,28 @@ from tqdm import tqdm
 
 from ..config import PeftConfig
 from ..utils.gc_pause import gc_paused
+from ..utils.lazy_exports import lazy_exports
 from ..utils.modules_to_save import ModulesToSaveWrapper, has_ancestor_in, set_modules_to_save
 from ..utils.other import get_submodules
-from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning  # noqa: F401  (peft exports the error here)
+from ..utils.warnings import NoMatchingPeftModuleError, PeftWarning
 from ._dispatch import LayerClasses, LayerDispatcher, create_layer
+from ._model_functions import (  # peft's module-level helpers, importable from here as in peft
+    BasePromptEncoder,
+    cast_adapter_dtype,
+    check_adapters_to_merge,
+    clone_module,
+    delete_adapter,
+    find_parameter_name_by_module,
+    get_device_map,
+    inspect_matched_modules,
+    onload_layer,
+    set_adapter,
+    warn_msg_weight_tying,
+)
 from ._registry import default_target_modules
 from ._targeting import (
+    check_mamba_targets,
+    drop_attention_output_projections,
     expand_all_linear,
     is_targeted,
     modules_named_in_state_dict,
@@ -40,11 +56,28 @@ from ._tuner_layer import BASE_ADAPTER_NAME, BaseTunerLayer, _as_list
 
 __all__ = [
     "BASE_ADAPTER_NAME",
+    "BasePromptEncoder",
     "BaseTuner",
     "BaseTunerLayer",
+    "NoMatchingPeftModuleError",
+    "cast_adapter_dtype",
+    "check_adapters_to_merge",
     "check_target_module_exists",
+    "clone_module",
+    "delete_adapter",
+    "find_parameter_name_by_module",
+    "get_device_map",
+    "inspect_matched_modules",
+    "onload_layer",
+    "replicate_layers",  # noqa: F822  (resolved by __getattr__)
+    "set_adapter",
     "set_adapter_trainable",
+    "set_requires_grad",
+    "warn_msg_weight_tying",
 ]
+
+# LoRA's layer_replication lives with LoRA, a floor above this one (see `lazy_exports`)
+__getattr__, __dir__ = lazy_exports(globals(), {"replicate_layers": "peftkit.tuners.lora.layer_replication"})
 
 # Tuner methods that only some methods have; asking another tuner for them names the method in the error.
 _TUNER_ONLY_METHODS = ("add_weighted_adapter",)
@@ -288,6 +321,7 @@ class BaseTuner(nn.Module):
             matched = modules_named_in_state_dict(
                 config, adapter_name, state_dict, self._method_for(config).prefix, modules, matched
             )
+        matched = drop_attention_output_projections(matched, modules, adapter_name)
         # As in PEFT, a module listed in modules_to_save is fully trained and never adapted as well.
         fully_trained = [k for k in matched if any(k == n or k.endswith("." + n) for n in modules_to_save)]
         matched = [k for k in matched if k not in fully_trained]
@@ -312,6 +346,7 @@ class BaseTuner(nn.Module):
                 f"{wrapped} are fully trained by another adapter's modules_to_save and cannot be adapted too; "
                 "leave them out of target_modules."
             )
+        check_mamba_targets(config, model, matched)
         try:
             self._pre_injection_hook(model, config, adapter_name, matched)
             by_name = dict(modules)  # parents by name: get_submodule per target walks the path each time
@@ -364,12 +399,13 @@ class BaseTuner(nn.Module):
 
     def _remove_partial_adapter(self, model: nn.Module, adapter_name: str) -> None:
         """Undo a failed injection: drop `adapter_name` everywhere, unwrap layers left without adapters."""
-        for key, module in list(model.named_modules()):
+        # innermost first: a layer nested in another's base layer is unwrapped before its holder
+        for key, module in reversed(list(model.named_modules())):
             if isinstance(module, BaseTunerLayer) and adapter_name in module._get_available_adapters():
                 module.delete_adapter(adapter_name)
                 if not module._get_available_adapters():
                     parent, _, name = get_submodules(model, key)
-                    setattr(parent, name, module.get_base_layer())
+                    setattr(parent, name, module._unloaded_base_layer())
 
     def _create_and_replace(
         self,
@@ -402,7 +438,13 @@ class BaseTuner(nn.Module):
                 param.requires_grad = False
         for _, module in modules_outside_adapters(model):
             if isinstance(module, BaseTunerLayer):
-                module.get_base_layer().requires_grad_(False)
+                base = module.get_base_layer()
+                base.requires_grad_(False)
+                for (
+                    inner
+                ) in base.modules():  # adapter layers nested in the base (MultiheadAttention's out_proj)
+                    if isinstance(inner, BaseTunerLayer):
+                        inner.set_adapter(inner.active_adapter)
             elif not isinstance(module, ModulesToSaveWrapper):
                 for param in module._parameters.values():
                     if param is not None:
@@ -469,6 +511,14 @@ class BaseTuner(nn.Module):
             new_active = [a for a in self.active_adapters if a != adapter_name]
         self.active_adapter = new_active[0] if len(new_active) == 1 else new_active
 
+    def set_requires_grad(self, adapter_names: str | Iterable[str], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for the tensors of `adapter_names` (see `set_requires_grad`)."""
+        set_requires_grad(self.model, adapter_names=adapter_names, requires_grad=requires_grad)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """Whether every adapter layer can write adapter `adapter_name` as a LoRA adapter (`convert_to_lora`)."""
+        return all(layer.supports_lora_conversion(adapter_name) for layer in self._tuner_layers(self.model))
+
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """Merge the active (or the named) adapters into the base weights, keeping the adapter layers.
 
@@ -483,7 +533,8 @@ class BaseTuner(nn.Module):
         if not merged_layers:
             warnings.warn("Already unmerged. Nothing to do.", PeftWarning)
         for module in merged_layers:
-            module.unmerge()
+            if module.merged:  # a layer may unmerge the layers nested in it (LoRA on MultiheadAttention)
+                module.unmerge()
 
     def merge_and_unload(
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
@@ -522,7 +573,7 @@ class BaseTuner(nn.Module):
                         layer = layer.base_layer
                     for layer in reversed(chain):
                         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-                replacement = target.get_base_layer()
+                replacement = target._unloaded_base_layer()
             else:
                 replacement = target.unwrapped_module()
             setattr(parent, target_name, replacement)
@@ -555,6 +606,16 @@ def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) 
                 module._freeze_non_trainable_peft_weights([adapter_name])
         elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
             module.modules_to_save[adapter_name].requires_grad_(trainable)
+
+
+def set_requires_grad(
+    model: nn.Module, adapter_names: str | Iterable[str], requires_grad: bool = True
+) -> None:
+    """Turn gradients on or off for the tensors of `adapter_names` in every adapter layer and
+    `modules_to_save` copy of `model`; which adapters are active is left alone."""
+    for module in model.modules():
+        if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper)):
+            module.set_requires_grad(adapter_names=adapter_names, requires_grad=requires_grad)
 
 
 def check_target_module_exists(config: PeftConfig, key: str) -> bool:

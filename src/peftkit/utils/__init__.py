@@ -1,38 +1,121 @@
 """The ground floor: types, constants, warnings, file and Hub I/O, modules_to_save; nothing here imports
-from a higher floor. peft's `peft.utils` also offers the state-dict functions, which live on the
-persistence floor: they are resolved on first use (see `lazy_exports`)."""
+from a higher floor. peft's `peft.utils` also offers functions that live on higher floors here (state
+dicts, trainable tokens, LoftQ, the method registry): they are resolved on first use (see `lazy_exports`)."""
 
 from .auxiliary_wrapper import AuxiliaryTrainingWrapper
+from .cache_devices import map_cache_to_layer_device_map
 from .constants import (
+    ALLOWED_COMPUTE_DTYPES,
     CONFIG_NAME,
     INCLUDE_LINEAR_LAYERS_SHORTHAND,
     SAFETENSORS_WEIGHTS_NAME,
+    TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_C3A_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_DEFT_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_DELORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_GRALORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING,
     TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_POLY_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING,
+    TRANSFORMERS_MODELS_TO_PVERA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_RANDLORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_ROAD_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_SUPERTUNING_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_TINYLORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_UNILORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_VBLORA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_WAVEFT_TARGET_MODULES_MAPPING,
+    UPCAST_DTYPES,
     WEIGHTS_NAME,
+    bloom_model_postprocess_past_key_value,
 )
 from .device import infer_device
 from .lazy_exports import lazy_exports
 from .modules_to_save import ModulesToSaveWrapper
+from .other import (
+    _freeze_adapter,
+    _get_batch_size,
+    _get_input_embeddings_name,
+    _is_valid_match,
+    get_quantization_config,
+    id_tensor_storage,
+    shift_tokens_right,
+    transpose,
+)
 from .other import get_submodules as _get_submodules
 from .peft_types import PeftType, TaskType
+from .quantization import cast_mixed_precision_params, prepare_model_for_kbit_training
 from .warnings import NoMatchingPeftModuleError, PeftError, PeftWarning
 from .weights_io import load_peft_weights
 
-__getattr__, __dir__ = lazy_exports(
-    globals(),
-    {
-        "get_peft_model_state_dict": "peftkit.persistence.state_dict",
-        "set_peft_model_state_dict": "peftkit.persistence.state_dict",
-        "TrainableTokensWrapper": "peftkit.tuners.trainable_tokens.wrapper",
-    },
-)
+_HOMES = {
+    "get_peft_model_state_dict": "peftkit.persistence.state_dict",
+    "set_peft_model_state_dict": "peftkit.persistence.state_dict",
+    "get_base_model_state_dict": "peftkit.persistence.base_state_dict",
+    "set_base_model_state_dict": "peftkit.persistence.base_state_dict",
+    "TrainableTokensWrapper": "peftkit.tuners.trainable_tokens.wrapper",
+    "_set_adapter": "peftkit.tuners.trainable_tokens.auxiliary",
+    "_set_trainable": "peftkit.tuners.trainable_tokens.auxiliary",
+    "set_additional_trainable_modules": "peftkit.tuners.trainable_tokens.auxiliary",
+    "_prepare_prompt_learning_config": "peftkit.prompt_learning.model_config",
+    "register_peft_method": "peftkit.mapping",
+    "replace_lora_weights_loftq": "peftkit.tuners.lora.loftq",
+}
+__getattr__, __dir__ = lazy_exports(globals(), _HOMES)
 
 __all__ = [
+    "ALLOWED_COMPUTE_DTYPES",
     "AuxiliaryTrainingWrapper",
     "CONFIG_NAME",
     "INCLUDE_LINEAR_LAYERS_SHORTHAND",
     "SAFETENSORS_WEIGHTS_NAME",
+    "TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_C3A_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_DEFT_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_DELORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_GRALORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING",
     "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_POLY_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING",
+    "TRANSFORMERS_MODELS_TO_PVERA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_RANDLORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_ROAD_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_SUPERTUNING_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_TINYLORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_UNILORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_VBLORA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING",
+    "TRANSFORMERS_MODELS_TO_WAVEFT_TARGET_MODULES_MAPPING",
+    "UPCAST_DTYPES",
     "WEIGHTS_NAME",
     "ModulesToSaveWrapper",
     "NoMatchingPeftModuleError",
@@ -40,10 +123,20 @@ __all__ = [
     "PeftType",
     "PeftWarning",
     "TaskType",
-    "TrainableTokensWrapper",
+    "_freeze_adapter",
+    "_get_batch_size",
+    "_get_input_embeddings_name",
     "_get_submodules",
-    "get_peft_model_state_dict",
+    "_is_valid_match",
+    "bloom_model_postprocess_past_key_value",
+    "cast_mixed_precision_params",
+    "get_quantization_config",
+    "id_tensor_storage",
     "infer_device",
     "load_peft_weights",
-    "set_peft_model_state_dict",
+    "map_cache_to_layer_device_map",
+    "prepare_model_for_kbit_training",
+    "shift_tokens_right",
+    "transpose",
+    *_HOMES,
 ]

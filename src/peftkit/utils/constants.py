@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.bin"
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -337,3 +339,26 @@ TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING = _with_overrides(
 TRANSFORMERS_MODELS_TO_PVERA_TARGET_MODULES_MAPPING = _with_overrides(
     TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING, dinov2=["query", "value"]
 )
+
+# Floating dtypes a LoRA delta may be computed in when it is added to a targeted parameter, and the
+# fp8 dtypes (by name: older torch lacks some) that are upcast first because they cannot be added in.
+ALLOWED_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+UPCAST_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu")
+
+
+def bloom_model_postprocess_past_key_value(
+    past_key_values: tuple[torch.Tensor, ...],
+) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """BLOOM's legacy cache layout from prefix-tuning's (layers, batch, heads, tokens, head_dim) blocks: per
+    layer, keys as (batch * heads, head_dim, tokens) and values as (batch * heads, tokens, head_dim)."""
+    stacked = torch.cat(past_key_values)
+    layers, batch, heads, tokens, head_dim = stacked.shape
+    half = layers // 2
+    keys = stacked[:half].transpose(2, 3).reshape(half, batch * heads, head_dim, tokens)
+    values = stacked[half:].reshape(half, batch * heads, tokens, head_dim)
+    return tuple(zip(keys, values))
+
+
+# model_type -> a function rearranging prefix-tuning's key/value blocks for models with a legacy cache
+# layout. Empty in peft 0.21 (transformers' Cache objects made BLOOM's entry unnecessary), and here.
+TRANSFORMERS_MODELS_TO_PREFIX_TUNING_POSTPROCESS_MAPPING: dict = {}

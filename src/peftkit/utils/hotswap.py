@@ -5,6 +5,7 @@ from .lazy_exports import lazy_exports
 
 _HOMES = dict.fromkeys(
     (
+        "CONFIG_KEYS_TO_CHECK",
         "check_hotswap_configs_compatible",
         "hotswap_adapter",
         "hotswap_adapter_from_state_dict",

@@ -120,3 +120,9 @@ def dare_ties(
     pruned = torch.stack([prune(t, density, method="random", rescale=True) for t in task_tensors])
     mask = calculate_majority_sign_mask(pruned, method=majority_sign_method)
     return disjoint_merge(_weighted(pruned, weights), mask)
+
+
+def reshape_weight_task_tensors(task_tensors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`weights` (one per task, or any leading shape) viewed with trailing singleton dims so that it
+    broadcasts against `task_tensors`."""
+    return weights.view(weights.shape + (1,) * (task_tensors.dim() - weights.dim()))

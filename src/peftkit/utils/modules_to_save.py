@@ -103,6 +103,13 @@ class ModulesToSaveWrapper(AuxiliaryTrainingWrapper):
             module.requires_grad_(key in names and not inference_mode)
         self._active_adapter = names[0] if names else []
 
+    def set_requires_grad(self, adapter_names: str | Iterable[str], requires_grad: bool = True) -> None:
+        """Turn gradients on or off for the copies of `adapter_names` (the active adapter is unchanged)."""
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        for key, module in self.modules_to_save.items():
+            if key in names:
+                module.requires_grad_(requires_grad)
+
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name in self.modules_to_save:
             del self.modules_to_save[adapter_name]

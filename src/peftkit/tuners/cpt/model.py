@@ -15,13 +15,14 @@ import copy
 import torch
 from torch import nn
 
+from .._model_functions import BasePromptEncoder
 from .config import CPTConfig
 from .loss import cpt_loss
 
 _MIN_EPSILON = 1e-10
 
 
-class CPTEmbedding(nn.Module):
+class CPTEmbedding(BasePromptEncoder):
     """The virtual tokens of one CPT adapter; `forward(indices)` looks them up (projecting the change first).
 
     Args:

@@ -211,6 +211,9 @@ class DeftLinear(DeftLayer, nn.Module):
                 if name not in self.merged_adapters:
                     del self._cached_merge_factor[name]
 
+    def _merges_additively(self, adapter_name: str) -> bool:
+        return True  # a merge adds get_delta_weight (its factor kept aside so that unmerging is exact)
+
     def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
         delta = self._delta_from_factor(adapter_name, self._cached_merge_factor[adapter_name])
         return weight.float() + delta.float()

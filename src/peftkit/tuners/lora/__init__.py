@@ -5,12 +5,14 @@ from ...utils.lazy_exports import lazy_exports
 from .._registration import register_peft_method
 from .bdlora import BdLoraConfig
 from .config import LoraConfig, LoraRuntimeConfig
+from .conversion import convert_to_lora, save_as_lora
 from .corda import CordaConfig
 from .eva import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .loftq import LoftQConfig
 from .loraga import preprocess_loraga
 from .model import LoraModel
+from .multihead_attention import MultiheadAttention
 from .param_wrapper import ParamWrapper
 from .sub_configs import ArrowConfig, KasaConfig, LoraGAConfig, MontecloraConfig, VeloraConfig
 
@@ -49,4 +51,7 @@ __all__ = [
     "LoraLayer",
     "LoraModel",
     "LoraRuntimeConfig",
+    "MultiheadAttention",
+    "convert_to_lora",
+    "save_as_lora",
 ]

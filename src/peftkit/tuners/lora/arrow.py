@@ -131,7 +131,9 @@ class ArrowVariant(LoraVariant):
     name = "Arrow"
     config_field = "arrow_config"
     supports_merge = False  # the experts are chosen per token: no single weight represents the router
-    supports_lora_conversion = False
+    lora_conversion_refusal = (
+        "Arrow routes each token among its task adapters: its effect depends on the input"
+    )
 
     def __init__(self, config: ArrowConfig) -> None:
         self.config = config

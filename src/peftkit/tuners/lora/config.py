@@ -67,6 +67,31 @@ _SUBCONFIGS = {
 }
 
 
+# LoraConfig fields peft acts on that peftkit does not implement. Accepting them would change nothing, which
+# is worse than refusing: a value other than the default is an error naming the field (field -> why and
+# what to do instead).
+UNIMPLEMENTED_FIELDS = {
+    "megatron_config": (
+        None,
+        "LoRA on Megatron-LM's tensor-parallel layers is not implemented in peftkit; leave megatron_config=None "
+        "(train with torch's DDP/FSDP2 instead, or use peft for Megatron models).",
+    ),
+    "ensure_weight_tying": (
+        False,
+        "tying the adapters of tied layers (embeddings and LM head) is not implemented in peftkit; set "
+        "ensure_weight_tying=False (peftkit warns when an adapted module's weight is tied to another).",
+    ),
+}
+
+
+def refuse_unimplemented_fields(config: object) -> None:
+    """Raise a ValueError naming the first field of `UNIMPLEMENTED_FIELDS` set to a non-default value."""
+    for name, (default, advice) in UNIMPLEMENTED_FIELDS.items():
+        value = getattr(config, name, default)
+        if value != default:
+            raise ValueError(f"LoraConfig {name}={value!r} is not supported: {advice}")
+
+
 def init_is_implemented(init: bool | str) -> bool:
     """Whether peftkit can create an adapter with `init_lora_weights=init` (`pissa_niter_K` included)."""
     return init in IMPLEMENTED_INITS or (
@@ -204,6 +229,7 @@ class LoraConfig(PeftConfig):
                 "'olora', 'corda', 'eva', 'loftq', 'orthogonal', 'mica' or 'lora_ga'."
             )
         self._validate_patterns()
+        refuse_unimplemented_fields(self)
 
     def _validate_patterns(self) -> None:
         """rank_pattern/alpha_pattern: regex keys to positive numbers (AdaLoRA's rank_pattern differs)."""

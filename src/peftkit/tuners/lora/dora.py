@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 # A row of zeros would divide by zero; its magnitude starts at zero too, so the scale is 0, not NaN.
 _MIN_NORM = 1e-12
 
+# Whether DoRA layers in eval mode keep their weight norm ||W + s B A|| between forward calls instead of
+# recomputing it (faster inference, one norm vector per adapter and layer more memory). Set through
+# `peftkit.helpers.DoraCaching`. A cached norm is reused only while the tensors it was computed from are
+# the same and unmodified (their storage and version counters), so loading, merging or rescaling an adapter
+# never reads a stale norm.
+ENABLE_DORA_CACHING = False
+
+
+def _tensor_stamp(value: object) -> object:
+    if torch.is_tensor(value):
+        return (value.data_ptr(), value._version, value.dtype, value.device)
+    return value
+
 
 def channel_norm(weight_out_first: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """L2 norm of each output channel (dim 0) of a weight, reshaped to `shape`."""
@@ -49,6 +62,7 @@ class DoraVariant(LoraVariant):
 
     def __init__(self) -> None:
         self._norm_at_merge: torch.Tensor | None = None  # ||V|| when merged: unmerging divides by it
+        self._cached_norm: tuple[tuple, torch.Tensor] | None = None  # (inputs' stamp, norm): DoRA caching
 
     def init(self, layer: LoraLayer, adapter_name: str, inference_mode: bool = False) -> None:
         groups = getattr(layer.get_base_layer(), "groups", 1)
@@ -78,7 +92,19 @@ class DoraVariant(LoraVariant):
     def scale(self, layer: LoraLayer, adapter_name: str) -> torch.Tensor:
         """m / ||W + s B A|| (the magnitude's shape and dtype)."""
         magnitude = layer.lora_magnitude_vector[adapter_name].weight
-        return magnitude / self.weight_norm(layer, adapter_name).to(magnitude.dtype)
+        return magnitude / self._forward_norm(layer, adapter_name).to(magnitude.dtype)
+
+    def _forward_norm(self, layer: LoraLayer, adapter_name: str) -> torch.Tensor:
+        """||W + s B A|| for the forward: from the cache under DoRA caching in eval mode (see
+        `ENABLE_DORA_CACHING`), else computed."""
+        if not ENABLE_DORA_CACHING or layer.training:
+            self._cached_norm = None
+            return self.weight_norm(layer, adapter_name)
+        sources = (layer.get_base_layer().weight, *layer._adapter_tensors(adapter_name))
+        stamp = (*(_tensor_stamp(t) for t in sources), _tensor_stamp(layer.scaling[adapter_name]))
+        if self._cached_norm is None or self._cached_norm[0] != stamp:
+            self._cached_norm = (stamp, self.weight_norm(layer, adapter_name))
+        return self._cached_norm[1]
 
     def merged_weight(self, layer: LoraLayer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
         adapted = super().merged_weight(layer, adapter_name, weight)

@@ -35,6 +35,7 @@ from .._scaling import rank_scaling
 from .layer import LoraLayer
 
 __all__ = [
+    "CONFIG_KEYS_TO_CHECK",
     "check_hotswap_configs_compatible",
     "hotswap_adapter",
     "hotswap_adapter_from_state_dict",
@@ -42,8 +43,10 @@ __all__ = [
 ]
 
 _PEFT_PREFIX = "base_model.model."
-# settings that change which modules an adapter layer holds: they cannot be swapped in place
-_STRUCTURAL_KEYS = ("use_dora", "lora_dropout", "lora_bias")
+# per method, the config settings that change which modules an adapter layer holds: two adapters must
+# agree on them to be swapped in place (peft's name; rank, alpha and rsLoRA may differ here)
+CONFIG_KEYS_TO_CHECK = {PeftType.LORA: ["use_dora", "lora_dropout", "lora_bias"]}
+_STRUCTURAL_KEYS = tuple(CONFIG_KEYS_TO_CHECK[PeftType.LORA])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -31,7 +31,9 @@ class KasaVariant(LoraVariant):
 
     name = "KaSA"
     config_field = "kasa_config"
-    supports_lora_conversion = False  # the delta has a diagonal and the base weight was truncated
+    lora_conversion_refusal = (
+        "KaSA's update has a diagonal between B and A, and the base weight it was trained on was truncated"
+    )
 
     def __init__(self) -> None:
         self._truncated = False  # one truncation per layer, also when the adapter is re-created (EVA)

@@ -33,8 +33,15 @@ from .config import init_is_implemented
 from .inits import apply_init
 from .variants import PLAIN_LORA, LoraVariant
 
-# PEFT code imports the nn.Parameter wrapper from here; it subclasses LoraLayer, so it lives in its own file.
-__getattr__, __dir__ = lazy_exports(globals(), {"ParamWrapper": "peftkit.tuners.lora.param_wrapper"})
+# PEFT code imports the nn.Parameter wrapper and the attention layer from here; they subclass LoraLayer, so
+# they live in files of their own.
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "ParamWrapper": "peftkit.tuners.lora.param_wrapper",
+        "MultiheadAttention": "peftkit.tuners.lora.multihead_attention",
+    },
+)
 
 
 class LoraLayer(ScalingHelpers, BaseTunerLayer):
@@ -202,6 +209,17 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
 
     def _merged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
         return self._variant(adapter_name).merged_weight(self, adapter_name, weight)
+
+    def _merges_additively(self, adapter_name: str) -> bool:
+        return type(self._variant(adapter_name)).merged_weight is LoraVariant.merged_weight
+
+    def _lora_conversion_refusal(self, adapter_name: str) -> str | None:
+        variant = self.lora_variant.get(adapter_name)
+        if variant is None:
+            return self.lora_conversion_refusal
+        if not variant.supports_merge:
+            return f"{variant.name} adapters cannot be merged: their effect depends on the input"
+        return variant.lora_conversion_refusal
 
     def _unmerged_weight(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
         return self._variant(adapter_name).unmerged_weight(self, adapter_name, weight)

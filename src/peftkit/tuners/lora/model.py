@@ -24,6 +24,7 @@ from .config import LoraConfig
 from .kasa import check_kasa_targets, kasa_regularization
 from .layer import Conv1d, Conv2d, Conv3d, Embedding, Linear, LoraLayer
 from .layer_replication import apply_layer_replication, check_no_shared_merge, is_replica_tie
+from .multihead_attention import MultiheadAttention
 from .param_wrapper import inject_parameters
 from .quantized import QUANTIZATION_BACKENDS, dispatch_quantized
 from .variant_choice import check_variant_combination, new_variant
@@ -31,7 +32,8 @@ from .variants import check_mergeable
 
 
 class LoraModel(BaseTuner):
-    """Adds LoRA adapters to `nn.Linear`, `nn.Embedding`, `nn.Conv1d/2d/3d` and transformers' `Conv1D`.
+    """Adds LoRA adapters to `nn.Linear`, `nn.Embedding`, `nn.Conv1d/2d/3d`, transformers' `Conv1D` and
+    `nn.MultiheadAttention` (both its projections).
 
     Example:
         >>> from peftkit import LoraConfig, LoraModel
@@ -47,6 +49,7 @@ class LoraModel(BaseTuner):
         nn.Conv1d: Conv1d,
         nn.Conv2d: Conv2d,
         nn.Conv3d: Conv3d,
+        nn.MultiheadAttention: MultiheadAttention,
     }
     # bitsandbytes layers subclass nn.Linear: they must be dispatched before the plain Linear entry
     layer_dispatchers = (dispatch_quantized,)

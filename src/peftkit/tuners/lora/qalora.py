@@ -30,7 +30,9 @@ class QaLoraVariant(LoraVariant):
 
     name = "QA-LoRA"
     config_field = "use_qalora"
-    supports_lora_conversion = False  # A reads pooled features, not the input
+    lora_conversion_refusal = (
+        "QA-LoRA's A reads group-pooled input features, not the input: it is no weight change of the layer"
+    )
 
     def __init__(self, group_size: int) -> None:
         self.group_size = group_size

@@ -13,8 +13,8 @@ receive the layer and the adapter's name:
     on_adapters_changed(layer, name)            another adapter was added to or deleted from the layer
 
 plus the flags `supports_merge` / `supports_mixed_batch` (False: the operation is refused, and the error
-names the variant by its `LoraVariant.name`) and `supports_lora_conversion` (whether the adapter is a plain
-`s B A` on the unchanged base weight). Each hook defaults to what plain LoRA does, built from the layer's
+names the variant by its `LoraVariant.name`) and `lora_conversion_refusal` (why `convert_to_lora` cannot write
+the adapter as a plain LoRA; None when its merge is its weight change). Each hook defaults to what plain LoRA does, built from the layer's
 own formula (`layer._adapter_output`, `layer._delta_weight`), so a variant overrides only what it changes.
 A variant with per-adapter tensors of its own registers their container on the layer with
 `add_adapter_container` (trainable ones are then placed, cast, saved and deleted with the factors), and
@@ -47,7 +47,8 @@ class LoraVariant:
     config_field: str = ""  # the LoraConfig field that asks for it (errors name it)
     supports_merge: bool = True
     supports_mixed_batch: bool = True  # adapter_names= batches (one pass per group of samples)
-    supports_lora_conversion: bool = True  # the adapter is `s B A` on the unchanged base weight
+    # why `convert_to_lora` cannot write the adapter as a plain LoRA (None: its merge is its weight change)
+    lora_conversion_refusal: str | None = None
 
     def init(self, layer: LoraLayer, adapter_name: str, inference_mode: bool = False) -> None:
         """Set the variant up on `layer`, whose factors for `adapter_name` exist and are placed."""

@@ -7,10 +7,11 @@ import warnings
 import torch
 from torch import nn
 
+from .._model_functions import BasePromptEncoder
 from .config import PromptEncoderConfig, PromptEncoderReparameterizationType
 
 
-class PromptEncoder(nn.Module):
+class PromptEncoder(BasePromptEncoder):
     """`forward(indices)` = `mlp_head(embedding(indices))` (MLP), or
     `mlp_head(lstm_head(embedding(indices)))` (LSTM).
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._model_functions import BasePromptEncoder
 from .config import PrefixTuningConfig
 
 
-class PrefixEncoder(nn.Module):
+class PrefixEncoder(BasePromptEncoder):
     """Maps virtual-token indices to a flat prefix of size `num_layers * 2 * token_dim` per token: for
     every layer its key then its value, each `num_attention_heads` heads of `token_dim /
     num_attention_heads` values.

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._model_functions import BasePromptEncoder
 from .config import PromptTuningConfig, PromptTuningInit
 
 
@@ -30,7 +31,7 @@ def text_init_token_ids(config: PromptTuningConfig, total_virtual_tokens: int) -
     return ids[:total_virtual_tokens]
 
 
-class PromptEmbedding(nn.Module):
+class PromptEmbedding(BasePromptEncoder):
     """`embedding`: one trained vector per virtual token (`num_virtual_tokens * num_transformer_submodules`
     rows of size `token_dim`); `forward(indices)` looks them up.
 

@@ -30,6 +30,9 @@ class TrainableTokensLayer(BaseTunerLayer, nn.Module):
 
     adapter_layer_names = ("trainable_tokens_delta",)
     other_param_names = ("token_indices", "trainable_tokens_original")
+    lora_conversion_refusal = (
+        "trainable tokens replace rows of the embedding, which a LoRA adapter file does not hold (as in peft)"
+    )
 
     def __init__(
         self,
