@@ -49,7 +49,9 @@ def _randomize(model: nn.Module, adapter: str, seed: int) -> None:
 
 def _merged_model() -> peftkit.PeftModel:
     """Adapters "one" (active, merged) and "two" on `first` and `second`."""
-    model = peftkit.get_peft_model(_base(), peftkit.LoraConfig(r=4, target_modules=["first", "second"]), "one")
+    model = peftkit.get_peft_model(
+        _base(), peftkit.LoraConfig(r=4, target_modules=["first", "second"]), "one"
+    )
     model.add_adapter("two", peftkit.LoraConfig(r=4, target_modules=["first", "second"]))
     _randomize(model, "one", 1)
     _randomize(model, "two", 2)
@@ -94,7 +96,9 @@ UNMERGES_FIRST = {
     ),
     "load_adapter under a new name": lambda m, f: m.load_adapter(f, "new"),
     "load_adapter over the merged adapter": lambda m, f: m.load_adapter(f, "one"),
-    "add_weighted_adapter": lambda m, f: m.add_weighted_adapter(["one", "two"], [1.0, 0.5], "combined", "svd"),
+    "add_weighted_adapter": lambda m, f: m.add_weighted_adapter(
+        ["one", "two"], [1.0, 0.5], "combined", "svd"
+    ),
     "unload": lambda m, f: m.unload(),
 }
 
@@ -103,7 +107,9 @@ UNMERGES_FIRST = {
 def test_operation_acts_as_if_unmerged_first_and_warns(operation, saved_adapter):
     model = _merged_model()
     twin = copy.deepcopy(model)
-    with pytest.warns(PeftWarning, match=r"Adapter\(s\) \['one'\] are merged into the base weights; unmerging"):
+    with pytest.warns(
+        PeftWarning, match=r"Adapter\(s\) \['one'\] are merged into the base weights; unmerging"
+    ):
         torch.manual_seed(7)  # new adapters draw their initial values
         result = UNMERGES_FIRST[operation](model, saved_adapter)
     twin.unmerge_adapter()
@@ -124,7 +130,10 @@ def test_disable_adapter_unmerges_on_entry_and_computes_the_base():
     twin = copy.deepcopy(model)
     with torch.no_grad():
         base_output = _base()(X)
-    with pytest.warns(PeftWarning, match=r"\['one'\].*unmerging them before disabling"), model.disable_adapter():
+    with (
+        pytest.warns(PeftWarning, match=r"\['one'\].*unmerging them before disabling"),
+        model.disable_adapter(),
+    ):
         assert _merged(model) == []
         with torch.no_grad():
             torch.testing.assert_close(model(X), base_output, atol=1e-6, rtol=0)
@@ -192,5 +201,7 @@ def test_save_refuses_base_weights_holding_a_merge(tmp_path):
 def test_a_second_get_peft_model_warns_naming_the_adapters():
     model = _merged_model()
     base = model.get_base_model()
-    with pytest.warns(PeftWarning, match=r"for a second time: it already carries adapter\(s\) \['one', 'two'\]"):
+    with pytest.warns(
+        PeftWarning, match=r"for a second time: it already carries adapter\(s\) \['one', 'two'\]"
+    ):
         peftkit.get_peft_model(base, peftkit.LoraConfig(r=2, target_modules=["first"]), "new")
