@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 
@@ -141,19 +142,37 @@ def _inode(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _is_leftover(rel: str, name: str) -> bool:
+    """A killed save's temporary file: only in the folder and its adapter sub-folders (one level down),
+    where saves write; deeper down, a name like that is the user's."""
+    return rel.count("/") <= 1 and is_stale_temp_name(name)
+
+
+def _take_permissions(source: os.stat_result, folder: str) -> None:
+    """Give `folder` the mode (and, where allowed, the group) of the folder it stands in for."""
+    os.chmod(folder, stat.S_IMODE(source.st_mode))
+    if os.stat(folder).st_gid != source.st_gid:
+        with contextlib.suppress(OSError):  # only to a group the user belongs to
+            os.chown(folder, -1, source.st_gid)
+
+
 def _carry(old: str, new: str, rel: str, keep: Callable[[str], bool], carried: dict) -> None:
     """Link every entry of `old` that `new` lacks and `keep` accepts into `new` (directories recreated)."""
     for entry in os.scandir(old):
         path = f"{rel}{entry.name}"
-        if is_stale_temp_name(entry.name) or not keep(path):
+        if _is_leftover(rel, entry.name) or not keep(path):
             continue
         dst = os.path.join(new, entry.name)
         if entry.is_dir(follow_symlinks=False):
-            if not os.path.lexists(dst):
+            written_into = os.path.lexists(dst)
+            if not written_into:
                 os.mkdir(dst)
             if os.path.isdir(dst) and not os.path.islink(dst):  # else the new content replaced it
                 _carry(entry.path, dst, f"{path}/", keep, carried)
-                shutil.copystat(entry.path, dst, follow_symlinks=False)
+                if written_into:  # an adapter's sub-folder: its permissions, a new modification time
+                    _take_permissions(entry.stat(follow_symlinks=False), dst)
+                else:  # a folder of the user's, unchanged: as it was
+                    shutil.copystat(entry.path, dst, follow_symlinks=False)
             continue
         if os.path.lexists(dst):
             continue  # the new content has its own version
@@ -175,7 +194,7 @@ def _reconcile(
     was linked (best effort, entry by entry), so that deleting the old tree loses nothing."""
     for entry in os.scandir(old):
         path = f"{rel}{entry.name}"
-        if is_stale_temp_name(entry.name) or path in written or not keep(path):
+        if _is_leftover(rel, entry.name) or path in written or not keep(path):
             continue
         dst = os.path.join(new, entry.name)
         with contextlib.suppress(OSError):
@@ -206,7 +225,7 @@ def _swap_in(target: str, staging: str, write: Callable[[str], None], keep: Call
         carried: dict[str, tuple[int, int]] = {}
         try:
             _carry(target, staging, "", keep, carried)
-            shutil.copystat(target, staging)  # the folder keeps its permissions
+            _take_permissions(os.stat(target), staging)
         except (OSError, _CannotSwap):
             return False
         _fsync_tree(staging)
