@@ -110,17 +110,29 @@ def header_fields(rng, data, config):
     header, payload = _split(data)
     key = rng.choice([k for k in header if k != "__metadata__"])
     entry = header[key]
-    edit = rng.choice(["dtype", "shape", "offsets", "drop key", "rename key", "entry type", "header type", "meta"])
+    edit = rng.choice(
+        ["dtype", "shape", "offsets", "drop key", "rename key", "entry type", "header type", "meta"]
+    )
     if edit == "dtype":
         entry["dtype"] = rng.choice(DTYPES)
     elif edit == "shape":
         shape = entry["shape"]
         entry["shape"] = rng.choice(
-            [shape[::-1], [shape[0] * 2, shape[1] // 2], [-shape[0], shape[1]], [2**40, 2**40], [], shape + [1], ["a"]]
+            [
+                shape[::-1],
+                [shape[0] * 2, shape[1] // 2],
+                [-shape[0], shape[1]],
+                [2**40, 2**40],
+                [],
+                [*shape, 1],
+                ["a"],
+            ]
         )
     elif edit == "offsets":
         start, end = entry["data_offsets"]
-        entry["data_offsets"] = rng.choice([[end, start], [start, end + 4], [start, 2**62], [0, 0], "0-4", [start]])
+        entry["data_offsets"] = rng.choice(
+            [[end, start], [start, end + 4], [start, 2**62], [0, 0], "0-4", [start]]
+        )
     elif edit == "drop key":
         del header[key]
     elif edit == "rename key":
@@ -201,12 +213,16 @@ def test_corrupted_folders_load_right_or_raise_a_peftkit_error_naming_the_file(m
                     if case % 3:
                         model = peftkit.PeftModel.from_pretrained(_base(), folder)
                     else:  # the other way in: a further adapter of an existing model
-                        model = peftkit.get_peft_model(_base(), peftkit.LoraConfig(r=2, target_modules=["first"]), "x")
+                        model = peftkit.get_peft_model(
+                            _base(), peftkit.LoraConfig(r=2, target_modules=["first"]), "x"
+                        )
                         model.load_adapter(folder, "default")
             except Exception as err:
                 assert isinstance(err, PeftError), f"case {case}: {type(err).__name__}: {err}"
                 message = str(err)
-                assert str(folder) in message and (WEIGHTS in message or CONFIG in message), f"case {case}: {message}"
+                assert str(folder) in message and (WEIGHTS in message or CONFIG in message), (
+                    f"case {case}: {message}"
+                )
                 outcomes["refused"] += 1
                 continue
             loaded = _loaded_tensors(model)
