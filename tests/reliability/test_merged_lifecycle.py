@@ -205,3 +205,22 @@ def test_a_second_get_peft_model_warns_naming_the_adapters():
         PeftWarning, match=r"for a second time: it already carries adapter\(s\) \['one', 'two'\]"
     ):
         peftkit.get_peft_model(base, peftkit.LoraConfig(r=2, target_modules=["first"]), "new")
+
+
+def test_save_with_trained_biases_keeps_the_merge_unless_the_merge_changed_them(tmp_path):
+    # bias="all": the base biases are saved with the adapter; a plain LoRA merge leaves them alone
+    model = peftkit.get_peft_model(_base(), peftkit.LoraConfig(r=4, target_modules=["first"], bias="all"))
+    _randomize(model, "default", 1)
+    model.merge_adapter()
+    model.save_pretrained(tmp_path / "plain")
+    assert "base_model.model.first.base_layer.bias" in peftkit.utils.load_peft_weights(
+        str(tmp_path / "plain")
+    )
+    # lora_bias merges into the base bias: saving it would write a merged value
+    model = peftkit.get_peft_model(
+        _base(), peftkit.LoraConfig(r=4, target_modules=["first"], bias="all", lora_bias=True)
+    )
+    _randomize(model, "default", 1)
+    model.merge_adapter()
+    with pytest.raises(ValueError, match=r"first\.base_layer\.bias.*\['default'\].*unmerge_adapter\(\)"):
+        model.save_pretrained(tmp_path / "lora_bias")

@@ -92,21 +92,29 @@ def _check_written(path: str, expected: dict[str, torch.Tensor], safe: bool) -> 
         raise OSError(f"The adapter file {path} does not hold what was saved (differing keys: {diff[:10]}).")
 
 
+def _merge_changed(module: BaseTunerLayer, leaf: str) -> bool:
+    """Whether the merged adapters of `module` changed its base tensor `leaf` (the weight always; the bias
+    only for adapters that merge into it, e.g. LoRA with `lora_bias`)."""
+    if leaf != "bias":
+        return True
+    return any(module._merged_bias(name) is not None for name in module.merged_adapters)
+
+
 def _check_no_merged_base_tensors(model: nn.Module, adapter_name: str, tensors: dict[str, Any]) -> None:
     """Base-layer tensors saved with an adapter (embedding layers, biases) must be the base model's own:
-    in a layer an adapter is merged into they hold the merged values, which loading would add again."""
+    in a layer an adapter is merged into they may hold the merged values, which loading would add again."""
     merged = {
-        f"{name}.base_layer.": sorted(module.merged_adapters)
+        f"{name}.base_layer.": module
         for name, module in model.named_modules()
         if isinstance(module, BaseTunerLayer) and module.merged_adapters
     }
     for key in tensors:
-        for prefix, names in merged.items():
-            if key.startswith(prefix):
+        for prefix, module in merged.items():
+            if key.startswith(prefix) and _merge_changed(module, key[len(prefix) :]):
                 raise ValueError(
-                    f"Saving adapter '{adapter_name}' would write the base weight '{key}', into which adapter(s) "
-                    f"{names} are merged, so the file would hold merged values. Call unmerge_adapter() before "
-                    "saving, then merge again."
+                    f"Saving adapter '{adapter_name}' would write the base tensor '{key}', into which adapter(s) "
+                    f"{sorted(module.merged_adapters)} are merged, so the file would hold merged values. Call "
+                    "unmerge_adapter() before saving, then merge again."
                 )
 
 
