@@ -19,8 +19,9 @@ from ._version import __version__  # noqa: F401  (peft offers the package versio
 from .utils.atomic_io import atomic_write_text
 from .utils.constants import CONFIG_NAME
 from .utils.hub import resolve_adapter_file
+from .utils.json_fields import field_type_errors
 from .utils.peft_types import PeftType, TaskType, coerce_task_type
-from .utils.warnings import MissingConfigKeysError, PeftWarning
+from .utils.warnings import AdapterLoadError, MissingConfigKeysError, PeftError, PeftWarning
 
 # The on-disk format we write is the one PEFT 0.21.2 reads; a new config's `peft_version` records that
 # format, and a loaded one keeps the version it was written with (PEFT does the same).
@@ -98,18 +99,20 @@ class PeftConfigMixin:
     @classmethod
     def from_peft_type(cls, **kwargs: Any) -> PeftConfigMixin:
         """Build the config class that `kwargs["peft_type"]` names (or `cls` itself when it is concrete)."""
-        peft_type = kwargs.get("peft_type")
+        return cls._class_for_peft_type(kwargs.get("peft_type"))._from_known_keys(kwargs)
+
+    @classmethod
+    def _class_for_peft_type(cls, peft_type: Any) -> type[PeftConfigMixin]:
+        """The config class of `peft_type` (`cls` itself for None)."""
         if peft_type is None:
-            config_cls = cls
-        else:
-            try:
-                config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(peft_type)]
-            except (KeyError, ValueError):
-                known = ", ".join(sorted(p.value for p in PEFT_TYPE_TO_CONFIG_MAPPING))
-                raise ValueError(
-                    f"peft_type {peft_type!r} is not supported by peftkit; supported types: {known}."
-                ) from None
-        return config_cls._from_known_keys(kwargs)
+            return cls
+        try:
+            return PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(peft_type)]
+        except (KeyError, ValueError, TypeError):
+            known = ", ".join(sorted(p.value for p in PEFT_TYPE_TO_CONFIG_MAPPING))
+            raise ValueError(
+                f"peft_type {peft_type!r} is not supported by peftkit; supported types: {known}."
+            ) from None
 
     @classmethod
     def _from_known_keys(cls, kwargs: dict[str, Any]) -> PeftConfigMixin:
@@ -130,12 +133,12 @@ class PeftConfigMixin:
         try:
             with open(path_json_file, encoding="utf-8") as f:
                 data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path_json_file} is not valid JSON ({err}); the adapter config is corrupt."
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+            raise AdapterLoadError(
+                f"{path_json_file} is not valid JSON ({type(err).__name__}: {err}); the adapter config is corrupt."
             ) from err
         if not isinstance(data, dict):
-            raise ValueError(f"{path_json_file} must hold a JSON object, got {type(data).__name__}.")
+            raise AdapterLoadError(f"{path_json_file} must hold a JSON object, got {type(data).__name__}.")
         return data
 
     @classmethod
@@ -164,7 +167,16 @@ class PeftConfigMixin:
                 f"({path} is not a PEFT adapter config). Point from_pretrained at the adapter folder, whose "
                 "adapter_config.json save_pretrained wrote, or pass the config's class and fields in code."
             )
-        return cls.from_peft_type(**loaded)
+        try:
+            config_cls = cls._class_for_peft_type(loaded["peft_type"])
+            wrong_types = field_type_errors(config_cls, loaded)
+            if wrong_types:
+                raise TypeError("; ".join(wrong_types))
+            return config_cls._from_known_keys(loaded)
+        except (TypeError, ValueError) as err:  # a value the config class refuses, named with its file
+            if isinstance(err, PeftError):
+                raise
+            raise AdapterLoadError(f"{path} is not a valid adapter config: {err}") from err
 
     @classmethod
     def _get_peft_type(cls, model_id: str | os.PathLike, **hf_hub_download_kwargs: Any) -> str:

@@ -33,11 +33,13 @@ def get_peft_model(
         raise TypeError(
             f"peft_config must be a PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}."
         )
-    if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
+    existing = _existing_adapters(model)
+    if existing:
         # Mostly notebooks re-running a cell: the new config would silently sit beside the old adapters.
         warnings.warn(
-            "You are trying to modify a model with PEFT for a second time. If you want to reload the model with a "
-            "different config, make sure to call `.unload()` before.",
+            "You are trying to modify a model with PEFT for a second time: it already carries adapter(s) "
+            f"{existing}. If you want to reload the model with a different config, make sure to call `.unload()` "
+            "before (or add the new adapter with `add_adapter` on the PeftModel).",
             PeftWarning,
         )
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_config.peft_type)
@@ -74,3 +76,12 @@ def get_peft_model(
         autocast_adapter_dtype=autocast_adapter_dtype,
         low_cpu_mem_usage=low_cpu_mem_usage,
     )
+
+
+def _existing_adapters(model: nn.Module) -> list[str]:
+    """The names of the adapters whose layers `model` already carries, sorted."""
+    names: set[str] = set()
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            names.update(module._all_available_adapter_names())
+    return sorted(names)

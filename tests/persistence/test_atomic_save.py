@@ -1,14 +1,16 @@
-"""A save that crashes part-way never leaves a folder that loads as a valid but wrong adapter.
+"""A save that fails part-way leaves the folder as the previous complete save, sub-folders included.
 
-The crash is simulated at each step of a save over an existing adapter: while the weights are being
-written (an OSError and a Ctrl-C), when the weights file is renamed into place, and after that but before
-the config is written. Each time the folder either still loads the OLD adapter with its exact outputs,
-or refuses to load with an error naming adapter_config.json.
+The failure is injected at each step of a save over an existing adapter: while the weights are written
+(an OSError and a Ctrl-C), while the config is written, in the second adapter's sub-folder, and at the
+exchange that makes the new tree the folder. Each time the folder still loads the OLD adapters, in
+peftkit and in peft, with their exact outputs, and nothing temporary is left. Where the exchange is not
+available, the per-file order still never loads a mix. (tests/reliability kills real processes.)
 """
 
 from __future__ import annotations
 
 import copy
+import os
 
 import peft
 import pytest
@@ -17,7 +19,7 @@ from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_llama
 from tests.persistence.helpers import fresh
 
 import peftkit
-from peftkit.utils import atomic_io, weights_io
+from peftkit.utils import atomic_io, folder_swap, weights_io
 
 
 def _logits(model):
@@ -25,18 +27,47 @@ def _logits(model):
         return model(**llama_inputs()).logits
 
 
+def _two_adapters(base, seed):
+    model = peftkit.get_peft_model(
+        copy.deepcopy(base), peftkit.LoraConfig(target_modules=["q_proj", "v_proj"])
+    )
+    model.add_adapter("other", peftkit.LoraConfig(target_modules=["v_proj"]))
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    perturb_adapter_weights(model, seed=seed)  # same shapes and configs, other weights: a mix would load
+    return model.eval()
+
+
 @pytest.fixture
 def old_and_new(tmp_path):
-    """An adapter saved in `folder` (old) and a different one about to be saved over it (new)."""
+    """Two adapters ("default" and "other") saved in `folder` (old), and different ones to save over them."""
     base = tiny_llama()
-    old = peftkit.get_peft_model(copy.deepcopy(base), peftkit.LoraConfig(target_modules=["q_proj", "v_proj"]))
-    perturb_adapter_weights(old, seed=1)
-    # same shapes and config, other weights: a mix of old and new would load without any error
-    new = peftkit.get_peft_model(copy.deepcopy(base), peftkit.LoraConfig(target_modules=["q_proj", "v_proj"]))
-    perturb_adapter_weights(new, seed=2)
+    old, new = _two_adapters(base, seed=1), _two_adapters(base, seed=2)
     folder = tmp_path / "adapter"
     old.save_pretrained(folder)
-    return base, old.eval(), new.eval(), folder
+    return base, old, new, folder
+
+
+def _outputs(model, adapter):
+    model.set_adapter(adapter)
+    return _logits(model)
+
+
+def _assert_loads_as(base, reference, folder):
+    """Both adapters of `folder` give `reference`'s outputs, in peftkit and in peft."""
+    for adapter, subfolder in (("default", None), ("other", "other")):
+        expected = _outputs(reference, adapter)
+        extra = {"subfolder": subfolder} if subfolder else {}
+        ours = peftkit.PeftModel.from_pretrained(fresh(base), folder, **extra)
+        theirs = peft.PeftModel.from_pretrained(fresh(base), str(folder), **extra)
+        assert torch.allclose(_logits(ours), expected, atol=1e-6)
+        assert torch.allclose(_logits(theirs), expected, atol=1e-6)
+
+
+def _leftovers(folder) -> list[str]:
+    """Temporary files in the folder tree and staging folders beside it."""
+    found = [p.name for p in folder.rglob("*") if atomic_io.is_stale_temp_name(p.name)]
+    return found + [p.name for p in folder.parent.iterdir() if folder_swap._STAGING_MARK in p.name]
 
 
 def _half_writer(real):
@@ -49,35 +80,17 @@ def _half_writer(real):
     return write
 
 
-def _assert_old_adapter_loads(base, old, folder):
-    reference = _logits(old)
-    assert torch.allclose(
-        _logits(peftkit.PeftModel.from_pretrained(fresh(base), folder)), reference, atol=1e-6
-    )
-    assert torch.allclose(
-        _logits(peft.PeftModel.from_pretrained(fresh(base), str(folder))), reference, atol=1e-6
-    )
-
-
-def _assert_refuses(base, folder):
-    with pytest.raises(ValueError, match=r"adapter_config\.json"):
-        peftkit.PeftModel.from_pretrained(fresh(base), folder)
-
-
-def _no_temp_files(folder) -> bool:
-    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_crash_while_writing_weights_keeps_old_adapter(old_and_new, monkeypatch):
+def test_crash_while_writing_weights_keeps_old_adapters(old_and_new, monkeypatch):
     base, old, new, folder = old_and_new
     monkeypatch.setattr(weights_io, "_save_safetensors", _half_writer(weights_io._save_safetensors))
     with pytest.raises(OSError, match="No space left"):
         new.save_pretrained(folder)
-    _assert_old_adapter_loads(base, old, folder)
-    assert _no_temp_files(folder)
+    monkeypatch.undo()
+    _assert_loads_as(base, old, folder)
+    assert _leftovers(folder) == []
 
 
-def test_ctrl_c_while_writing_weights_keeps_old_adapter(old_and_new, monkeypatch):
+def test_ctrl_c_while_writing_weights_keeps_old_adapters(old_and_new, monkeypatch):
     base, old, new, folder = old_and_new
 
     def interrupted(tensors, path, metadata):
@@ -88,11 +101,109 @@ def test_ctrl_c_while_writing_weights_keeps_old_adapter(old_and_new, monkeypatch
     monkeypatch.setattr(weights_io, "_save_safetensors", interrupted)
     with pytest.raises(KeyboardInterrupt):
         new.save_pretrained(folder)
-    _assert_old_adapter_loads(base, old, folder)
-    assert _no_temp_files(folder)
+    monkeypatch.undo()
+    _assert_loads_as(base, old, folder)
+    assert _leftovers(folder) == []
 
 
-def test_crash_at_the_rename_refuses_to_load(old_and_new, monkeypatch):
+def test_crash_in_second_adapter_keeps_both_old_adapters(old_and_new, monkeypatch):
+    base, old, new, folder = old_and_new
+    calls = []
+    real = weights_io._save_safetensors
+
+    def crash_on_second(tensors, path, metadata):
+        calls.append(path)
+        (_half_writer(real) if len(calls) == 2 else real)(tensors, path, metadata)
+
+    monkeypatch.setattr(weights_io, "_save_safetensors", crash_on_second)
+    with pytest.raises(OSError):
+        new.save_pretrained(folder)
+    monkeypatch.undo()
+    _assert_loads_as(base, old, folder)  # the first adapter's new files were never visible either
+
+
+def test_crash_while_writing_config_keeps_old_adapters(old_and_new, monkeypatch):
+    base, old, new, folder = old_and_new
+
+    def crash(self, save_directory, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(peftkit.LoraConfig, "save_pretrained", crash)
+    with pytest.raises(OSError):
+        new.save_pretrained(folder)
+    monkeypatch.undo()
+    _assert_loads_as(base, old, folder)
+
+
+def test_failed_exchange_keeps_old_adapters(old_and_new, monkeypatch):
+    base, old, new, folder = old_and_new
+
+    def failing_exchange(a, b):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(folder_swap, "exchange_paths", failing_exchange)
+    with pytest.raises(OSError, match="Input/output"):
+        new.save_pretrained(folder)
+    monkeypatch.undo()
+    _assert_loads_as(base, old, folder)
+    assert _leftovers(folder) == []
+
+
+def test_killed_after_the_exchange_loads_new_and_next_save_cleans_up(old_and_new, monkeypatch):
+    base, _old, new, folder = old_and_new
+    monkeypatch.setattr(folder_swap, "_remove_tree", lambda path: None)  # dies before deleting the old tree
+    new.save_pretrained(folder)
+    monkeypatch.undo()
+    assert _leftovers(folder)  # the old tree is still beside the folder, under the staging name
+    (folder / ".adapter_config.json.0123456789abcdef.tmp").write_text("{")  # and a killed per-file save's
+    _assert_loads_as(base, new, folder)  # loads ignore both
+    new.save_pretrained(folder)
+    assert _leftovers(folder) == []
+    _assert_loads_as(base, new, folder)
+
+
+def test_successful_save_over_old_adapters_loads_new(old_and_new):
+    base, old, new, folder = old_and_new
+    inode = folder.stat().st_ino
+    new.save_pretrained(folder)
+    assert folder.stat().st_ino != inode  # the folder was replaced as a whole
+    _assert_loads_as(base, new, folder)
+    assert _leftovers(folder) == []
+    assert not torch.allclose(_outputs(old, "other"), _outputs(new, "other"), atol=1e-3)  # distinguishable
+
+
+# ----- where the folder cannot be exchanged: written in place, file by file -----
+@pytest.fixture
+def no_exchange(monkeypatch):
+    monkeypatch.setattr(folder_swap, "_EXCHANGE", None)  # as on Windows
+
+
+def test_filesystem_refusing_the_exchange_falls_back_to_in_place(old_and_new, monkeypatch):
+    base, _old, new, folder = old_and_new
+    monkeypatch.setattr(folder_swap, "exchange_paths", lambda a, b: False)  # e.g. EINVAL from the filesystem
+    new.save_pretrained(folder)
+    monkeypatch.undo()
+    _assert_loads_as(base, new, folder)
+    assert _leftovers(folder) == []
+
+
+def _assert_refuses(base, folder):
+    with pytest.raises(ValueError, match=r"adapter_config\.json"):
+        peftkit.PeftModel.from_pretrained(fresh(base), folder)
+    with pytest.raises(ValueError, match=r"adapter_config\.json"):
+        peft.PeftModel.from_pretrained(fresh(base), str(folder))
+
+
+def test_in_place_save_works_and_keeps_the_folder(old_and_new, no_exchange):
+    base, _old, new, folder = old_and_new
+    inode = folder.stat().st_ino
+    new.save_pretrained(folder)
+    assert folder.stat().st_ino == inode
+    _assert_loads_as(base, new, folder)
+    assert _leftovers(folder) == []
+
+
+def test_in_place_crash_at_the_rename_refuses_to_load(old_and_new, no_exchange, monkeypatch):
     base, _old, new, folder = old_and_new
 
     def failing_replace(src, dst):
@@ -103,10 +214,9 @@ def test_crash_at_the_rename_refuses_to_load(old_and_new, monkeypatch):
         new.save_pretrained(folder)
     monkeypatch.undo()
     _assert_refuses(base, folder)  # old weights, but no config: never a mix
-    assert _no_temp_files(folder)
 
 
-def test_crash_before_config_is_written_refuses_to_load(old_and_new, monkeypatch):
+def test_in_place_crash_before_config_refuses_to_load(old_and_new, no_exchange, monkeypatch):
     base, _old, new, folder = old_and_new
 
     def crash(self, save_directory, **kwargs):
@@ -117,41 +227,13 @@ def test_crash_before_config_is_written_refuses_to_load(old_and_new, monkeypatch
         new.save_pretrained(folder)
     monkeypatch.undo()
     _assert_refuses(base, folder)  # new weights, old config gone: never old config + new weights
-    with pytest.raises(ValueError, match=r"adapter_config\.json"):
-        peft.PeftModel.from_pretrained(fresh(base), str(folder))
 
 
-def test_crash_in_second_adapter_keeps_its_old_version(tmp_path, monkeypatch):
-    base = tiny_llama()
-    model = peftkit.get_peft_model(copy.deepcopy(base), peftkit.LoraConfig(target_modules=["q_proj"]))
-    model.add_adapter("other", peftkit.LoraConfig(target_modules=["v_proj"]))
-    for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name)
-    perturb_adapter_weights(model, seed=1)
-    folder = tmp_path / "adapters"
-    model.save_pretrained(folder)
-    model.set_adapter("other")
-    old_other = _logits(model.eval())
-    perturb_adapter_weights(model, seed=5)  # "other" changes; the save of it will crash
-    calls = []
-    real = weights_io._save_safetensors
-
-    def crash_on_second(tensors, path, metadata):
-        calls.append(path)
-        if len(calls) == 2:
-            _half_writer(real)(tensors, path, metadata)
-        real(tensors, path, metadata)
-
-    monkeypatch.setattr(weights_io, "_save_safetensors", crash_on_second)
-    with pytest.raises(OSError):
-        model.save_pretrained(folder)
-    reloaded = peftkit.PeftModel.from_pretrained(fresh(base), folder, subfolder="other")
-    assert torch.allclose(_logits(reloaded), old_other, atol=1e-6)
-
-
-def test_successful_save_over_old_adapter_loads_new(old_and_new):
-    base, old, new, folder = old_and_new
-    new.save_pretrained(folder)
-    _assert_old_adapter_loads(base, new, folder)
-    assert _no_temp_files(folder)
-    assert not torch.allclose(_logits(old), _logits(new), atol=1e-3)  # the test can tell them apart
+def test_save_into_the_current_directory_is_written_in_place(old_and_new, monkeypatch):
+    base, _old, new, folder = old_and_new
+    inode = folder.stat().st_ino
+    monkeypatch.chdir(folder)  # swapping it would leave the process in a deleted folder
+    new.save_pretrained(".")
+    assert folder.stat().st_ino == inode
+    assert os.getcwd() == str(folder)
+    _assert_loads_as(base, new, folder)

@@ -9,7 +9,6 @@ from torch import nn
 
 from ..config import PeftConfig
 from ..tuners.tuners_utils import set_adapter_trainable
-from ..utils.warnings import AdapterLoadError
 from .state_dict import set_peft_model_state_dict
 
 
@@ -31,7 +30,6 @@ def check_trainable_load(config: PeftConfig, is_trainable: bool) -> None:
 def fill_prompt_adapter(
     model: nn.Module,
     weights: dict[str, torch.Tensor],
-    model_id: str,
     adapter_name: str,
     is_trainable: bool,
     allow_missing_keys: bool,
@@ -39,12 +37,9 @@ def fill_prompt_adapter(
     """Copy `weights` into adapter `adapter_name` and settle its trainability: modules_to_save copies
     follow `is_trainable`; prompt encoders and adaption prompts keep requires_grad as PEFT leaves them."""
     check_trainable_load(model.peft_config[adapter_name], is_trainable)
-    try:
-        result = set_peft_model_state_dict(
-            model, weights, adapter_name=adapter_name, missing_keys_are_errors=not allow_missing_keys
-        )
-    except AdapterLoadError as err:
-        raise AdapterLoadError(f"Loading '{model_id}': {err}") from err
+    result = set_peft_model_state_dict(
+        model, weights, adapter_name=adapter_name, missing_keys_are_errors=not allow_missing_keys
+    )
     set_adapter_trainable(model, adapter_name, is_trainable)
     if not is_trainable:
         model.eval()

@@ -84,6 +84,7 @@ def set_peft_model_state_dict(
     to_load: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     mismatched: list[tuple[str, tuple, tuple]] = []
+    wrong_kind: list[str] = []
     for file_key, tensor in peft_model_state_dict.items():
         model_key = file_to_model.get(file_key)
         if model_key is None:
@@ -96,7 +97,16 @@ def set_peft_model_state_dict(
         if expected.device.type != "meta" and tuple(expected.shape) != tuple(tensor.shape):
             mismatched.append((file_key, tuple(expected.shape), tuple(tensor.shape)))
             continue
+        if _kind(expected) != _kind(tensor):
+            wrong_kind.append(f"{file_key}: the model holds {expected.dtype}, the file {tensor.dtype}")
+            continue
         to_load[model_key] = tensor
+    if wrong_kind:
+        # copying would convert integers to floats (or truncate floats) silently: not the adapter that was saved
+        raise AdapterLoadError(
+            f"Adapter '{adapter_name}': tensors of the wrong kind of dtype in the file: {wrong_kind[:10]}. The file "
+            "is corrupt or was not written for this adapter."
+        )
     if mismatched and not ignore_mismatched_sizes:
         lines = "\n".join(f"  {k}: the model expects {e}, the file holds {g}" for k, e, g in mismatched[:10])
         raise AdapterLoadError(
@@ -126,6 +136,14 @@ def set_peft_model_state_dict(
     )
     result = model.load_state_dict(to_load, strict=False, assign=low_cpu_mem_usage)
     return torch.nn.modules.module._IncompatibleKeys(missing, unexpected + list(result.unexpected_keys))
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "float"
+    return "bool" if tensor.dtype == torch.bool else "integer"
 
 
 def _check_coverage(

@@ -310,6 +310,8 @@ class BaseTuner(nn.Module):
         """
         config = self.peft_config[adapter_name]
         self._check_new_adapter_config(config)
+        # initialisations that read the base weights (DoRA magnitudes, PiSSA/OLoRA/EVA...) must see the original
+        self._undo_merges(f"adding adapter '{adapter_name}'")
         config = self._prepare_adapter_config(config, self.get_model_config(model))
         modules_to_save = list(getattr(config, "modules_to_save", None) or [])
         modules = modules_outside_adapters(model)
@@ -472,15 +474,31 @@ class BaseTuner(nn.Module):
             raise ValueError(
                 f"Adapter(s) {missing} not found; available adapters: {sorted(self.peft_config)}."
             )
+        self._undo_merges("switching adapters")
         for module in self.model.modules():
-            if isinstance(module, BaseTunerLayer):
-                if module.merged:
-                    warnings.warn("Adapters were merged; unmerging them before switching.", PeftWarning)
-                    module.unmerge()
-                module.set_adapter(adapter_name, inference_mode=inference_mode)
-            elif isinstance(module, ModulesToSaveWrapper):
+            if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper)):
                 module.set_adapter(adapter_name, inference_mode=inference_mode)
         self.active_adapter = adapter_name
+
+    def merged_adapter_names(self) -> list[str]:
+        """The adapters merged into the base weights of at least one layer, sorted."""
+        return sorted({name for module in self._tuner_layers(self.model) for name in module.merged_adapters})
+
+    def _undo_merges(self, operation: str) -> None:
+        """Take every merged adapter out of the base weights before `operation`, saying so: the operation
+        then acts on the model as it would after `unmerge_adapter()` (the rule for merged adapters)."""
+        merged = self.merged_adapter_names()
+        if not merged:
+            return
+        warnings.warn(
+            f"Adapter(s) {merged} are merged into the base weights; unmerging them before {operation}. Call "
+            "unmerge_adapter() first to silence this, and merge_adapter() after to merge again.",
+            PeftWarning,
+            stacklevel=3,
+        )
+        for module in self._tuner_layers(self.model):  # outermost first, as unmerge_adapter
+            if module.merged:
+                module.unmerge()
 
     def _set_adapter_layers(self, enabled: bool) -> None:
         for module in self.model.modules():
@@ -492,7 +510,9 @@ class BaseTuner(nn.Module):
         self._set_adapter_layers(True)
 
     def disable_adapter_layers(self) -> None:
-        """Turn every adapter off: the model computes the base model's outputs."""
+        """Turn every adapter off: the model computes the base model's outputs (merged adapters are
+        unmerged first, so the base weights are the original ones)."""
+        self._undo_merges("disabling the adapters")
         self._set_adapter_layers(False)
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -543,7 +563,9 @@ class BaseTuner(nn.Module):
         return self._unload_and_optionally_merge(True, progressbar, safe_merge, adapter_names)
 
     def unload(self) -> nn.Module:
-        """Return the base model with every adapter layer removed and nothing merged."""
+        """Return the original base model: every adapter layer removed, merged adapters unmerged first
+        (with a warning) so that no adapter's delta stays in the weights."""
+        self._undo_merges("unloading")
         return self._unload_and_optionally_merge(False)
 
     def _unload_and_optionally_merge(

@@ -21,3 +21,7 @@ class NoMatchingPeftModuleError(PeftError, ValueError):
 
 class MissingConfigKeysError(PeftError, TypeError):
     """A config file lacks keys every PEFT config has (`peft_type`): it is not an adapter config."""
+
+
+class FolderLockedError(PeftError, TimeoutError):
+    """Another process kept saving into the same folder for longer than a save waits for it."""

@@ -164,9 +164,20 @@ def read_adapter_weights(
     **hub_kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     """Load the adapter weights of `model_id` (a folder or Hub id) onto `device` (CPU by default)."""
+    return read_adapter_weights_file(model_id, device, allow_bin, key_mapping, **hub_kwargs)[0]
+
+
+def read_adapter_weights_file(
+    model_id: str | os.PathLike,
+    device: str | torch.device | None = None,
+    allow_bin: bool = True,
+    key_mapping: dict[str, str] | None = None,
+    **hub_kwargs: Any,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """`read_adapter_weights`, also returning the path of the file read."""
     path, is_safetensors = find_weights_file(os.fspath(model_id), allow_bin=allow_bin, **hub_kwargs)
     tensors = load_weights_file(path, is_safetensors, device or "cpu")
-    return apply_key_mapping(tensors, key_mapping) if key_mapping else tensors
+    return (apply_key_mapping(tensors, key_mapping) if key_mapping else tensors), path
 
 
 def load_peft_weights(
