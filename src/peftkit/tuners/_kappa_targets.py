@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ._bnb_weights import dequantized_weight, is_bnb_linear
+from ._quantized import dense_weight
 
 _DEFAULT_MOE_SUFFIXES = (".gate_up_proj", ".down_proj", ".gate_proj", ".up_proj")
 
@@ -76,7 +76,7 @@ class KappaTuneSelector:
         for name, module in tqdm(
             linears, desc="Computing SVD (linear layers)", disable=not self.show_progress
         ):
-            weight = dequantized_weight(module) if is_bnb_linear(module) else module.weight.detach()
+            weight = dense_weight(module).detach()  # dequantized for a quantized layer
             if not self._too_large(weight.shape):
                 kappas[name] = condition_number(weight.reshape(weight.shape[0], -1))
         self._condition_numbers = kappas

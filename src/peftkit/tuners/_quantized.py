@@ -26,6 +26,9 @@ from . import _bnb, _hqq, _torchao
 
 __all__ = [
     "QuantizationBackend",
+    "get_quantization_kwargs",
+    "quantization_extra_repr",
+    "resolve_quantization_backend",
     "dense_linear",
     "dense_weight",
     "quantization_backend",
@@ -180,3 +183,31 @@ def dense_linear(layer: nn.Module, dtype: torch.dtype | None = None) -> nn.Linea
     if layer.bias is not None:
         linear.bias = nn.Parameter(layer.bias.data.to(dtype), requires_grad=False)
     return linear
+
+
+# ----- peft's names (`peft.utils`) -----
+def resolve_quantization_backend(base_layer: nn.Module, **kwargs: object) -> QuantizationBackend | None:
+    """The quantization backend of `base_layer`, or None when it is not quantized (PEFT's name).
+
+    PEFT needs `get_apply_tensor_subclass=` for torchao layers to requantize them; peftkit requantizes with
+    the layer's own settings, so keyword arguments are accepted and not needed."""
+    return quantization_backend(base_layer)
+
+
+def quantization_extra_repr(module: nn.Module) -> str:
+    """`module`'s own `extra_repr`, plus its base layer's quantization backend when it has one."""
+    parts = [part for part in [nn.Module.extra_repr(module)] if part]
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    backend = quantization_backend(base)
+    if backend is not None:
+        parts.append(f"quantization_backend='{backend}'")
+    return ", ".join(parts)
+
+
+def get_quantization_kwargs(model: nn.Module) -> dict[str, object]:
+    """The quantization settings of a transformers `model` that adapter layers on it may need (PEFT reads
+    torchao's `get_apply_tensor_subclass` from the model's quantizer; empty when there is none)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    getter = getattr(config, "get_apply_tensor_subclass", None)
+    return {} if getter is None else {"get_apply_tensor_subclass": getter}
