@@ -11,7 +11,7 @@ from tests.quantization.helpers import quantizable_llama, quantize_linears
 from torch import nn
 
 import peftkit
-from peftkit.tuners.lora.bnb import dequantize_bnb_weight
+from peftkit.tuners._bnb import dequantized_weight as dequantize_bnb_weight
 
 ATOL = 1e-5
 TARGETS = ["q_proj", "v_proj"]
