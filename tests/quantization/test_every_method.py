@@ -134,7 +134,7 @@ PROMPT_CONFIGS = {
 }
 # methods peftkit refuses on a quantized base, with the error's text (peft fails on them as well)
 REFUSED = {"frod": "FRoD cannot adapt"}
-# adapted separately (it needs saved LoRA experts): see test_xlora_over_4bit_equals_peft
+# adapted separately (it needs saved LoRA experts): see test_xlora_over_4bit_equals_the_dequantized_reference
 SEPARATE = {"xlora"}
 BITS = {"nf4": dict(bits=4, quant_type="nf4"), "int8": dict(bits=8)}
 METHODS = sorted(set(CONFIGS) - set(REFUSED))
