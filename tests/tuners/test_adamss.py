@@ -422,13 +422,26 @@ def test_bad_input_is_a_clear_error(tmp_path):
         peftkit.PeftModel.from_pretrained(base_model("q_v_with_bias"), broken)
 
 
-def test_quantized_layers_are_refused():
-    from tests.quantization.helpers import quantizable_llama, quantize_linears
+def test_quantized_layers_are_adapted_on_their_dequantized_weight():
+    """On bitsandbytes layers the SVD, the subspaces and the frozen V^T are those of the dequantized weight
+    (peft's AdaMSS fails there; tests/quantization/test_every_method.py checks the outputs)."""
+    from tests.quantization.helpers import dequantized_copy, quantizable_llama, quantize_linears
 
-    model = quantize_linears(quantizable_llama(), bits=8)
-    with pytest.raises(ValueError, match="AdaMSS cannot adapt the quantized layer Linear8bitLt"):
-        peftkit.get_peft_model(model, peftkit.AdamssConfig(target_modules=["q_proj"]))
-    assert not any("adamss" in n for n, _ in model.named_parameters())  # rolled back
+    quantized = quantize_linears(quantizable_llama(), bits=8)
+    config = peftkit.AdamssConfig(r=16, num_subspaces=3, target_modules=["q_proj", "down_proj"])
+    torch.manual_seed(0)  # the subspaces' starting projections draw from the global RNG
+    ours = peftkit.get_peft_model(copy.deepcopy(quantized), copy.deepcopy(config))
+    reference = dequantized_copy(quantized)
+    torch.manual_seed(0)
+    reference = peftkit.get_peft_model(reference, config)
+    expected = scatter_indices(reference)
+    assert expected.keys() == scatter_indices(ours).keys() and len(expected) == 4
+    for name, index in scatter_indices(ours).items():
+        assert torch.equal(index, expected[name]), name
+    tensors, reference_tensors = adapter_tensors(ours), adapter_tensors(reference)
+    assert tensors.keys() == reference_tensors.keys()
+    for name, tensor in tensors.items():
+        assert torch.equal(tensor, reference_tensors[name]), name
 
 
 def test_repeated_rows_that_leave_a_subspace_empty_are_a_clear_error():

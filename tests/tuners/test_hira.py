@@ -297,7 +297,7 @@ def test_bitsandbytes_layers_equal_peft(case):
         checks.assert_close(unmerged, theirs(**inputs).logits, 1e-5, "bitsandbytes forward")
         assert (unmerged - plain).abs().max() > 1e-2
         theirs.merge_adapter()
-        with pytest.warns(PeftWarning, match="bit grid"):
+        with pytest.warns(PeftWarning, match="rounded to the quantization grid"):
             ours.merge_adapter()
         checks.assert_close(ours(**inputs).logits, theirs(**inputs).logits, 1e-5, "bitsandbytes merged")
         ours.unmerge_adapter()

@@ -5,6 +5,10 @@ original weight `W0`, not from a weight that already has other adapters merged i
 merged, the layer keeps a copy of the original weight and bias (on the CPU, as PEFT keeps PEANuT's), so
 that every merged adapter adds `delta(W0)`, and unmerging the last adapter restores `W0` exactly.
 
+On a quantized base (bitsandbytes), `W0` is the dequantized weight: the stored one is packed integers, which
+are not the weight's numbers (a 4-bit weight is not even shaped like it). A merge then requantizes, as for
+every method (`_quantized.py`).
+
 A layer mixes this class in before its `BaseTunerLayer` base and computes its change from
 `self._premerge_weight()` / `self._premerge_bias()` in `get_delta_weight` / `_bias_delta`.
 """
@@ -12,6 +16,8 @@ A layer mixes this class in before its `BaseTunerLayer` base and computes its ch
 from __future__ import annotations
 
 import torch
+
+from ._quantized import quantization_backend, weight_dtype
 
 
 class PremergeWeightMixin:
@@ -21,10 +27,10 @@ class PremergeWeightMixin:
 
     def _premerge_weight(self) -> torch.Tensor:
         """The base weight without any merged adapter (the live weight when nothing is merged)."""
-        live = self.get_base_layer().weight
+        base = self.get_base_layer()
         if self._premerge_snapshot is None:
-            return live
-        return self._premerge_snapshot[0].to(device=live.device, dtype=live.dtype)
+            return base.weight if quantization_backend(base) is None else self._dense_base_weight()
+        return self._premerge_snapshot[0].to(device=base.weight.device, dtype=weight_dtype(base))
 
     def _premerge_bias(self) -> torch.Tensor | None:
         """The base bias without any merged adapter (None when the base layer has none)."""

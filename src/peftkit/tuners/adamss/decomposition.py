@@ -14,7 +14,6 @@ The layer keeps `V^T` (frozen, saved as `adamss_newB`), and trains per subspace 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .kmeans import kmeans_labels
 
@@ -22,11 +21,11 @@ KMEANS_ITERATIONS = 10  # what PEFT asks scikit-learn's KMeans for
 KMEANS_SEED = 123456789
 
 
-def augmented_weight(base: nn.Module) -> torch.Tensor:
-    """`[W | b]` in float32 (out, in + 1), or `W` when the layer has no bias."""
-    weight = base.weight
-    if base.bias is not None:
-        weight = torch.cat((weight, base.bias.unsqueeze(1)), dim=1)
+def augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`[W | b]` in float32 (out, in + 1), or `W` when there is no bias (`weight`: the layer's weight as
+    numbers, dequantized for a quantized layer)."""
+    if bias is not None:
+        weight = torch.cat((weight, bias.to(weight.dtype).unsqueeze(1)), dim=1)
     return weight.to(torch.float32)
 
 

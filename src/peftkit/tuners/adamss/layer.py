@@ -10,7 +10,8 @@ computed as `B A V^T x_aug` with A the A_k stacked and B the B_k block-diagonal,
 
 A_k (r_k, R) and B_k (|G_k|, r_k) train (B_k = 0 at the start: a no-op); V^T is frozen and saved; the
 groups are not saved but recomputed from the base weight when the adapter is built, exactly as PEFT's
-(the clustering reproduces scikit-learn's). Adaptive subspace allocation (ASA) scores each subspace by
+(the clustering reproduces scikit-learn's). On a quantized base (bitsandbytes) the SVD and the groups are
+those of the dequantized weight, and the adapter computes in the dtype it dequantizes to. Adaptive subspace allocation (ASA) scores each subspace by
 EMAs of |w * grad| and their uncertainty and freezes the least important ones (see model.py).
 """
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._buffer_dict import BufferDict
+from .._quantized import weight_dtype
 from ..tuners_utils import BaseTunerLayer
 from .config import AdamssConfig
 from .decomposition import (
@@ -80,11 +82,12 @@ class AdamssLayer(BaseTunerLayer):
             )
         # computed for real even under low_cpu_mem_usage (the groups are needed, and are not in the file)
         with torch.device(weight.device):
-            self._build_subspaces(adapter_name, r, config, weight.dtype)
+            self._build_subspaces(adapter_name, r, config, weight_dtype(base))
         self._finish_new_adapter(adapter_name, inference_mode)
 
     def _build_subspaces(self, adapter_name: str, r: int, config: AdamssConfig, dtype: torch.dtype) -> None:
-        left, right_t = seeded_svd(augmented_weight(self.get_base_layer()), r, config.random_seed)
+        matrix = augmented_weight(self._dense_base_weight(), self.get_base_layer().bias)
+        left, right_t = seeded_svd(matrix, r, config.random_seed)
         groups = row_clusters(left, config.num_subspaces)
         count = len(groups)
         factors_a, factors_b = [], []
@@ -182,7 +185,7 @@ class Linear(AdamssLayer, nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, config)
-        self.dtype = base.weight.dtype  # the adapter computes in the base layer's dtype, as PEFT's
+        self.dtype = weight_dtype(base)  # the adapter computes in the base layer's dtype, as PEFT's
 
     def _augmented_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)

@@ -7,25 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._bnb import is_bnb_layer
-from .._dispatch import base_of
 from ..tuners_utils import BaseTuner
 from .config import AdamssConfig
 from .layer import AdamssLayer, Linear
 
 
-def _refuse_quantized(target: nn.Module, adapter_name: str, **kwargs: Any) -> None:
-    """bitsandbytes layers subclass nn.Linear, but their packed weight has no SVD to cluster."""
-    base = base_of(target)
-    if is_bnb_layer(base):
-        raise ValueError(
-            f"AdaMSS cannot adapt the quantized layer {type(base).__name__}: it decomposes the layer's weight, "
-            "which bitsandbytes stores packed. Leave it out of target_modules or load the model unquantized."
-        )
-
-
 class AdamssModel(BaseTuner):
-    """Adds AdaMSS to `nn.Linear` layers.
+    """Adds AdaMSS to `nn.Linear` layers (bitsandbytes' quantized ones too, on their dequantized weight).
 
     With `use_asa=True`, call `update_and_allocate(global_step)` after every `loss.backward()` (before
     `optimizer.zero_grad()`), or train with `peftkit.tuners.adamss.asa_callback.AdamssAsaCallback`.
@@ -38,7 +26,6 @@ class AdamssModel(BaseTuner):
     prefix = "adamss_"
     tuner_layer_cls = AdamssLayer
     layer_classes = {nn.Linear: Linear}
-    layer_dispatchers = (_refuse_quantized,)
 
     def _layer_kwargs(self, config: AdamssConfig, key: str) -> dict[str, Any]:
         return {"r": config.r, "config": config}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._dropout import input_dropout
+from .._quantized import quantization_backend
 from ..tuners_utils import BaseTunerLayer
 from .config import HiraConfig
 
@@ -121,8 +122,9 @@ class Linear(HiraLayer, nn.Module):
         return product.T if self.fan_in_fan_out else product
 
     def _base_weight(self) -> torch.Tensor:
-        """W0 as the forward multiplies it (a quantized layer dequantizes it)."""
-        return self.get_base_layer().weight
+        """W0 as the forward multiplies it: the weight itself, or a quantized layer's dequantized weight."""
+        base = self.get_base_layer()
+        return base.weight if quantization_backend(base) is None else self._dense_base_weight()
 
     def _modulation(self, adapter_name: str) -> torch.Tensor:
         """M = B A (out, in) as the forward computes it (as (A^T B^T)^T: PEFT's rounding)."""

@@ -7,6 +7,8 @@
 so the adapted weight is `U_high S_high V_high^T + U_low S_low V_low`. The gradients of U_low and V_low are
 projected orthogonally to the high subspace (see `projection.py`). The initial factors (U0, S0, V0) and the
 high bases needed for the projection are not saved: they are recomputed from the base weight's SVD.
+On a quantized base (bitsandbytes) that is the SVD of the dequantized weight, and the factors are in the
+dtype the weight dequantizes to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._buffer_dict import BufferDict
+from .._quantized import weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import OSFConfig
 from .projection import project_gradient
@@ -80,7 +83,7 @@ class OSFLayer(BaseTunerLayer):
                 f"{effective_rank!r} for a layer of size {self.out_features}x{self.in_features}); raise it."
             )
         self.effective_rank[adapter_name] = rank
-        parts = decompose_weight_matrix(self.get_base_layer().weight, rank)
+        parts = decompose_weight_matrix(self._dense_base_weight(), rank)
         for name in ("U_low", "S_low", "V_low"):
             getattr(self, f"_osf_{name}_init")[adapter_name] = parts[name].detach().clone()
         if self.out_features > self.in_features:  # U is (out, min) with out > min: not square
@@ -131,7 +134,7 @@ class Linear(OSFLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         OSFLayer.__init__(self, base_layer, **kwargs)
-        self.out_features, self.in_features = self.get_base_layer().weight.shape
+        self.out_features, self.in_features = weight_shape(self.get_base_layer())
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, effective_rank, config)
 

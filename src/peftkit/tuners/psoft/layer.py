@@ -7,7 +7,8 @@
 
 A and B are frozen buffers that are not saved: they are rebuilt from the base weight's SVD when the adapter
 is created or loaded (the "lowrank" SVD from `random_seed`, so that rebuilding gives the same factors).
-Only R (`psoft_R`, see `orth.py`) trains.
+Only R (`psoft_R`, see `orth.py`) trains. On a quantized base (bitsandbytes) the SVD is that of the
+dequantized weight, and "the base weight's dtype" below is the dtype it dequantizes to.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
+from .._quantized import weight_dtype, weight_shape
 from ..tuners_utils import BaseTunerLayer
 from .config import PsoftConfig
 from .orth import OrthLayer
@@ -108,11 +110,11 @@ class PsoftLayer(BaseTunerLayer):
                 f"`r` ({r}) must be less than or equal to min(in_features, out_features) "
                 f"({self.in_features}, {self.out_features}); lower r for this layer or leave it out of target_modules."
             )
-        weight = self.get_base_layer().weight
-        if weight.dtype not in (torch.float32, *_HALF):
+        base = self.get_base_layer()
+        if weight_dtype(base) not in (torch.float32, *_HALF):
             raise TypeError(
-                f"PSOFT builds A and B from the SVD of a float32/float16/bfloat16 weight, got {weight.dtype}: create "
-                "the adapter on an unquantized model."
+                f"PSOFT builds A and B from the SVD of a float32/float16/bfloat16 weight, got {weight_dtype(base)}: "
+                "create the adapter on a floating-point model (or one quantized by bitsandbytes)."
             )
         self.r[adapter_name] = r
         self.psoft_alpha[adapter_name] = config.psoft_alpha
@@ -133,6 +135,7 @@ class PsoftLayer(BaseTunerLayer):
         )
         self._finish_new_adapter(adapter_name, inference_mode)
         self.psoft_R[adapter_name].reset_parameters(init_weights=config.init_weights)
+        weight = self._dense_base_weight()
         oriented = weight.T if self.fan_in_fan_out else weight
         A, B = principal_factors(
             oriented,
@@ -157,23 +160,24 @@ class Linear(PsoftLayer, nn.Module):
         nn.Module.__init__(self)
         PsoftLayer.__init__(self, base_layer, **kwargs)
         self.fan_in_fan_out = config.fan_in_fan_out
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """`scaling * B (R - I) A` in the base weight's layout and dtype (computed in fp32 for half
         precision on the CPU)."""
-        weight = self.get_base_layer().weight
-        compute = torch.float32 if weight.device.type == "cpu" and weight.dtype in _HALF else weight.dtype
-        A = self._psoft_A_cache[adapter_name].to(weight.device, compute)
-        B = self._psoft_B_cache[adapter_name].to(weight.device, compute)
-        R = self.psoft_R[adapter_name].get_matrix().to(weight.device, compute)
-        eye = torch.eye(self.r[adapter_name], device=weight.device, dtype=compute)
+        base = self.get_base_layer()
+        device, dtype = base.weight.device, weight_dtype(base)
+        compute = torch.float32 if device.type == "cpu" and dtype in _HALF else dtype
+        A = self._psoft_A_cache[adapter_name].to(device, compute)
+        B = self._psoft_B_cache[adapter_name].to(device, compute)
+        R = self.psoft_R[adapter_name].get_matrix().to(device, compute)
+        eye = torch.eye(self.r[adapter_name], device=device, dtype=compute)
         delta = B @ (R - eye) @ A
         delta = delta.T if self.fan_in_fan_out else delta
-        return (delta * self.scaling[adapter_name]).to(weight.dtype)
+        return (delta * self.scaling[adapter_name]).to(dtype)
 
     def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
         A, B = self._psoft_A_cache[adapter_name], self._psoft_B_cache[adapter_name]
