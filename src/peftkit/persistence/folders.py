@@ -118,6 +118,19 @@ def _save_adapter(
     config.save_pretrained(folder)
 
 
+def write_adapter_folder(
+    folder: str | os.PathLike, tensors: dict[str, torch.Tensor], config: PeftConfig
+) -> None:
+    """Write an adapter folder from its file-format tensors (keys as PEFT saves them) and its config.
+
+    The same crash-safe order as `save_pretrained`: the weights are staged, read back and checked, and the
+    config is written last, so an interrupted write leaves a folder that refuses to load.
+    """
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    _save_adapter(folder, prepare_for_saving(tensors), config, True, {"peftkit_version": __version__})
+
+
 def save_peft_model(
     model: nn.Module,
     save_directory: str | os.PathLike,
