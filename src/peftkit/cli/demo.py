@@ -41,10 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output-dir", "-o", default="peftkit-demo", help="where the adapter and metrics go")
     p.add_argument("--keep-merged", action="store_true", help="keep the merged model in OUTPUT_DIR/merged")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training questions")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--r", type=int, default=16, help="LoRA rank")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="questions per optimizer step")
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the adapter's initial weights and the data order"
     )
