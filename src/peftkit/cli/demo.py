@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     )
     train_set = encode_rows(train_rows, tokenizer, 256, "training")
     result = train_adapter(model, train_set, [], tokenizer.pad_token_id, settings, output_dir)
+    if result.interrupted:  # Ctrl-C: the rest of the demo needs a trained adapter
+        print(f"\nInterrupted after step {result.end} of {result.total}; the demo stops here.")
+        return 130
     plot = plot_loss(output_dir)
     print(f"  {result.steps} steps in {result.seconds:.0f} s, final loss {result.last_loss:.4f}", end="")
     print(f"; loss curve in {plot}" if plot else " (pip install 'peftkit[plot]' for a loss plot)")
