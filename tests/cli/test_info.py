@@ -137,9 +137,12 @@ def test_info_reports_an_adapter_that_does_not_fit_the_model(tmp_path, tiny_mode
     # made for a vocabulary of 128 tokens; the tiny CLI model has fewer, so the embedding factors do not fit
     _peft_adapter(tmp_path, peft.LoraConfig(r=4, target_modules=["embed_tokens"]))
     assert _info(cli, tmp_path)["loads_in_peftkit"] == "yes"  # statically fine
-    report = _info(cli, tmp_path, "--model", tiny_model_dir)
+    code, out, err = cli("info", tmp_path, "--model", tiny_model_dir, "--json")
+    report = json.loads(out)
     assert report["loads_in_peftkit"].startswith("no (Could not load the adapter")
     assert "embed_tokens" in report["loads_in_peftkit"]
+    # the report is printed, and the exit status says it does not load
+    assert code == 1 and f"the adapter does not load onto {tiny_model_dir}" in err
 
 
 @pytest.mark.parametrize(

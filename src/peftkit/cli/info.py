@@ -1,13 +1,17 @@
-"""`peftkit info`: describe an adapter folder or Hub repo, of any method peft writes."""
+"""`peftkit info`: describe an adapter folder or Hub repo, of any method peft writes, or a llama.cpp LoRA
+adapter (GGUF file)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from .errors import CliError
+from .info_gguf import build_gguf_report, print_gguf_report
 from .inspect_adapter import (
     find_adapter_files,
     group_modules,
@@ -16,6 +20,7 @@ from .inspect_adapter import (
     read_config,
     read_safetensors_header,
     tensor_summary,
+    verify_safetensors,
 )
 
 
@@ -23,14 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `info` subcommand."""
     p = subparsers.add_parser(
         "info",
-        help="describe an adapter (any PEFT method): method, ranks, targets, size, loadability",
-        description="Describe an adapter folder or Hub id: method, rank/alpha per module pattern, target modules, "
-        "task type, base model, parameters, file format, and whether peftkit can load it. Exits with status 2 "
-        "when the location is not a valid adapter.",
+        help="describe an adapter (any PEFT method, or a llama.cpp GGUF adapter): method, ranks, targets, size, loadability",
+        description="Describe an adapter folder, Hub id or llama.cpp LoRA adapter (.gguf): method, rank/alpha per "
+        "module pattern, target modules, task type, base model, parameters, file format, and whether peftkit "
+        "can load it. Every tensor is read. Exits with status 2 when the location is not a valid adapter (or its "
+        "file is truncated or corrupt), and 1 when it holds NaN/inf values or does not load onto --model.",
     )
-    p.add_argument("adapter", help="an adapter folder or Hub id")
+    p.add_argument("adapter", help="an adapter folder, a Hub id, or a llama.cpp LoRA adapter (.gguf file)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--model", help="also try loading the adapter onto this base model (see `train --help`)")
+    p.add_argument(
+        "--model",
+        help="also try loading the adapter onto this base model (see `train --help`; default: no loading)",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,7 +68,6 @@ def peftkit_support(config_path: Path, config: dict[str, Any]) -> str:
 
 def _try_on_model(location: str, model_spec: str) -> str:
     from .adapters import attach_adapters
-    from .errors import CliError
     from .models import load_model, resolve_model
 
     try:
@@ -73,8 +81,10 @@ def build_report(location: str, model_spec: str | None = None) -> dict[str, Any]
     """Everything `info` reports about the adapter at `location`, as a JSON-ready dict."""
     config_path, weights_path, file_format = find_adapter_files(location)
     config = read_config(config_path)
+    non_finite: dict[str, int] = {}
     if file_format == "safetensors":
         tensors, metadata = read_safetensors_header(weights_path)
+        non_finite = verify_safetensors(weights_path)
     else:
         tensors, metadata = read_bin_tensors(weights_path), {}
     groups = group_modules(tensors, config)
@@ -101,6 +111,7 @@ def build_report(location: str, model_spec: str | None = None) -> dict[str, Any]
         "metadata": metadata,
         "peft_version": config.get("peft_version"),
         "loads_in_peftkit": loads,
+        "non_finite": non_finite,
         "other_adapters": others,
     }
 
@@ -151,14 +162,55 @@ def print_report(report: dict[str, Any]) -> None:
         lines.append(f"  {g['pattern']}  x{g['count']}  {rank}{shapes}")
     if report["other_adapters"]:
         lines.append(f"other adapters   in sub-folders: {', '.join(report['other_adapters'])}")
+    if report["non_finite"]:
+        lines.append(f"non-finite       {_non_finite(report)}")
     print("\n".join(lines))
+
+
+def _non_finite(report: dict[str, Any]) -> str:
+    bad = report["non_finite"]
+    return f"{sum(bad.values()):,} NaN/inf values in {len(bad)} tensor(s), e.g. {next(iter(bad))}"
+
+
+def _gguf_on_model(path: Path, model_spec: str) -> str:
+    """Import the GGUF adapter into a temporary folder and try that on the model."""
+    import tempfile
+
+    from ..integrations.gguf import GGUFConversionError, import_lora_from_gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            import_lora_from_gguf(path, Path(tmp) / "adapter")
+        except GGUFConversionError as err:
+            return f"no ({err})"
+        return _try_on_model(str(Path(tmp) / "adapter"), model_spec)
+
+
+def _problem(report: dict[str, Any], model_spec: str | None) -> str | None:
+    """Why `info` ends with status 1 (the adapter is readable, but not usable as it is), or None."""
+    if report.get("non_finite"):
+        return f"the adapter holds {_non_finite(report)} (training diverged?); it computes NaN outputs"
+    if model_spec and not report["loads_in_peftkit"].startswith("yes"):
+        return f"the adapter does not load onto {model_spec}: {report['loads_in_peftkit']}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `peftkit info`."""
-    report = build_report(args.adapter, args.model)
+    path = Path(args.adapter).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        report = build_gguf_report(path)
+        if args.model:
+            report["loads_in_peftkit"] = _gguf_on_model(path, args.model)
+        show = print_gguf_report
+    else:
+        report, show = build_report(args.adapter, args.model), print_report
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print_report(report)
+        show(report)
+    problem = _problem(report, args.model)
+    if problem:
+        print(f"peftkit info: {problem}", file=sys.stderr)
+        return 1
     return 0

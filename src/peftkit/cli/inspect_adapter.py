@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CliError
+from .hub_access import hub_files_only_from_cache, looks_like_hub_id
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = (("adapter_model.safetensors", "safetensors"), ("adapter_model.bin", "pytorch (.bin)"))
@@ -83,6 +84,40 @@ def read_safetensors_header(path: Path) -> tuple[list[TensorInfo], dict[str, str
     metadata = header.pop("__metadata__", None) or {}
     tensors = [TensorInfo(name, info["dtype"], list(info["shape"])) for name, info in sorted(header.items())]
     return tensors, metadata
+
+
+def verify_safetensors(path: Path) -> dict[str, int]:
+    """Read the whole file: CliError when it is truncated or corrupt; else the count of non-finite values
+    (NaN, inf) per tensor that has any.
+
+    The header alone does not show a truncated file (it comes first), so the data region is checked
+    against the offsets the header records, and every tensor is read.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    data_bytes = path.stat().st_size - 8 - length
+    needed = max((info["data_offsets"][1] for info in header.values()), default=0)
+    if needed > data_bytes:
+        raise CliError(
+            f"{path} is truncated: its header records {needed:,} bytes of tensor data, but the file holds "
+            f"{max(data_bytes, 0):,}. Save or download the adapter again."
+        )
+    try:
+        tensors = load_file(path)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CliError(
+            f"{path} is corrupt ({type(err).__name__}: {err}); save or download the adapter again."
+        ) from err
+    return {
+        name: int((~torch.isfinite(t)).sum())
+        for name, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    }
 
 
 def read_bin_tensors(path: Path) -> list[TensorInfo]:
@@ -165,12 +200,16 @@ def find_adapter_files(location: str) -> tuple[Path, Path, str]:
         subs = sorted(p.parent.name for p in path.glob(f"*/{CONFIG_FILE}"))
         hint = f" Its sub-folders hold adapters: {', '.join(subs)}." if subs else ""
         raise CliError(f"'{location}' is not a valid adapter: there is no {CONFIG_FILE} in it.{hint}")
+    # a Hub id: fail at once when offline and not cached, instead of after huggingface_hub's retries
+    cache_only = looks_like_hub_id(location) and hub_files_only_from_cache(
+        location, CONFIG_FILE, "The adapter"
+    )
     try:
-        config = resolve_adapter_file(location, CONFIG_FILE)
+        config = resolve_adapter_file(location, CONFIG_FILE, local_files_only=cache_only)
         if config is None:
             raise CliError(f"'{location}' is not a valid adapter: it has no {CONFIG_FILE}.")
         for name, kind in WEIGHT_FILES:
-            weights = resolve_adapter_file(location, name)
+            weights = resolve_adapter_file(location, name, local_files_only=cache_only)
             if weights is not None:
                 return Path(config), Path(weights), kind
     except AdapterLoadError as err:

@@ -92,7 +92,9 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
         "LoraConfig fields (same names and defaults as peft's LoraConfig; task_type is CAUSAL_LM)",
     )
     group.add_argument(
-        "--lora-config", metavar="FILE", help="a JSON or YAML file of LoraConfig fields; flags override it"
+        "--lora-config",
+        metavar="FILE",
+        help="a JSON or YAML file of LoraConfig fields; flags override it (default: none)",
     )
     for f, tp in _lora_fields():
         kind = _kind(tp)
@@ -116,7 +118,20 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
             options.update(nargs="+", type=int, metavar="N")
         elif kind == "json":
             options.update(type=_parse_json, metavar="JSON")
-        group.add_argument(*flags, help=help_text or f"LoraConfig.{f.name} ({kind})", **options)
+        help_text = (help_text or f"LoraConfig.{f.name} ({kind})").replace("%", "%%")
+        group.add_argument(*flags, help=f"{help_text} (default: {_default_text(f)})", **options)
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """LoraConfig's default for a field, as the help shows it (with '%' escaped for argparse)."""
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    text = "none" if value is None else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text.replace("%", "%%")
 
 
 def _from_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,13 +189,39 @@ def read_options_file(path: str | Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in known}
 
 
-def build_lora_config(args: argparse.Namespace) -> Any:
-    """The LoraConfig for a causal LM from `--lora-config` (if any) and the LoRA flags."""
+def _make_config(values: dict[str, Any]) -> Any:
     from ..tuners.lora.config import LoraConfig
 
-    values = read_options_file(args.lora_config) if getattr(args, "lora_config", None) else {}
-    values.update(_from_flags(args))
     try:
         return LoraConfig(task_type="CAUSAL_LM", **values)
     except (TypeError, ValueError) as err:
         raise CliError(f"Invalid LoRA options: {err}") from err
+
+
+def build_lora_config(args: argparse.Namespace, checkpoint: Path | None = None) -> Any:
+    """The LoraConfig for a causal LM from `--lora-config` (if any) and the LoRA flags.
+
+    Resuming from `checkpoint`, the checkpoint's own settings are used, and a setting given that differs
+    from them is a CliError naming the flag, the checkpoint's value, and the two ways on.
+    """
+    given = read_options_file(args.lora_config) if getattr(args, "lora_config", None) else {}
+    from_file = set(given)
+    given.update(_from_flags(args))
+    if checkpoint is None:
+        return _make_config(given)
+    saved_values = read_options_file(checkpoint / "adapter_config.json")
+    saved = _make_config(saved_values)
+    differing = []
+    for name, value in given.items():
+        if getattr(_make_config({**saved_values, name: value}), name) != getattr(saved, name):
+            where = " (from --lora-config)" if name in from_file and name not in _from_flags(args) else ""
+            differing.append(
+                f"--{name.replace('_', '-')} {value!r}{where} (the checkpoint has {getattr(saved, name)!r})"
+            )
+    if differing:
+        raise CliError(
+            f"{'; '.join(differing)}: differs from {checkpoint}, which this run resumes. To resume, drop it (a resumed "
+            "run takes the checkpoint's LoRA settings); to train with it, start fresh: drop --resume and pass "
+            "--overwrite (or another --output-dir)."
+        )
+    return saved

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .adapters import attach_adapters
+from .adapters import attach_adapters, check_adapter_location
 from .errors import CliError
 from .models import (
     add_model_arguments,
@@ -39,14 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def merge_to_folder(model: object, tokenizer: object, output_dir: Path, dtype: str = "float32") -> None:
-    """Save a merged (plain) model and its tokenizer as a transformers folder with safetensors weights."""
+def merge_to_folder(
+    model: object, tokenizer: object | None, output_dir: Path, dtype: str = "float32"
+) -> None:
+    """Save a merged (plain) model and its tokenizer (if any) as a transformers folder with safetensors weights."""
     import torch
 
     drop_gguf_origin(model)
     model.to(getattr(torch, dtype))
     model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,12 +59,22 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"'{output_dir}' already holds a model; pass --overwrite or another folder.")
     if output_dir.exists() and not output_dir.is_dir():
         raise CliError(f"--output-dir '{output_dir}' is a file; pass a folder.")
+    for location in args.adapter:  # before the base model loads, so a wrong path fails at once
+        check_adapter_location(location)
     source = resolve_model(args.model)
-    tokenizer = load_tokenizer(source)
+    try:
+        tokenizer = load_tokenizer(source)
+    except CliError as err:  # a weights-only base folder merges fine; it just has no tokenizer to copy
+        tokenizer, no_tokenizer = None, err
     model = load_model(source, device=pick_device(args.device))
     peft_model, names = attach_adapters(model, args.adapter)
     merged = peft_model.merge_and_unload(adapter_names=names)
     merge_to_folder(merged, tokenizer, output_dir, args.dtype)
     print(f"Merged {', '.join(names)} into {source.description}; saved to {output_dir}")
+    if tokenizer is None:
+        print(
+            f"No tokenizer was copied: {source.description} has none that loads ({no_tokenizer}). Copy the "
+            f"tokenizer files of the base model into {output_dir} to use the merged model for text."
+        )
     print(f"Load it without peftkit: AutoModelForCausalLM.from_pretrained({str(output_dir)!r})")
     return 0

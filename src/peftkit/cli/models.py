@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf_path
+from .embedded import EMBEDDED_NAME, embedded_gguf_path
 from .errors import CliError, missing_extra
+from .hub_access import hub_files_only_from_cache
 
 MODEL_HELP = (
     f"the base model: a Hub id, a local transformers folder, a .gguf file, or '{EMBEDDED_NAME}' "
@@ -26,9 +27,13 @@ class ModelSource:
     gguf_file: str | None  # a file name inside `location` when the model is a GGUF file
     base_model_name: str  # what adapters trained on it record as `base_model_name_or_path`
     description: str  # for messages
+    local_files_only: bool = False  # a Hub model read from the cache because the Hub cannot be reached
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        kwargs: dict[str, Any] = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        if self.local_files_only:
+            kwargs["local_files_only"] = True
+        return kwargs
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -42,11 +47,9 @@ def _require_gguf() -> None:
 
 def resolve_model(spec: str) -> ModelSource:
     """Classify `spec` (see `MODEL_HELP`); raise `CliError` when it cannot be a model."""
-    if spec == EMBEDDED_NAME:
-        path = embedded_gguf_path()
-        return ModelSource(
-            str(path.parent), path.name, EMBEDDED_HUB_ID, f"SmolLM2-135M-Instruct ({path.name})"
-        )
+    if spec == EMBEDDED_NAME:  # recorded as the GGUF file it is, as any .gguf path is
+        path = embedded_gguf_path().resolve()
+        return ModelSource(str(path.parent), path.name, str(path), f"SmolLM2-135M-Instruct ({path.name})")
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
@@ -70,7 +73,8 @@ def resolve_model(spec: str) -> ModelSource:
         raise CliError(f"'{spec}' is a file; pass a model folder, a .gguf file or a Hub id.")
     if _looks_like_path(spec):
         raise CliError(f"The model path '{spec}' does not exist.")
-    return ModelSource(spec, None, spec, f"Hub model {spec}")
+    cache_only = hub_files_only_from_cache(spec, "config.json", "The model")
+    return ModelSource(spec, None, spec, f"Hub model {spec}", cache_only)
 
 
 def load_tokenizer(source: ModelSource) -> Any:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import DEFAULT_KEEP, load_checkpoint, save_checkpoint
 from .data import IGNORE_INDEX, Example, collate
 from .errors import CliError
+from .interrupt import stop_on_interrupt
 from .metrics import MetricsLog
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -38,7 +39,7 @@ class TrainSettings:
     max_grad_norm: float | None = 1.0
     eval_steps: int | None = None  # None: evaluate at the end of each epoch (when there is an eval set)
     save_steps: int | None = None  # None: no intermediate checkpoints
-    save_total_limit: int | None = None
+    save_total_limit: int = DEFAULT_KEEP  # checkpoints kept (the newest); 0 keeps them all
     seed: int = 0
     gradient_checkpointing: bool = False
     show_progress: bool = True
@@ -52,11 +53,14 @@ class TrainSettings:
             "--max-steps": self.max_steps,
             "--eval-steps": self.eval_steps,
             "--save-steps": self.save_steps,
-            "--save-total-limit": self.save_total_limit,
         }
         for flag, value in positive.items():
             if value is not None and value <= 0:
                 raise CliError(f"{flag} must be a positive integer, got {value}.")
+        if self.save_total_limit < 0:
+            raise CliError(
+                f"--save-total-limit must be >= 0 (0 keeps every checkpoint), got {self.save_total_limit}."
+            )
         if not self.learning_rate > 0:
             raise CliError(f"--lr must be positive, got {self.learning_rate}.")
         if self.warmup_steps < 0:
@@ -71,10 +75,18 @@ class TrainSettings:
 class TrainResult:
     """What a run did."""
 
-    steps: int
+    steps: int  # optimizer steps taken by this run (a resumed run counts from its checkpoint)
     last_loss: float | None
     eval_loss: float | None
     seconds: float
+    start: int = 0  # the step it started from (the checkpoint's, when resumed)
+    total: int = 0  # the step the schedule ends at
+    interrupted: bool = False  # stopped by Ctrl-C before `total`
+    checkpoint: Path | None = None  # the checkpoint written when interrupted
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
 
 
 def _schedule(n_rows: int, settings: TrainSettings) -> tuple[int, int]:
@@ -190,6 +202,35 @@ def _set_checkpointing(model: Any, enabled: bool) -> None:
         base.gradient_checkpointing_disable()
 
 
+def _optimizer_step(
+    model: Any,
+    batches: list[dict[str, Any]],
+    params: list[Any],
+    optimizer: Any,
+    scheduler: Any,
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """One optimizer step over its micro-batches; returns its metrics record (without step and epoch)."""
+    import torch
+
+    n_tokens = max(1, sum(_label_count(b) for b in batches))
+    step_loss = 0.0
+    for batch in batches:
+        loss = _token_loss_sum(model, batch) / n_tokens
+        loss.backward()
+        step_loss += loss.item()
+    record: dict[str, Any] = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
+    if settings.max_grad_norm:
+        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return record
+
+
+STOP_MESSAGE = "Ctrl-C: stopping after this step to save a checkpoint (press Ctrl-C again to stop at once, without saving)"
+
+
 def train_adapter(
     model: Any,
     train_examples: list[Example],
@@ -203,6 +244,7 @@ def train_adapter(
 
     Writes `metrics.jsonl` (and checkpoints, with `settings.save_steps`) into `output_dir`; the caller
     saves the final adapter. With `resume_from` (a checkpoint folder) training goes on from its step.
+    Ctrl-C stops after the current step and writes a checkpoint of it (`TrainResult.interrupted`).
     """
     import torch
     from tqdm.auto import tqdm
@@ -220,6 +262,8 @@ def train_adapter(
         raise CliError(
             f"The checkpoint is at step {start}, and this run has {total} steps: raise --max-steps/--epochs."
         )
+    if resume_from:
+        print(f"Resumed from {resume_from}: step {start} of {total}", flush=True)
     log = MetricsLog(output_dir, keep_up_to_step=start if resume_from else None)
     if settings.gradient_checkpointing:
         _set_checkpointing(model, True)
@@ -231,53 +275,48 @@ def train_adapter(
     began = time.perf_counter()
     last_loss: float | None = None
     eval_loss: float | None = None
+    done, saved_at, interrupted = start, None, False
     bar = tqdm(total=total, initial=start, desc="training", unit="step", disable=not settings.show_progress)
-    for step in range(start, total):
-        batches = [
-            {k: v.to(device) for k, v in collate(b, pad_id).items()}
-            for b in _step_batches(train_examples, settings, per_epoch, step)
-        ]
-        n_tokens = max(1, sum(_label_count(b) for b in batches))
-        step_loss = 0.0
-        for batch in batches:
-            loss = _token_loss_sum(model, batch) / n_tokens
-            loss.backward()
-            step_loss += loss.item()
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
-            if settings.max_grad_norm
-            else None
-        )
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        last_loss = step_loss
-        record = {
-            "step": done,
-            "epoch": round(done / per_epoch, 4),
-            "loss": step_loss,
-            "lr": lr,
-            "tokens": n_tokens,
-        }
-        if grad_norm is not None:
-            record["grad_norm"] = grad_norm
-        log.write(record)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        at_epoch_end = done % per_epoch == 0 or done == total
-        due = done % settings.eval_steps == 0 if settings.eval_steps else at_epoch_end
-        if eval_examples and (due or done == total):
-            eval_loss = evaluate_loss(model, eval_examples, pad_id, settings.batch_size)
-            log.write({"step": done, "epoch": round(done / per_epoch, 4), "eval_loss": eval_loss})
-            bar.write(f"step {done}: eval loss {eval_loss:.4f}")
-        if settings.save_steps and done % settings.save_steps == 0 and done < total:
+    with stop_on_interrupt(STOP_MESSAGE) as stop:
+        for step in range(start, total):
+            batches = [
+                {k: v.to(device) for k, v in collate(b, pad_id).items()}
+                for b in _step_batches(train_examples, settings, per_epoch, step)
+            ]
+            record = _optimizer_step(model, batches, params, optimizer, scheduler, settings)
+            done = step + 1
+            last_loss = record["loss"]
+            log.write({"step": done, "epoch": round(done / per_epoch, 4), **record})
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            bar.update(1)
+            at_epoch_end = done % per_epoch == 0 or done == total
+            due = done % settings.eval_steps == 0 if settings.eval_steps else at_epoch_end
+            if eval_examples and (due or done == total):
+                eval_loss = evaluate_loss(model, eval_examples, pad_id, settings.batch_size)
+                log.write({"step": done, "epoch": round(done / per_epoch, 4), "eval_loss": eval_loss})
+                bar.write(f"step {done}: eval loss {eval_loss:.4f}")
+            if settings.save_steps and done % settings.save_steps == 0 and done < total:
+                save_checkpoint(model, optimizer, scheduler, done, output_dir, settings.save_total_limit)
+                saved_at = done
+            if stop.requested and done < total:
+                interrupted = True
+                break
+        bar.close()
+        checkpoint = output_dir / f"checkpoint-{done}" if interrupted else None
+        if interrupted and saved_at != done:  # (a second Ctrl-C while this saves leaves no partial folder)
             save_checkpoint(model, optimizer, scheduler, done, output_dir, settings.save_total_limit)
-    bar.close()
     model.eval()
     if settings.gradient_checkpointing:
         _set_checkpointing(model, False)
     if hasattr(model, "config"):
         model.config.use_cache = True
-    return TrainResult(total, last_loss, eval_loss, time.perf_counter() - began)
+    return TrainResult(
+        steps=done - start,
+        last_loss=last_loss,
+        eval_loss=eval_loss,
+        seconds=time.perf_counter() - began,
+        start=start,
+        total=total,
+        interrupted=interrupted,
+        checkpoint=checkpoint,
+    )

@@ -25,7 +25,7 @@ from ..utils.hub import hub_api, split_hub_kwargs
 from ..utils.warnings import PeftWarning
 from .prompt_loading import check_trainable_load, fill_prompt_adapter, uses_prompt_loading
 from .reading import building_from, read_adapter_files
-from .saving import base_model_name, save_peft_model, write_model_card
+from .saving import base_model_name, save_peft_model, write_adapter_folder, write_model_card
 from .state_dict import set_peft_model_state_dict
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "load_peft_model",
     "push_peft_model_to_hub",
     "save_peft_model",
+    "write_adapter_folder",
     "write_model_card",
 ]
 

@@ -144,6 +144,22 @@ def _other_weights_name(safe_serialization: bool) -> str:
     return WEIGHTS_NAME if safe_serialization else SAFETENSORS_WEIGHTS_NAME
 
 
+def write_adapter_folder(
+    folder: str | os.PathLike, tensors: dict[str, torch.Tensor], config: PeftConfig
+) -> None:
+    """Write an adapter folder from its file-format tensors (keys as PEFT saves them) and its config (an
+    adapter converted from another format), with `save_pretrained`'s guarantees: the folder is replaced as a
+    whole, or where it cannot be, written in the crash-safe order (the config last)."""
+    prepared = prepare_for_saving(tensors)
+    metadata = {"peftkit_version": __version__}
+    stale = {_other_weights_name(True)}
+    replace_folder(
+        os.fspath(folder),
+        lambda root: _save_adapter(root, prepared, config, True, metadata),
+        keep=lambda path: path not in stale,
+    )
+
+
 def save_peft_model(
     model: nn.Module,
     save_directory: str | os.PathLike,
