@@ -74,6 +74,16 @@ def _output_requires_grad(module: nn.Module, inputs: Any, output: torch.Tensor) 
     output.requires_grad_(True)
 
 
+def _checkpointing_may_be_on(model: nn.Module) -> bool:
+    """Whether `model` has activation checkpointing on (True for a model that cannot say, as PEFT assumes).
+    transformers 5.25 renamed `is_gradient_checkpointing` to `is_activation_checkpointing` and warns on the
+    old name, so the new one is read where the model's class has it."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return True
+
+
 class PeftModel(nn.Module):
     """A base model with adapters.
 
@@ -104,7 +114,7 @@ class PeftModel(nn.Module):
         if peft_config.is_prompt_learning:  # no tuner: base_model is the model itself (see prompt_learning)
             setup_prompt_learning(self, model, peft_config, adapter_name)
             self._track_modules_to_save(peft_config)
-            if getattr(model, "is_gradient_checkpointing", True):
+            if _checkpointing_may_be_on(model):
                 self.prepare_model_for_gradient_checkpointing(model)
             self._hf_peft_config_loaded = True
             return
@@ -117,7 +127,7 @@ class PeftModel(nn.Module):
             autocast_adapter_dtype=autocast_adapter_dtype,
         )
         self._track_modules_to_save(peft_config)
-        if getattr(model, "is_gradient_checkpointing", True):  # as peft: checkpointing already on
+        if _checkpointing_may_be_on(model):  # as peft: checkpointing already on
             self.prepare_model_for_gradient_checkpointing(model)
         if hasattr(self.base_model, "config") and hasattr(self.base_model.config, "pretraining_tp"):
             self.base_model.config.pretraining_tp = 1

@@ -70,6 +70,8 @@ def field_type_errors(config_cls: type, values: dict[str, Any]) -> list[str]:
         return []
     errors = []
     for field in dataclasses.fields(config_cls):
+        if values.get(field.name, ...) is None and field.default is None:
+            continue  # the field's own default (PEFT declares some such fields `int = None`)
         if field.name in values and field.name in hints and not _fits(values[field.name], hints[field.name]):
             value = values[field.name]
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
