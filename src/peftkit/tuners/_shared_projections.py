@@ -35,6 +35,19 @@ def linear_out_in(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def kaiming_pair(
+    key: int, first_shape: tuple[int, int], second_shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two Kaiming-uniform matrices, the first drawn first, from one CPU generator seeded with `key` (the
+    same key gives the same matrices, bit for bit): VeRA's and PVeRA's projections."""
+    generator = torch.Generator(device="cpu").manual_seed(key)
+    first = torch.empty(first_shape, device="cpu")
+    second = torch.empty(second_shape, device="cpu")
+    nn.init.kaiming_uniform_(first, generator=generator)
+    nn.init.kaiming_uniform_(second, generator=generator)
+    return first, second
+
+
 def _same_tensor_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 

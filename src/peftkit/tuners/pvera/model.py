@@ -8,23 +8,10 @@ import torch
 from torch import nn
 
 from .._dispatch import CONV1D
-from .._shared_projections import SharedProjectionTuner
+from .._shared_projections import SharedProjectionTuner, kaiming_pair
 from .bnb import dispatch_bnb
 from .config import PveraConfig
 from .layer import Linear, PveraLayer
-
-
-def draw_projections(
-    key: int, r: int, in_features: int, out_features: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PVeRA's frozen projections: A (2r x in), then B (out x r), Kaiming-uniform from one CPU generator
-    seeded with `key` (so the same key gives the same matrices, bit for bit)."""
-    generator = torch.Generator(device="cpu").manual_seed(key)
-    pvera_A = torch.empty(2 * r, in_features, device="cpu")
-    pvera_B = torch.empty(out_features, r, device="cpu")
-    nn.init.kaiming_uniform_(pvera_A, generator=generator)
-    nn.init.kaiming_uniform_(pvera_B, generator=generator)
-    return pvera_A, pvera_B
 
 
 class PveraModel(SharedProjectionTuner):
@@ -52,7 +39,8 @@ class PveraModel(SharedProjectionTuner):
     def _draw_projections(
         self, config: PveraConfig, out_features: int, in_features: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return draw_projections(config.projection_prng_key, config.r, in_features, out_features)
+        """A (2r x in) and B (out x r), Kaiming-uniform from `projection_prng_key`."""
+        return kaiming_pair(config.projection_prng_key, (2 * config.r, in_features), (out_features, config.r))
 
     def _layer_kwargs(self, config: PveraConfig, key: str) -> dict[str, Any]:
         return {"pvera_A": self.pvera_A, "pvera_B": self.pvera_B, "r": config.r, "config": config}

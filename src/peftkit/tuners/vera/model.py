@@ -8,22 +8,9 @@ import torch
 from torch import nn
 
 from .._dispatch import CONV1D
-from .._shared_projections import SharedProjectionTuner
+from .._shared_projections import SharedProjectionTuner, kaiming_pair
 from .config import VeraConfig
 from .layer import Linear, VeraLayer
-
-
-def draw_projections(
-    key: int, r: int, in_features: int, out_features: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """VeRA's frozen projections: A (r x in), then B (out x r), Kaiming-uniform from one CPU generator
-    seeded with `key` (so the same key gives the same matrices, bit for bit)."""
-    generator = torch.Generator(device="cpu").manual_seed(key)
-    vera_A = torch.empty(r, in_features, device="cpu")
-    vera_B = torch.empty(out_features, r, device="cpu")
-    nn.init.kaiming_uniform_(vera_A, generator=generator)
-    nn.init.kaiming_uniform_(vera_B, generator=generator)
-    return vera_A, vera_B
 
 
 class VeraModel(SharedProjectionTuner):
@@ -50,7 +37,8 @@ class VeraModel(SharedProjectionTuner):
     def _draw_projections(
         self, config: VeraConfig, out_features: int, in_features: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return draw_projections(config.projection_prng_key, config.r, in_features, out_features)
+        """A (r x in) and B (out x r), Kaiming-uniform from `projection_prng_key`."""
+        return kaiming_pair(config.projection_prng_key, (config.r, in_features), (out_features, config.r))
 
     def _layer_kwargs(self, config: VeraConfig, key: str) -> dict[str, Any]:
         return {"vera_A": self.vera_A, "vera_B": self.vera_B, "r": config.r, "config": config}
