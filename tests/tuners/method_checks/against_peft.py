@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import warnings
+from pathlib import Path
 
 import peft
 import torch
@@ -91,6 +92,12 @@ def check_trainable_names(method: str, case: Case) -> None:
     ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config)
     assert trainable_names(ours) == trainable_names(theirs)
     assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
+
+
+def check_same_files_and_names(method: str, case: Case, folder: str) -> None:
+    """Same adapter_config.json, weight keys, shapes and dtypes; same trainable and state-dict names."""
+    check_same_files_as_peft(method, case, Path(folder))
+    check_trainable_names(method, case)
 
 
 def check_bf16_equals_peft(method: str, case: Case, atol: float = 1e-6) -> None:

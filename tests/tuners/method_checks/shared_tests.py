@@ -94,18 +94,7 @@ def shared_tests(
 
     declare("test_peft_file_loads_in_peftkit", files, against_peft.check_peft_file_loads_in_peftkit, True)
     declare("test_peftkit_file_loads_in_peft", files, against_peft.check_peftkit_file_loads_in_peft, True)
-    if same_files is not None:
-
-        def test_same_files_and_names_as_peft(case, tmp_path):
-            """Same adapter_config.json, weight keys, shapes and dtypes; same trainable and state-dict names."""
-            against_peft.check_same_files_as_peft(method, case, tmp_path)
-            against_peft.check_trainable_names(method, case)
-
-        tests["test_same_files_and_names_as_peft"] = _over_cases(
-            "test_same_files_and_names_as_peft",
-            _select(cases, same_files, one),
-            test_same_files_and_names_as_peft,
-        )
+    declare("test_same_files_and_names_as_peft", same_files, against_peft.check_same_files_and_names, True)
     declare("test_merge_unmerge_disable", merge, peftkit_only.check_merge_unmerge_disable)
     train = partial(peftkit_only.check_training_lowers_loss, steps=training_steps, lr=training_lr)
     declare("test_training_lowers_loss", training, train)
