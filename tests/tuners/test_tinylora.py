@@ -7,7 +7,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.conftest import perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case
 
@@ -132,19 +132,7 @@ def test_second_adapter_with_other_targets_moves_both_ways(tmp_path):
     ours.base_model.set_adapter(["default", "second"])
     perturb_adapter_weights(ours)
     assert sorted(ours.base_model.tinylora_v["second"]) == ["0", "1"]
-    ours.eval().save_pretrained(tmp_path / "ours")
-    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
-    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
-    theirs.save_pretrained(tmp_path / "theirs")
-    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
-    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
-    inputs = llama_inputs()
-    for model in (ours, theirs, back):
-        model.set_adapter("second")
-    with torch.no_grad():
-        expected = ours(**inputs).logits
-        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
-        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")
+    checks.check_second_adapter_moves_both_ways(base, ours, tmp_path)
     ours.delete_adapter("second")
     assert sorted(ours.base_model.tinylora_v) == ["default"]
     assert not any(k for k in ours.state_dict() if ".second" in k)

@@ -137,19 +137,7 @@ def test_second_adapter_with_other_bank_and_targets_moves_both_ways(tmp_path):
     ours.base_model.set_adapter(["default", "second"])
     perturb_adapter_weights(ours)
     assert ours.base_model.vblora_vector_bank["second"].shape == (5, 16)
-    ours.eval().save_pretrained(tmp_path / "ours")
-    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
-    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
-    theirs.save_pretrained(tmp_path / "theirs")
-    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
-    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
-    inputs = llama_inputs()
-    for model in (ours, theirs, back):
-        model.set_adapter("second")
-    with torch.no_grad():
-        expected = ours(**inputs).logits
-        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
-        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")
+    checks.check_second_adapter_moves_both_ways(base, ours, tmp_path)
     ours.delete_adapter("second")
     assert sorted(ours.base_model.vblora_vector_bank) == ["default"]
 

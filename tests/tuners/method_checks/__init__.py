@@ -19,6 +19,7 @@ from .against_peft import (
     check_peftkit_file_loads_in_peft,
     check_same_files_and_names,
     check_same_files_as_peft,
+    check_second_adapter_moves_both_ways,
     check_several_adapters_equal_peft,
     check_trainable_names,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "check_peft_file_loads_in_peftkit",
     "check_peftkit_file_loads_in_peft",
     "check_same_files_and_names",
+    "check_second_adapter_moves_both_ways",
     "check_same_files_as_peft",
     "check_several_adapters_equal_peft",
     "check_trainable_names",

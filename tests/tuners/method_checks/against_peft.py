@@ -14,7 +14,7 @@ import peft
 import torch
 from peft.utils import constants as peft_constants
 from safetensors.torch import load_file
-from tests.conftest import perturb_adapter_weights, trainable_names
+from tests.conftest import llama_inputs, perturb_adapter_weights, trainable_names
 
 import peftkit
 from peftkit.tuners.tuners_utils import BaseTunerLayer
@@ -61,6 +61,26 @@ def check_peftkit_file_loads_in_peft(method: str, case: Case, folder: str) -> No
         base_out = case.out_fn(base, inputs)
     assert (expected - base_out).abs().max() > 1e-3, "the perturbed adapter must change the output"
     assert_close(actual, expected, ROUNDTRIP_ATOL, "peftkit-saved adapter loaded in peft")
+
+
+def check_second_adapter_moves_both_ways(base, ours, folder: Path):
+    """`ours` (peftkit, adapters "default" and "second") saved to `folder / "ours"` loads in peft, which
+    saves it to `folder / "theirs"`, which loads in peftkit again: with "second" active the three give the
+    same logits (1e-5). Returns the model loaded back, for the method's own checks."""
+    ours.eval().save_pretrained(folder / "ours")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), folder / "ours")
+    theirs.load_adapter(folder / "ours" / "second", adapter_name="second")
+    theirs.save_pretrained(folder / "theirs")
+    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), folder / "theirs")
+    back.load_adapter(folder / "theirs" / "second", adapter_name="second")
+    inputs = llama_inputs()
+    for model in (ours, theirs, back):
+        model.set_adapter("second")
+    with torch.no_grad():
+        expected = ours(**inputs).logits
+        assert_close(theirs(**inputs).logits, expected, ROUNDTRIP_ATOL, "peft loads our second")
+        assert_close(back(**inputs).logits, expected, ROUNDTRIP_ATOL, "and back")
+    return back
 
 
 def check_same_files_as_peft(method: str, case: Case, tmp_path) -> None:
