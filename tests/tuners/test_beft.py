@@ -30,26 +30,15 @@ CASES = {
 # no bias to merge into in the defaults case; the seq-cls head (modules_to_save) stays trained after unload
 MERGEABLE = {name: CASES[name] for name in ("llama_v_with_bias", "llama_random_init")}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", MERGEABLE.values(), ids=MERGEABLE.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_v_with_bias",
+        merge=MERGEABLE,
+        default_targets="TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_merged_bias_equals_peft_s():
@@ -85,30 +74,6 @@ def test_merging_into_a_layer_without_bias_is_a_clear_error():
     assert model.unload() is not None  # unloading needs no merge
 
 
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_v_with_bias"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_v_with_bias"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_v_with_bias"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_v_with_bias"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_v_with_bias"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_v_with_bias"], str(tmp_path))
-
-
 @pytest.mark.parametrize("init_weights", [True, False])
 def test_seeded_init_equals_peft_s(init_weights):
     """The bias is drawn from torch's global RNG as in peft (also when then zeroed), so a seed gives the same
@@ -141,19 +106,6 @@ def test_several_adapters_add_their_biases():
     model.delete_adapter("default")
     assert list(layer.beft_bias) == ["second"]
     torch.testing.assert_close(layer(x), base_out + layer.beft_bias["second"][0], atol=1e-6, rtol=0)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
 
 
 def test_inputs_of_other_lengths():

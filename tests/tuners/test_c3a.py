@@ -12,8 +12,6 @@ from tests.tuners.method_checks import Case
 
 import peftkit
 from peftkit.tuners.c3a.utils import BlockCircularConvolution, get_circulant_fast
-from peftkit.tuners.tuners_utils import BaseTunerLayer
-from peftkit.utils.warnings import AdapterLoadError
 
 METHOD = "C3AConfig"
 QV = {"block_size": 8, "target_modules": ["q_proj", "v_proj"]}
@@ -40,50 +38,16 @@ CASES = {
 # a trained bias (bias="c3a_only") is not undone by disabling the adapter, so that case is left out there
 NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-2)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_BIAS,
+        truncated_file=checks.ONE,
+        default_targets="TRANSFORMERS_MODELS_TO_C3A_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def _pair(config: dict):
@@ -177,28 +141,3 @@ def test_init_options_draw_as_peft():
         assert 0.5 * bound < kernel.abs().max() <= bound, init
     model = peftkit.get_peft_model(tiny_llama(), peftkit.C3AConfig(**{**QV, "init_weights": True}))
     assert all(p.abs().max() == 0 for n, p in model.named_parameters() if "c3a_kernel" in n)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_C3A_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
-def test_truncated_file_is_a_clear_error(tmp_path):
-    """As for every method: a cut-off weights file names the file, and the model is left without adapter layers."""
-    base = tiny_llama()
-    peftkit.get_peft_model(copy.deepcopy(base), peftkit.C3AConfig(**QV)).save_pretrained(tmp_path)
-    path = tmp_path / "adapter_model.safetensors"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    model = copy.deepcopy(base)
-    with pytest.raises(AdapterLoadError, match=r"adapter_model\.safetensors.*truncated or corrupt"):
-        peftkit.PeftModel.from_pretrained(model, tmp_path)
-    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 from tests.conftest import conv_net, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_equality
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -38,60 +37,21 @@ CASES = {
     ),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "llama_patterns_random_init"])
-def test_gradients_and_merges_equal_peft(case):
-    peft_equality.check_gradients_equal_peft(METHOD, CASES[case])
-    peft_equality.check_merged_equals_peft(METHOD, CASES[case])
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "llama_patterns_random_init"])
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, CASES[case])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_patterns_random_init"], lr=1e-2)
-
-
-def test_several_adapters_set_and_delete_as_peft():
-    peft_equality.check_several_adapters_equal_peft(METHOD, CASES["llama_patterns_random_init"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_patterns_random_init"], str(tmp_path))
+NUMERIC = ["llama_q_v", "llama_patterns_random_init"]
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NUMERIC,
+        training="llama_patterns_random_init",
+        low_cpu_mem_usage="llama_patterns_random_init",
+        gradients=NUMERIC,
+        merged_as_peft=NUMERIC,
+        several_adapters="llama_patterns_random_init",
+        default_targets="TRANSFORMERS_MODELS_TO_DELORA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_seeded_initialisation_and_column_norms_are_peft_s(tmp_path):
@@ -141,16 +101,3 @@ def test_bad_input_is_a_clear_error():
     for model, target in ((conv_net(), "conv2d"), (tiny_gpt2(), "c_attn")):
         with pytest.raises(TypeError, match="not supported by DeloraModel"):
             peftkit.get_peft_model(model, peftkit.DeloraConfig(r=2, target_modules=[target]))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_DELORA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -34,52 +34,22 @@ CASES = {
 # a trained bias (bias="fourier_only") is not undone by disabling the adapter, so that case is left out there
 NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-3)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_BIAS,
+        training_lr=1e-3,
+        default_targets="TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize("case", ["llama_pattern_seed_scaling", "gpt2_conv1d_defaults"])
 def test_frequency_locations_equal_peft(case):
     case = CASES[case]
-    theirs_config, ours_config = checks._configs(METHOD, case)
+    theirs_config, ours_config = checks.config_pair(METHOD, case)
     base = case.model_fn()
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_config)
     ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config)
@@ -99,20 +69,3 @@ def test_too_many_frequencies_and_unsupported_layers():
         peftkit.get_peft_model(conv_net(), peftkit.FourierFTConfig(n_frequency=4, target_modules=["conv2d"]))
     with pytest.raises(ValueError, match="positive integer"):
         peftkit.FourierFTConfig(n_frequency=0)
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -42,28 +42,18 @@ PLAIN = {
     name: CASES[name]
     for name in ("llama_q_v_down", "llama_no_saved_projection", "llama_defaults", "gpt2_conv1d")
 }
+
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v_down",
+        merge=PLAIN,
+        default_targets="TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING",
+    )
+)
+
 SHARED_KEYS = ("frod_V", "frod_s_indices", "frod_s_size")
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", PLAIN.values(), ids=PLAIN.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
 
 
 @pytest.mark.parametrize("case", ["llama_q_v_down", "gpt2_conv1d", "bert_seq_cls_no_sparse"])
@@ -277,40 +267,3 @@ def test_roles_and_block_indices_as_peft_names_them():
     ]
     assert [category_of(k) for k in keys] == [_category_from_key(k) for k in keys]
     assert [layer_index_of(k, 9) for k in keys] == [_layer_index_from_key(k, 9) for k in keys]
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v_down"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v_down"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v_down"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v_down"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v_down"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v_down"], str(tmp_path))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_FROD_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from tests.conftest import conv_net, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_pairs
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -51,45 +50,33 @@ NO_BIAS = {
     name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_forward_and_gradients_equal_peft(case):
-    peft_pairs.check_forward_backward_equal_peft(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_BIAS,
+        training_lr=1e-3,
+        bf16=None,
+        mixed_batch="bias_vector_vector_vector",
+        low_cpu_mem_usage="bias_vector_vector_vector",
+        gradients=checks.ALL,
+        truncated_file=checks.ONE,
+        default_targets="TRANSFORMERS_MODELS_TO_GLORA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize("name", ["llama_q_v", "bias_vector_vector_vector"])
 def test_two_adapters_merged_against_the_original_weight_equal_peft(name):
     # each adapter's W0 * A must use the original W0, not the weight the first merge already changed
     second = {**CASES[name].config, "r": 3}
-    peft_pairs.check_merged_equal_peft(METHOD, CASES[name], second=second)
-    peft_pairs.check_forward_backward_equal_peft(METHOD, CASES[name], second=second)
+    checks.check_merged_equals_peft(METHOD, CASES[name], second=second)
+    checks.check_gradients_equal_peft(METHOD, CASES[name], second=second)
 
 
 def test_unmerging_restores_the_base_weights_exactly():
-    _, _, ours = peft_pairs.paired(
-        METHOD, CASES["bias_vector_vector_vector"], second=CASES["llama_q_v"].config
-    )
+    _, _, ours = checks.paired(METHOD, CASES["bias_vector_vector_vector"], second=CASES["llama_q_v"].config)
     layer = ours.base_model.model.model.layers[0].self_attn.q_proj
     weight, bias = layer.base_layer.weight.clone(), layer.base_layer.bias.clone()
     ours.merge_adapter()
@@ -114,26 +101,6 @@ def test_seeded_random_init_draws_peft_s_numbers():
         assert torch.equal(actual[key], value), key
 
 
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-3)
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["bias_vector_vector_vector"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["bias_vector_vector_vector"], str(tmp_path))
-
-
 def test_unsupported_layers_and_bad_values_are_clear_errors():
     with pytest.raises(TypeError, match="not supported by GloraModel"):
         peftkit.get_peft_model(conv_net(), peftkit.GloraConfig(target_modules=["conv2d"]))
@@ -152,19 +119,6 @@ def test_unsupported_layers_and_bad_values_are_clear_errors():
         peftkit.GloraConfig(r=-1)
 
 
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_GLORA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
 def test_switched_off_paths_are_saved_zero_buffers_that_never_train(tmp_path):
     config = {**QV, "config_A_B": "none"}
     model = peftkit.get_peft_model(biased_llama(), peftkit.GloraConfig(**config))
@@ -175,7 +129,3 @@ def test_switched_off_paths_are_saved_zero_buffers_that_never_train(tmp_path):
         assert any(n.endswith("glora_A.default.zeros") for n in buffers)
         assert not any(b.requires_grad for b in buffers.values())
         assert any(p.requires_grad for n, p in candidate.named_parameters() if "glora_C" in n)
-
-
-def test_truncated_file_is_a_clear_error(tmp_path):
-    peft_pairs.check_truncated_file_is_a_clear_error(METHOD, CASES["llama_q_v"], str(tmp_path))

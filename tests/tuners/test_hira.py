@@ -39,97 +39,25 @@ CASES = {
 # the trained classification head (modules_to_save) stays after unload: that case is left out there
 WITHOUT_HEAD = {name: case for name, case in CASES.items() if case.task_type != "SEQ_CLS"}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", WITHOUT_HEAD.values(), ids=WITHOUT_HEAD.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "conv_embedding_linear"])
-def test_mixed_batch_gives_each_sample_its_adapter(case):
-    checks.check_mixed_batch(METHOD, CASES[case])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["conv_embedding_linear"], str(tmp_path))
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_HIRA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=WITHOUT_HEAD,
+        mixed_batch=["llama_q_v", "conv_embedding_linear"],
+        low_cpu_mem_usage="conv_embedding_linear",
+        gradients=["llama_q_v", "gpt2_conv1d_defaults", "conv_embedding_linear"],
+        default_targets="TRANSFORMERS_MODELS_TO_HIRA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 # ----- HiRA's own -----
-def _pair(case: Case, seed: int = 0):
-    """peft's and peftkit's model on the same base, with peft's perturbed adapter copied into peftkit's."""
-    base = case.model_fn()
-    theirs = checks.peft_model(METHOD, case, base, seed=seed)
-    _, config = checks._configs(METHOD, case)
-    ours = peftkit.get_peft_model(copy.deepcopy(base), config).eval()
-    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=True)
-    assert not missing and not unexpected
-    return base, theirs, ours
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "gpt2_conv1d_defaults", "conv_embedding_linear"])
-def test_gradients_equal_peft(case):
-    case = CASES[case]
-    _, theirs, ours = _pair(case)
-    inputs = case.inputs_fn()
-    for model in (theirs, ours):
-        case.out_fn(model, inputs).square().mean().backward()
-    theirs_grads = {n: p.grad for n, p in theirs.named_parameters() if p.requires_grad}
-    ours_grads = {n: p.grad for n, p in ours.named_parameters() if p.requires_grad}
-    assert sorted(ours_grads) == sorted(theirs_grads)
-    for name, grad in theirs_grads.items():
-        assert grad is not None and grad.abs().max() > 0, name
-        checks.assert_close(ours_grads[name], grad, 1e-5, f"gradient of {name}")
-
-
 @pytest.mark.parametrize("case", ["llama_q_v", "gpt2_conv1d_defaults", "conv_embedding_linear"])
 def test_merged_weights_equal_peft_and_unmerge_restores_them_exactly(case):
     """The merged weight is W0 + W0 * (B A) as peft's (1e-6, fp32); unmerging gives W0 back bit for bit."""
-    _, theirs, ours = _pair(CASES[case])
+    _, theirs, ours = checks.paired(METHOD, CASES[case])
     originals = {n: p.detach().clone() for n, p in ours.named_parameters() if "base_layer.weight" in n}
     theirs.merge_adapter()
     ours.merge_adapter()

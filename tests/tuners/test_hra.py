@@ -27,46 +27,18 @@ CASES = {
 # a trained bias (bias="hra_only") is not undone by disabling the adapter, so that case is left out there
 NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["conv_layers"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["conv_layers"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_BIAS,
+        no_match="conv_layers",
+        mixed_batch="conv_layers",
+        low_cpu_mem_usage="conv_layers",
+        default_targets="TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_even_r_starts_as_identity_and_odd_r_warns():
@@ -137,20 +109,3 @@ def test_unsupported_layers():
         peftkit.get_peft_model(tiny_gpt2(), peftkit.HRAConfig(r=2, target_modules=["c_attn"]))
     with pytest.raises(TypeError, match="not supported by HRA"):
         peftkit.get_peft_model(conv_net(), peftkit.HRAConfig(r=2, target_modules=["conv3d"]))
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["conv_layers"], str(tmp_path))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

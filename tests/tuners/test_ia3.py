@@ -42,34 +42,20 @@ CASES = {
     ),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_k_v_ff"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["conv_layers"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_k_v_ff",
+        no_match="conv_layers",
+        no_weighted=None,  # IA3 combines adapters (tested below)
+        mixed_batch=None,  # two adapters of other targets (tested below)
+        default_targets=(
+            "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING",
+            "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING",
+        ),
+    )
+)
 
 
 def test_feedforward_modules_must_be_targeted():
@@ -173,26 +159,3 @@ def test_mixed_batch_gives_each_sample_its_adapter():
                 ours.set_adapter(name)
                 expected.append(ours(**inputs).logits[row])
     checks.assert_close(mixed, torch.stack(expected), checks.BASE_ATOL, "mixed batch")
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_k_v_ff"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_k_v_ff"], str(tmp_path))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-    name = "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -41,21 +41,16 @@ CASES = {
     ),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama4_q_v_down_stride3",
+        merge=None,  # Lily does not merge (tested below)
+        mixed_batch=None,  # adapters share factors across layers (tested below)
+        default_targets="TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def _sharing_pattern(model) -> list[tuple[str, str, str]]:
@@ -137,26 +132,6 @@ def test_merging_is_a_clear_error_and_unload_disable_work():
         checks.assert_close(model.unload()(**inputs).logits, base_out, checks.BASE_ATOL, "unload")
 
 
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama4_q_v_down_stride3"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama4_q_v_down_stride3"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama4_q_v_down_stride3"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama4_q_v_down_stride3"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama4_q_v_down_stride3"], str(tmp_path))
-
-
 def test_mixed_batch_routes_each_adapter_over_its_own_samples():
     """Lily's routing averages over the batch, so in a mixed batch each adapter's samples get what they would
     get as a batch of their own (and `__base__` samples the base output)."""
@@ -218,16 +193,3 @@ def test_only_linear_layers():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         peftkit.LilyConfig(**kwargs)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_LILY_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

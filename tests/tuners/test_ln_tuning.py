@@ -20,42 +20,15 @@ CASES = {
     "conv_layers": conv_case({"target_modules": ["conv2d", "lin"]}),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_defaults"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_defaults"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_defaults"])
-
-
-def test_bf16_copies_keep_the_base_dtype_as_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_defaults"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_defaults",
+        mixed_batch=None,  # one adapter at a time (tested below)
+        default_targets="TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def _two_adapters():
@@ -117,20 +90,3 @@ def test_mixed_batch_gives_each_sample_its_adapter():
         row2 = model(**inputs).logits[2]
         row1 = base(**inputs).logits[1]
     checks.assert_close(mixed, torch.stack([row0, row1, row2]), checks.BASE_ATOL, "mixed batch")
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_defaults"], str(tmp_path))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -36,38 +36,20 @@ CASES = {
 EFFECTIVE = conv_case({"target_modules": CONV_TARGETS, "r": 1, "use_effective_conv2d": True})
 ALL_CASES = {**CASES, "conv_effective": EFFECTIVE}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", ALL_CASES.values(), ids=ALL_CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", ALL_CASES.values(), ids=ALL_CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_low_rank_w2"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["conv_low_rank"])
-
-
-def test_add_weighted_adapter_names_the_method():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_low_rank_w2"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_low_rank_w2",
+        same_files=ALL_CASES,
+        merge=ALL_CASES,
+        no_match="conv_low_rank",
+        bf16=None,
+        mixed_batch=None,
+        low_cpu_mem_usage=None,
+        config_fields=False,
+    )
+)
 
 
 @pytest.mark.parametrize(

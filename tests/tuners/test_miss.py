@@ -5,9 +5,15 @@ import copy
 
 import pytest
 import torch
-from tests.conftest import conv_net, llama_inputs, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.conftest import (
+    conv_net,
+    llama_inputs,
+    perturb_adapter_weights,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_llama_seq_cls,
+)
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_equality
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -32,63 +38,22 @@ CASES = {
 }
 VARIANTS = ["balance_uneven_chunks_random_init", "bat_mlp", "mini_mlp"]
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", VARIANTS)
-def test_gradients_and_merges_equal_peft(case):
-    peft_equality.check_gradients_equal_peft(METHOD, CASES[case])
-    peft_equality.check_merged_equals_peft(METHOD, CASES[case])
-
-
-@pytest.mark.parametrize("case", ["balance_q_v", *VARIANTS])
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, CASES[case])
-
-
-@pytest.mark.parametrize("case", ["balance_q_v", "bat_mlp"])
-def test_bf16_base_equals_peft(case):
-    checks.check_bf16_equals_peft(METHOD, CASES[case])
-
-
-@pytest.mark.parametrize("case", ["balance_q_v", "bat_mlp"])
-def test_mixed_batch_gives_each_sample_its_adapter(case):
-    checks.check_mixed_batch(METHOD, CASES[case])
-
-
-@pytest.mark.parametrize("case", ["balance_uneven_chunks_random_init", "bat_mlp"])
-def test_training_lowers_loss(case):
-    checks.check_training_lowers_loss(METHOD, CASES[case], lr=1e-2)
-
-
-def test_several_adapters_set_and_delete_as_peft():
-    peft_equality.check_several_adapters_equal_peft(METHOD, CASES["bat_mlp"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["balance_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["balance_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["mini_mlp"], str(tmp_path))
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="balance_q_v",
+        merge=["balance_q_v", *VARIANTS],
+        training=["balance_uneven_chunks_random_init", "bat_mlp"],
+        bf16=["balance_q_v", "bat_mlp"],
+        mixed_batch=["balance_q_v", "bat_mlp"],
+        low_cpu_mem_usage="mini_mlp",
+        gradients=VARIANTS,
+        merged_as_peft=VARIANTS,
+        several_adapters="bat_mlp",
+        default_targets="TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_bat_unmerge_restores_the_weight():
@@ -108,7 +73,7 @@ def test_each_adapter_keeps_its_own_variant():
     balance = peftkit.MissConfig(r=4, target_modules=QV)
     bat = peftkit.MissConfig(r=4, target_modules=QV, init_weights="bat")
     alone = peftkit.get_peft_model(copy.deepcopy(base), copy.deepcopy(bat), adapter_name="bat")
-    checks.perturb_adapter_weights(alone)
+    perturb_adapter_weights(alone)
     both = peftkit.get_peft_model(copy.deepcopy(base), balance)
     both.add_adapter("bat", copy.deepcopy(bat))
     both.load_state_dict(alone.state_dict(), strict=False)
@@ -140,16 +105,3 @@ def test_bad_input_is_a_clear_error():
     for model, target in ((conv_net(), "conv2d"), (tiny_gpt2(), "c_attn")):
         with pytest.raises(TypeError, match="not supported by MissModel"):
             peftkit.get_peft_model(model, peftkit.MissConfig(r=2, target_modules=[target]))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_MISS_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -44,38 +44,18 @@ MERGE_CASES = {
     "conv_1x1_emb_lin": conv_case({"target_modules": ["emb", "lin", "conv2d_1x1"], "oft_block_size": 2}),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_neumann"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_neumann"])
-
-
-def test_add_weighted_adapter_names_the_method():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_neumann"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_neumann",
+        merge=MERGE_CASES,
+        bf16=None,
+        mixed_batch=None,  # with two adapters against peft (tested below)
+        low_cpu_mem_usage=None,
+        config_fields=False,
+    )
+)
 
 
 def test_conv2d_kxk_equals_peft_merged_and_unmerged():

@@ -10,7 +10,6 @@ import torch
 from peft.tuners.osf import utils as peft_osf_utils
 from tests.conftest import tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_pairs
 from tests.tuners.method_checks import Case, conv_case
 
 import peftkit
@@ -32,44 +31,29 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_forward_and_projected_gradients_equal_peft(case):
-    peft_pairs.check_forward_backward_equal_peft(METHOD, case)
-
-
 # the classification head is a trained modules_to_save copy that unload keeps (as peft does): left out here
 MERGEABLE = {name: case for name, case in CASES.items() if case.task_type != "SEQ_CLS"}
 
-
-@pytest.mark.parametrize("case", MERGEABLE.values(), ids=MERGEABLE.keys())
-def test_merge_unmerge_disable(case):
-    # peft cannot unmerge OSF (NotImplementedError); peftkit subtracts the same change it added
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_merged_equal_peft():
-    peft_pairs.check_merged_equal_peft(METHOD, CASES["rank_pattern_all_shapes"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=MERGEABLE,
+        bf16=None,
+        mixed_batch=None,  # one active adapter at a time (tested below)
+        low_cpu_mem_usage="rank_pattern_all_shapes",
+        gradients=checks.ALL,  # the gradients peft projects out of the frozen subspace
+        merged_as_peft="rank_pattern_all_shapes",
+        truncated_file=checks.ONE,
+        default_targets="TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_training_steps_equal_peft_and_stay_orthogonal_to_the_frozen_subspace():
     case = CASES["rank_pattern_all_shapes"]
-    _, theirs, ours = peft_pairs.paired(METHOD, case)
+    _, theirs, ours = checks.paired(METHOD, case)
     inputs = case.inputs_fn()
     target = torch.randn(case.out_fn(theirs, inputs).shape, generator=torch.Generator().manual_seed(0))
     before = {n: p.detach().clone() for n, p in ours.named_parameters() if p.requires_grad}
@@ -83,7 +67,7 @@ def test_training_steps_equal_peft_and_stay_orthogonal_to_the_frozen_subspace():
     theirs_params = dict(theirs.named_parameters())
     for name, param in ours.named_parameters():
         if param.requires_grad:
-            checks.assert_close(param.detach(), theirs_params[name].detach(), peft_pairs.NUMERIC_ATOL, name)
+            checks.assert_close(param.detach(), theirs_params[name].detach(), checks.NUMERIC_ATOL, name)
     # the steps moved U_low only orthogonally to U_high (here the tall gate_proj, whose U_high is kept)
     layer = ours.base_model.model.model.layers[0].mlp.gate_proj
     name = "base_model.model.model.layers.0.mlp.gate_proj.osf_svd_params.default.U_low"
@@ -95,7 +79,7 @@ def test_training_steps_equal_peft_and_stay_orthogonal_to_the_frozen_subspace():
 
 def test_several_active_adapters_are_a_clear_error_and_mixed_batches_work():
     case = CASES["llama_q_v"]
-    _, _, ours = peft_pairs.paired(METHOD, case, second={**QV, "effective_rank": 4})
+    _, _, ours = checks.paired(METHOD, case, second={**QV, "effective_rank": 4})
     with pytest.raises(ValueError, match="OSF applies one adapter at a time"):
         case.out_fn(ours, case.inputs_fn())
     checks.check_mixed_batch(METHOD, case)
@@ -103,7 +87,7 @@ def test_several_active_adapters_are_a_clear_error_and_mixed_batches_work():
 
 def test_effective_ranks_resolved_as_peft():
     case = CASES["rank_pattern_all_shapes"]
-    theirs_config, ours_config = checks._configs(METHOD, case)
+    theirs_config, ours_config = checks.config_pair(METHOD, case)
     base = case.model_fn()
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_config)
     ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config)
@@ -112,22 +96,6 @@ def test_effective_ranks_resolved_as_peft():
         n: m.effective_rank["default"] for n, m in theirs.named_modules() if hasattr(m, "osf_svd_params")
     }
     assert sorted(set(ranks.values())) == [4, 8, 24]  # v_proj 4, gate 0.75 * 32, the rest 8
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-2)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["rank_pattern_all_shapes"], str(tmp_path))
 
 
 def test_unsupported_layers_and_bad_values_are_clear_errors():
@@ -142,23 +110,6 @@ def test_unsupported_layers_and_bad_values_are_clear_errors():
         peftkit.OSFConfig(effective_rank=0)
     with pytest.raises(ValueError, match=r"rank_pattern\['q'\]"):
         peftkit.OSFConfig(rank_pattern={"q": -2})
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
-def test_truncated_file_is_a_clear_error(tmp_path):
-    peft_pairs.check_truncated_file_is_a_clear_error(METHOD, CASES["llama_q_v"], str(tmp_path))
 
 
 @pytest.mark.parametrize("shape", [(12, 8), (8, 12)])

@@ -9,7 +9,6 @@ import pytest
 import torch
 from tests.conftest import tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_pairs
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -31,45 +30,34 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_forward_and_gradients_equal_peft(case):
-    peft_pairs.check_forward_backward_equal_peft(METHOD, case)
-
-
 # the classification head is a trained modules_to_save copy that unload keeps (as peft does): left out here
 MERGEABLE = {name: case for name, case in CASES.items() if case.task_type != "SEQ_CLS"}
 
-
-@pytest.mark.parametrize("case", MERGEABLE.values(), ids=MERGEABLE.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=MERGEABLE,
+        training_lr=1e-3,
+        bf16=None,
+        low_cpu_mem_usage="llama_depth2_gelu_scaled",
+        gradients=checks.ALL,
+        truncated_file=checks.ONE,
+        default_targets="TRANSFORMERS_MODELS_TO_PEANUT_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_two_adapters_merged_against_the_original_weight_equal_peft():
     case = CASES["llama_depth2_gelu_scaled"]
     second = {**QV, "depth": 1}
-    peft_pairs.check_merged_equal_peft(METHOD, case, second=second)
-    peft_pairs.check_forward_backward_equal_peft(METHOD, case, second=second)
+    checks.check_merged_equals_peft(METHOD, case, second=second)
+    checks.check_gradients_equal_peft(METHOD, case, second=second)
 
 
 def test_unmerging_restores_the_base_weight_exactly():
-    _, _, ours = peft_pairs.paired(METHOD, CASES["llama_q_v"], second={**QV, "depth": 1})
+    _, _, ours = checks.paired(METHOD, CASES["llama_q_v"], second={**QV, "depth": 1})
     layer = ours.base_model.model.model.layers[0].self_attn.q_proj
     weight = layer.base_layer.weight.clone()
     ours.merge_adapter()
@@ -92,26 +80,6 @@ def test_seeded_init_draws_peft_s_numbers():
         assert torch.equal(actual[key], value), key
 
 
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-3)
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_depth2_gelu_scaled"], str(tmp_path))
-
-
 def test_unsupported_layers_and_bad_values_are_clear_errors():
     with pytest.raises(TypeError, match="not supported by PeanutModel"):
         peftkit.get_peft_model(tiny_gpt2(), peftkit.PeanutConfig(target_modules=["c_attn"]))
@@ -121,20 +89,3 @@ def test_unsupported_layers_and_bad_values_are_clear_errors():
         peftkit.PeanutConfig(depth=-1)
     with pytest.raises(ValueError, match="`r` must be a positive integer"):
         peftkit.PeanutConfig(r=0)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_PEANUT_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
-def test_truncated_file_is_a_clear_error(tmp_path):
-    peft_pairs.check_truncated_file_is_a_clear_error(METHOD, CASES["llama_q_v"], str(tmp_path))

@@ -12,8 +12,6 @@ from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case
 
 import peftkit
-from peftkit.tuners.tuners_utils import BaseTunerLayer
-from peftkit.utils.warnings import AdapterLoadError
 
 METHOD = "PolyConfig"
 QV = {"r": 2, "n_tasks": 3, "n_skills": 2, "target_modules": ["q_proj", "v_proj"]}
@@ -44,47 +42,20 @@ CASES = {
     ),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-def test_training_lowers_loss():
-    """In training the router samples its skill weights (relaxed Bernoulli); the loss still falls."""
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], steps=8, lr=3e-2)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    """Each sample gets its adapter, routed by its own task id."""
-    checks.check_mixed_batch(METHOD, CASES["llama_multi_head_routing"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=None,  # Poly does not merge (tested below)
+        # in training the router samples its skill weights (relaxed Bernoulli): the loss still falls
+        training_steps=8,
+        training_lr=3e-2,
+        mixed_batch="llama_multi_head_routing",  # each sample routed by its own task id
+        truncated_file=checks.ONE,
+        default_targets="TRANSFORMERS_MODELS_TO_POLY_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def _pair(config: dict, model_fn=tiny_llama, task_type="CAUSAL_LM"):
@@ -220,28 +191,3 @@ def test_bad_configs_and_layers_are_clear_errors():
         peftkit.get_peft_model(tiny_llama(), peftkit.PolyConfig(n_splits=3, target_modules=["q_proj"]))
     with pytest.raises(TypeError, match="not supported by PolyModel.*torch.nn.Linear"):
         peftkit.get_peft_model(tiny_gpt2(), peftkit.PolyConfig(target_modules=["c_attn"]))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_POLY_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
-def test_truncated_file_is_a_clear_error(tmp_path):
-    """As for every method: a cut-off weights file names the file, and the model is left without adapter layers."""
-    base = tiny_llama()
-    peftkit.get_peft_model(copy.deepcopy(base), peftkit.PolyConfig(**QV)).save_pretrained(tmp_path)
-    path = tmp_path / "adapter_model.safetensors"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    model = copy.deepcopy(base)
-    with pytest.raises(AdapterLoadError, match=r"adapter_model\.safetensors.*truncated or corrupt"):
-        peftkit.PeftModel.from_pretrained(model, tmp_path)
-    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())

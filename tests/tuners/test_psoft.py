@@ -8,7 +8,6 @@ import pytest
 import torch
 from tests.conftest import tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_pairs
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -44,43 +43,26 @@ CASES = {
 NO_DROPOUT = {name: case for name, case in CASES.items() if "psoft_dropout" not in case.config}
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_DROPOUT.values(), ids=NO_DROPOUT.keys())
-def test_forward_and_gradients_equal_peft(case):
-    peft_pairs.check_forward_backward_equal_peft(METHOD, case)
-
-
 # the classification head is a trained modules_to_save copy that unload keeps (as peft does): left out here
 MERGEABLE = {name: case for name, case in CASES.items() if case.task_type != "SEQ_CLS"}
 
-
-@pytest.mark.parametrize("case", MERGEABLE.values(), ids=MERGEABLE.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_merged_equal_peft():
-    peft_pairs.check_merged_equal_peft(METHOD, CASES["neumann_eps_lowrank_seed"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=MERGEABLE,
+        gradients=NO_DROPOUT,
+        merged_as_peft="neumann_eps_lowrank_seed",
+        truncated_file=checks.ONE,
+        default_targets="TRANSFORMERS_MODELS_TO_PSOFT_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize("case", ["llama_q_v", "neumann_eps_lowrank_seed", "pissa_free_R_no_mags"])
 def test_frozen_factors_equal_peft_s(case):
-    theirs_config, ours_config = checks._configs(METHOD, CASES[case])
+    theirs_config, ours_config = checks.config_pair(METHOD, CASES[case])
     base = CASES[case].model_fn()
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_config)
     ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config)
@@ -108,30 +90,6 @@ def test_rotation_is_orthogonal_and_neumann_series_as_peft_sums_it():
         checks.assert_close(ours.get_matrix().detach(), theirs.get_matrix().detach(), 1e-6, f"{terms} terms")
 
 
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-2)
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
-
-
 def test_unsupported_layers_and_bad_values_are_clear_errors():
     with pytest.raises(TypeError, match="not supported by PsoftModel"):
         peftkit.get_peft_model(tiny_gpt2(), peftkit.PsoftConfig(r=4, target_modules=["c_attn"]))
@@ -147,20 +105,3 @@ def test_unsupported_layers_and_bad_values_are_clear_errors():
         peftkit.PsoftConfig(psoft_dropout=1.5)
     with pytest.warns(UserWarning, match="only used when `use_cayley_neumann=True`"):
         peftkit.PsoftConfig(num_cayley_neumann_terms=3)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_PSOFT_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
-def test_truncated_file_is_a_clear_error(tmp_path):
-    peft_pairs.check_truncated_file_is_a_clear_error(METHOD, CASES["llama_q_v"], str(tmp_path))

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners.grad_checks import check_gradients_equal_peft
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -38,64 +37,27 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_gradients_equal_peft(case):
-    """peft's backward is a custom autograd function; peftkit's is its own: the gradients agree."""
-    check_gradients_equal_peft(METHOD, case)
-
-
 # a trained bias is not undone by disabling the adapter, and unload keeps a trained classification head
 # (modules_to_save): those cases are left out here
 MERGE_CASES = {
     name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
 }
 
-
-@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_sparse_mixed_shapes_random_init"], lr=1e-3)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_sparse_mixed_shapes_random_init"])
-
-
-def test_mixed_batch():
-    """peft 0.21 ignores `adapter_names` for RandLoRA; peftkit applies each sample's adapter (or none)."""
-    checks.check_mixed_batch(METHOD, CASES["llama_sparse_mixed_shapes_random_init"])
-
-
-@pytest.mark.parametrize("name", ["llama_q_v", "llama_very_sparse_no_saved_projection"])
-def test_low_cpu_mem_usage_load(name, tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES[name], str(tmp_path))
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=MERGE_CASES,
+        training="llama_sparse_mixed_shapes_random_init",
+        training_lr=1e-3,
+        bf16="llama_sparse_mixed_shapes_random_init",
+        mixed_batch="llama_sparse_mixed_shapes_random_init",
+        low_cpu_mem_usage=["llama_q_v", "llama_very_sparse_no_saved_projection"],
+        gradients=checks.ALL,  # peft's backward is a custom autograd function, peftkit's its own
+        default_targets="TRANSFORMERS_MODELS_TO_RANDLORA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize(
@@ -237,16 +199,3 @@ def test_only_linear_layers():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         peftkit.RandLoraConfig(**kwargs)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_RANDLORA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

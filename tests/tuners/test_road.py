@@ -11,7 +11,6 @@ from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tin
 from tests.quantization.helpers import quantizable_llama, quantize_linears
 from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case
-from tests.tuners.oracle_gradients import check_gradients_equal_peft
 
 import peftkit
 from peftkit.tuners.road.rotation import rotate, rotation_matrix
@@ -30,58 +29,21 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
 # unload() keeps the trained classifier head (modules_to_save), so the sequence-classification case is left out
 MERGE_CASES = {name: case for name, case in CASES.items() if case.task_type != "SEQ_CLS"}
 
-
-@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-@pytest.mark.parametrize("case", ["llama_q_v_road_1", "llama_mlp_road_4_bias"])
-def test_gradients_equal_peft(case):
-    check_gradients_equal_peft(METHOD, CASES[case])
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v_road_1"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v_road_1"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v_road_1"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_mlp_road_4_bias"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v_road_1"], str(tmp_path))
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_mlp_road_4_bias"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v_road_1",
+        merge=MERGE_CASES,
+        bf16="llama_mlp_road_4_bias",
+        mixed_batch="llama_mlp_road_4_bias",
+        gradients=["llama_q_v_road_1", "llama_mlp_road_4_bias"],
+        default_targets="TRANSFORMERS_MODELS_TO_ROAD_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def _two_adapter_pair():
@@ -202,16 +164,3 @@ def test_bitsandbytes_layers_equal_peft(quantization):
         checks.assert_close(ours(**inputs).logits, theirs(**inputs).logits, 1e-6, "requantized unmerge")
     with pytest.warns(UserWarning, match="requantizes"):
         ours.merge_adapter()
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_ROAD_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -50,28 +50,26 @@ CASES = {
     "llama_seq_cls": Case(tiny_llama_seq_cls, {"r": 4}, task_type="SEQ_CLS"),
 }
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_no_task",
+        merge=None,  # Shadow does not merge (tested below)
+        training={"llama_causal_lm_no_dropout": Case(tiny_llama, CAUSAL, task_type="CAUSAL_LM")},
+        bf16="llama_defaults_causal_lm",
+        mixed_batch=None,  # refused with a clear error (tested below)
+        low_cpu_mem_usage="llama_defaults_causal_lm",
+        config_fields=False,  # tested below, with the prefix
+    )
+)
 
 
 @pytest.mark.parametrize("case", ["llama_defaults_causal_lm", "llama_narrow_deep_shadow", "llama_seq_cls"])
 def test_same_init_from_a_seed_as_peft(case):
     """The backbone, projection, head and per-block networks are created in peft's order: a seed gives
     the same tensors (exact)."""
-    theirs_config, ours_config = checks._configs(METHOD, CASES[case])
+    theirs_config, ours_config = checks.config_pair(METHOD, CASES[case])
     base = CASES[case].model_fn()
     torch.manual_seed(3)
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_config)
@@ -87,7 +85,7 @@ def _pair(case_name, seed=0):
     case = CASES[case_name]
     base = case.model_fn()
     theirs = checks.peft_model(METHOD, case, base, seed=seed)
-    _, ours_config = checks._configs(METHOD, case)
+    _, ours_config = checks.config_pair(METHOD, case)
     ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config).eval()
     ours.load_state_dict(theirs.state_dict())
     return base, theirs, ours
@@ -321,7 +319,7 @@ def test_pretrained_and_projected_shadow_backbones_equal_peft(tmp_path):
         case = Case(tiny_llama, {"shadow_model": str(tmp_path / folder)}, task_type="CAUSAL_LM")
         base = case.model_fn()
         theirs = checks.peft_model(METHOD, case, base)
-        _, ours_config = checks._configs(METHOD, case)
+        _, ours_config = checks.config_pair(METHOD, case)
         ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config).eval()
         assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
         ours_trainable = sorted(n for n, p in ours.named_parameters() if p.requires_grad)
@@ -332,26 +330,6 @@ def test_pretrained_and_projected_shadow_backbones_equal_peft(tmp_path):
             checks.assert_close(ours(**llama_inputs()).logits, theirs(**llama_inputs()).logits, 1e-5, folder)
     with pytest.raises(ValueError, match="mirror-only overrides: shadow_hidden_size"):
         peftkit.ShadowConfig(shadow_model=str(tmp_path / "plain"), shadow_hidden_size=8)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, Case(tiny_llama, CAUSAL, task_type="CAUSAL_LM"), lr=1e-2)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_no_task"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_no_task"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_defaults_causal_lm"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_defaults_causal_lm"], str(tmp_path))
 
 
 def test_mixed_batches_and_bad_targets_are_clear_errors():

@@ -9,9 +9,15 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import conv_net, llama_inputs, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.conftest import (
+    conv_net,
+    llama_inputs,
+    perturb_adapter_weights,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_llama_seq_cls,
+)
 from tests.tuners import method_checks as checks
-from tests.tuners import peft_equality
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -34,6 +40,22 @@ CASES = {
     "llama_seq_cls": Case(tiny_llama_seq_cls, {**QV, "random_seed": 1}, task_type="SEQ_CLS"),
 }
 
+NUMERIC = ["llama_q_v", "llama_seed_mlp_random_init"]
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge="llama_q_v",
+        low_cpu_mem_usage="llama_seed_mlp_random_init",
+        gradients=NUMERIC,
+        merged_as_peft=NUMERIC,
+        several_adapters="llama_seed_mlp_random_init",
+        default_targets="TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING",
+        config_fields=False,  # tested below, with the default mask function
+    )
+)
+
 
 def every_other_row_mask(base_layer, r, **kwargs):
     """A custom mask: r * (in + out) entries, filling rows 0, 2, 4, ... from the left."""
@@ -45,60 +67,6 @@ def every_other_row_mask(base_layer, r, **kwargs):
     flat[: r * (in_features + out_features)] = 1
     mask[::2] = flat.view_as(mask[::2])
     return mask
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "llama_seed_mlp_random_init"])
-def test_gradients_and_merges_equal_peft(case):
-    peft_equality.check_gradients_equal_peft(METHOD, CASES[case])
-    peft_equality.check_merged_equals_peft(METHOD, CASES[case])
-
-
-def test_merge_unmerge_disable():
-    checks.check_merge_unmerge_disable(METHOD, CASES["llama_q_v"])
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"], lr=1e-2)
-
-
-def test_several_adapters_set_and_delete_as_peft():
-    peft_equality.check_several_adapters_equal_peft(METHOD, CASES["llama_seed_mlp_random_init"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_seed_mlp_random_init"], str(tmp_path))
 
 
 def _layers(model):
@@ -135,7 +103,7 @@ def test_custom_mask_function_gives_peft_s_positions_and_files_carry_them(tmp_pa
         ours = peftkit.get_peft_model(copy.deepcopy(base), _custom(peftkit))
     for name, layer in _layers(ours).items():
         assert torch.equal(layer.shira_indices["default"], _layers(theirs)[name].shira_indices["default"])
-    checks.perturb_adapter_weights(ours)
+    perturb_adapter_weights(ours)
     ours.save_pretrained(tmp_path / "ours")
     saved = load_file(tmp_path / "ours" / "adapter_model.safetensors")
     key = "base_model.model.model.layers.0.self_attn.q_proj.shira_indices"
@@ -152,7 +120,7 @@ def test_custom_mask_function_gives_peft_s_positions_and_files_carry_them(tmp_pa
                 loaded(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, f"{lib.__name__} load"
             )
         # and peft's file of a custom mask, loaded trainable (no mask function anywhere), in peftkit
-        checks.perturb_adapter_weights(theirs, seed=2)
+        perturb_adapter_weights(theirs, seed=2)
         theirs.save_pretrained(tmp_path / "theirs")
         loaded = peftkit.PeftModel.from_pretrained(
             copy.deepcopy(base), tmp_path / "theirs", is_trainable=True
@@ -198,7 +166,7 @@ def test_bad_input_is_a_clear_error():
 
 def test_set_scale_scales_the_update():
     model = peftkit.get_peft_model(tiny_llama(), peftkit.ShiraConfig(**QV))
-    checks.perturb_adapter_weights(model)
+    perturb_adapter_weights(model)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     before = layer.get_delta_weight("default").to_dense()
     layer.set_scale("default", 0.5)
@@ -218,7 +186,7 @@ def test_mixed_model_accepts_shira_beside_lora_as_peft_does():
         model.set_adapter(["sparse", "low_rank"])
         models.append(model.eval())
     theirs, ours = models
-    checks.perturb_adapter_weights(theirs)
+    perturb_adapter_weights(theirs)
     missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=True)
     assert not missing and not unexpected
     inputs = llama_inputs()
@@ -232,15 +200,6 @@ def test_mixed_model_accepts_shira_beside_lora_as_peft_does():
     model = peftkit.PeftMixedModel(copy.deepcopy(base), peftkit.LoraConfig(**lora), "low_rank")
     with pytest.raises(ValueError, match="SHiRA does not support nested base layers"):
         model.add_adapter("sparse", peftkit.ShiraConfig(**shira))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_SHIRA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
 
 
 def test_config_fields_and_defaults_are_peft_s():

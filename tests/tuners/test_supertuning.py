@@ -7,7 +7,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import llama_inputs, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.conftest import tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case
 
@@ -27,26 +27,21 @@ CASES = {
 # unload keeps the trained classifier (modules_to_save), so "unload equals the base model" leaves it out
 NO_HEAD = {name: case for name, case in CASES.items() if case.task_type != "SEQ_CLS"}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_HEAD.values(), ids=NO_HEAD.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_HEAD,
+        training="llama_supra_random_init",
+        bf16=["llama_q_v", "llama_supra_random_init"],
+        mixed_batch=["llama_q_v", "llama_supra_random_init"],
+        low_cpu_mem_usage="llama_supra_random_init",
+        gradients=["llama_q_v", "llama_supra_random_init"],
+        merged_as_peft=["llama_q_v", "llama_supra_random_init"],
+        default_targets="TRANSFORMERS_MODELS_TO_SUPERTUNING_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 def test_indices_are_saved_as_int32_or_left_out(tmp_path):
@@ -64,7 +59,7 @@ def test_indices_are_saved_as_int32_or_left_out(tmp_path):
 @pytest.mark.parametrize("case", ["llama_supra_random_init", "llama_bottom_supra_alpha"])
 def test_same_positions_and_init_from_a_seed_as_peft(case):
     """The positions (top-k of |W|) and the seeded values / LoRA factors equal peft's exactly."""
-    theirs_config, ours_config = checks._configs(METHOD, CASES[case])
+    theirs_config, ours_config = checks.config_pair(METHOD, CASES[case])
     base = CASES[case].model_fn()
     torch.manual_seed(5)
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_config)
@@ -74,59 +69,6 @@ def test_same_positions_and_init_from_a_seed_as_peft(case):
     assert theirs_state.keys() == ours_state.keys()
     for key, value in theirs_state.items():
         assert ours_state[key].dtype == value.dtype and torch.equal(ours_state[key], value), key
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "llama_supra_random_init"])
-def test_forward_backward_and_merged_weights_equal_peft(case):
-    """Same weights: same logits and gradients (1e-5); merging changes the base weights alike (1e-6)."""
-    base = CASES[case].model_fn()
-    theirs = checks.peft_model(METHOD, CASES[case], base)
-    _, ours_config = checks._configs(METHOD, CASES[case])
-    ours = peftkit.get_peft_model(copy.deepcopy(base), ours_config)
-    ours.load_state_dict(theirs.state_dict())
-    inputs = llama_inputs()
-    for model in (theirs, ours):
-        model.zero_grad()
-        model(**inputs).logits.pow(2).mean().backward()
-    theirs_grads = {n: p.grad for n, p in theirs.named_parameters() if p.requires_grad}
-    ours_grads = {n: p.grad for n, p in ours.named_parameters() if p.requires_grad}
-    assert ours_grads.keys() == theirs_grads.keys()
-    for name, grad in theirs_grads.items():
-        checks.assert_close(ours_grads[name], grad, 1e-5, f"gradient of {name}")
-    with torch.no_grad():
-        checks.assert_close(ours(**inputs).logits, theirs(**inputs).logits, 1e-5, "forward")
-        theirs.merge_adapter()
-        ours.merge_adapter()
-        theirs_weights = {n: p for n, p in theirs.named_parameters() if "base_layer.weight" in n}
-        for name, weight in ours.named_parameters():
-            if "base_layer.weight" in name:
-                checks.assert_close(weight, theirs_weights[name], 1e-6, f"merged {name}")
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_supra_random_init"], lr=1e-2)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "llama_supra_random_init"])
-def test_bf16_base_equals_peft(case):
-    checks.check_bf16_equals_peft(METHOD, CASES[case])
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "llama_supra_random_init"])
-def test_mixed_batch_gives_each_sample_its_adapter(case):
-    checks.check_mixed_batch(METHOD, CASES[case])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_supra_random_init"], str(tmp_path))
 
 
 def test_bad_values_and_unsupported_layers_are_clear_errors():
@@ -150,16 +92,3 @@ def test_bad_values_and_unsupported_layers_are_clear_errors():
         with pytest.warns(UserWarning, match="save_precomputed_indices=False"):
             other = peftkit.SupertuningConfig(**QV, save_precomputed_indices=False)
         model.add_adapter("other", other)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_SUPERTUNING_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -7,9 +7,8 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
+from tests.conftest import perturb_adapter_weights, tiny_gpt2, tiny_llama, tiny_llama_seq_cls
 from tests.tuners import method_checks as checks
-from tests.tuners.grad_checks import check_gradients_equal_peft
 from tests.tuners.method_checks import Case
 
 import peftkit
@@ -40,63 +39,27 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_gradients_equal_peft(case):
-    check_gradients_equal_peft(METHOD, case)
-
-
 # a trained bias is not undone by disabling the adapter, and unload keeps a trained classification head
 # (modules_to_save): those cases are left out here
 MERGE_CASES = {
     name: case for name, case in CASES.items() if "bias" not in case.config and case.task_type != "SEQ_CLS"
 }
 
-
-@pytest.mark.parametrize("case", MERGE_CASES.values(), ids=MERGE_CASES.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_tied_embedding_uniform"], lr=5e-2)
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_tied_embedding_uniform"])
-
-
-def test_mixed_batch():
-    """peft 0.21 ignores `adapter_names` for TinyLoRA; peftkit applies each sample's adapter (or none)."""
-    checks.check_mixed_batch(METHOD, CASES["llama_tied_embedding_uniform"])
-
-
-@pytest.mark.parametrize("name", ["llama_tied_embedding_uniform", "llama_defaults_no_saved_projection"])
-def test_low_cpu_mem_usage_load(name, tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES[name], str(tmp_path))
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=MERGE_CASES,
+        training="llama_tied_embedding_uniform",
+        training_lr=5e-2,
+        bf16="llama_tied_embedding_uniform",
+        mixed_batch="llama_tied_embedding_uniform",
+        low_cpu_mem_usage=["llama_tied_embedding_uniform", "llama_defaults_no_saved_projection"],
+        gradients=checks.ALL,
+        default_targets="TRANSFORMERS_MODELS_TO_TINYLORA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize(
@@ -169,19 +132,7 @@ def test_second_adapter_with_other_targets_moves_both_ways(tmp_path):
     ours.base_model.set_adapter(["default", "second"])
     perturb_adapter_weights(ours)
     assert sorted(ours.base_model.tinylora_v["second"]) == ["0", "1"]
-    ours.eval().save_pretrained(tmp_path / "ours")
-    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
-    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
-    theirs.save_pretrained(tmp_path / "theirs")
-    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
-    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
-    inputs = llama_inputs()
-    for model in (ours, theirs, back):
-        model.set_adapter("second")
-    with torch.no_grad():
-        expected = ours(**inputs).logits
-        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
-        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")
+    checks.check_second_adapter_moves_both_ways(base, ours, tmp_path)
     ours.delete_adapter("second")
     assert sorted(ours.base_model.tinylora_v) == ["default"]
     assert not any(k for k in ours.state_dict() if ".second" in k)
@@ -220,16 +171,3 @@ def test_unsupported_layer_is_a_clear_error():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         peftkit.TinyLoraConfig(**kwargs)
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_TINYLORA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from tests.conftest import conv_net, llama_inputs, perturb_adapter_weights, tiny_gpt2, tiny_llama
 from tests.tuners import method_checks as checks
 from tests.tuners.method_checks import Case
-from tests.tuners.oracle_gradients import check_gradients_equal_peft
 
 import peftkit
 
@@ -38,55 +37,17 @@ CASES = {
 # a trained bias (bias="unilora_only") is not undone by disabling the adapter, so that case is left out there
 NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
 
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-@pytest.mark.parametrize("case", ["llama_q_v", "gpt2_conv1d_defaults"])
-def test_gradients_equal_peft(case):
-    check_gradients_equal_peft(METHOD, CASES[case])
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
-
-
-def test_mixed_batch_gives_each_sample_its_adapter():
-    checks.check_mixed_batch(METHOD, CASES["llama_q_v"])
-
-
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_mixed_dims_saved_indices"], str(tmp_path))
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_BIAS,
+        low_cpu_mem_usage="llama_mixed_dims_saved_indices",
+        gradients=["llama_q_v", "gpt2_conv1d_defaults"],
+        default_targets="TRANSFORMERS_MODELS_TO_UNILORA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +56,7 @@ def test_low_cpu_mem_usage_load(tmp_path):
 def test_theta_d_assignment_and_scales_are_peft_s_bit_for_bit(case):
     """Same torch seed: theta_d is drawn the same; the assignment (numpy, from proj_seed) and the scales
     are the same in every layer."""
-    theirs_config, ours_config = checks._configs(METHOD, CASES[case])
+    theirs_config, ours_config = checks.config_pair(METHOD, CASES[case])
     base = CASES[case].model_fn()
     torch.manual_seed(11)
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_config)
@@ -214,16 +175,3 @@ def test_unsupported_layers_and_config_validation():
             peftkit.UniLoraConfig(**bad)
     with pytest.raises(ValueError, match="bias.*unilora_only"):
         peftkit.UniLoraConfig(bias="lora_only")
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_UNILORA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)

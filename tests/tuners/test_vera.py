@@ -32,45 +32,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peft_file_loads_in_peftkit(case, tmp_path):
-    checks.check_peft_file_loads_in_peftkit(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_peftkit_file_loads_in_peft(case, tmp_path):
-    checks.check_peftkit_file_loads_in_peft(METHOD, case, str(tmp_path))
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_files_and_names_as_peft(case, tmp_path):
-    checks.check_same_files_as_peft(METHOD, case, tmp_path)
-    checks.check_trainable_names(METHOD, case)
-
-
 # a trained bias (bias="vera_only") is not undone by disabling the adapter, so that case is left out here
 NO_BIAS = {name: case for name, case in CASES.items() if "bias" not in case.config}
 
-
-@pytest.mark.parametrize("case", NO_BIAS.values(), ids=NO_BIAS.keys())
-def test_merge_unmerge_disable(case):
-    checks.check_merge_unmerge_disable(METHOD, case)
-
-
-def test_training_lowers_loss():
-    checks.check_training_lowers_loss(METHOD, CASES["llama_q_v"])
-
-
-def test_target_matching_nothing_is_a_clear_error():
-    checks.check_no_match_error(METHOD, CASES["llama_q_v"])
-
-
-def test_no_weighted_adapter():
-    checks.check_no_weighted_adapter(METHOD, CASES["llama_q_v"])
-
-
-def test_bf16_base_equals_peft():
-    checks.check_bf16_equals_peft(METHOD, CASES["llama_q_v"])
+globals().update(
+    checks.shared_tests(
+        METHOD,
+        CASES,
+        one="llama_q_v",
+        merge=NO_BIAS,
+        mixed_batch=None,  # adapters of other ranks (tested below)
+        default_targets="TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING",
+    )
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -172,23 +146,6 @@ def test_mixed_batch_gives_each_sample_its_adapter():
     checks.assert_close(mixed, torch.stack([row0, row1, row2]), checks.BASE_ATOL, "mixed batch")
 
 
-def test_low_cpu_mem_usage_load(tmp_path):
-    checks.check_low_cpu_mem_usage_load(METHOD, CASES["llama_q_v"], str(tmp_path))
-
-
-def test_default_targets_per_architecture_are_peft_s():
-    from peft.utils import constants as theirs
-
-    from peftkit.utils import constants as ours
-
-    name = "TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING"
-    assert getattr(ours, name) == getattr(theirs, name)
-
-
-def test_config_fields_and_defaults_are_peft_s():
-    checks.check_config_fields(METHOD)
-
-
 def test_second_adapter_with_its_projections_moves_both_ways(tmp_path):
     """A non-default adapter's projections are saved in its sub-folder as `base_model.vera_A/B` and load
     into that adapter's entry in either library."""
@@ -199,17 +156,5 @@ def test_second_adapter_with_its_projections_moves_both_ways(tmp_path):
     perturb_adapter_weights(ours)
     with torch.no_grad():
         ours.base_model.vera_A["second"].mul_(3.0)  # differs from what the key would draw
-    ours.eval().save_pretrained(tmp_path / "ours")
-    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
-    theirs.load_adapter(tmp_path / "ours" / "second", adapter_name="second")
-    theirs.save_pretrained(tmp_path / "theirs")
-    back = peftkit.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
-    back.load_adapter(tmp_path / "theirs" / "second", adapter_name="second")
-    inputs = llama_inputs()
-    for model in (ours, theirs, back):
-        model.set_adapter("second")
+    back = checks.check_second_adapter_moves_both_ways(base, ours, tmp_path)
     assert torch.equal(back.base_model.vera_A["second"], ours.base_model.vera_A["second"])
-    with torch.no_grad():
-        expected = ours(**inputs).logits
-        checks.assert_close(theirs(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "peft loads our second")
-        checks.assert_close(back(**inputs).logits, expected, checks.ROUNDTRIP_ATOL, "and back")

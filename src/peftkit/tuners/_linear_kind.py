@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..utils.warnings import PeftWarning
+from ._quantized import weight_shape
 
 CONV1D = "Conv1D"  # transformers.pytorch_utils.Conv1D, resolved by `base_layer_type`
 
@@ -66,3 +67,12 @@ def align_fan_in_fan_out(base: nn.Module, config: Any) -> bool:
         )
         config.fan_in_fan_out = is_conv1d
     return is_conv1d
+
+
+def set_linear_sizes(layer: nn.Module, fan_in_fan_out: bool, is_target_conv_1d_layer: bool = False) -> None:
+    """Record on an adapter `layer` over a Linear or Conv1D base its weight's orientation and its
+    `out_features`/`in_features`, read as numbers (a 4-bit weight is stored packed)."""
+    layer.fan_in_fan_out = fan_in_fan_out
+    layer.is_target_conv_1d_layer = is_target_conv_1d_layer
+    shape = weight_shape(layer.get_base_layer())
+    layer.out_features, layer.in_features = shape[::-1] if fan_in_fan_out else shape

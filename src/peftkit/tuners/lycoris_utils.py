@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import PeftConfig
 from ..utils.other import get_pattern_key
+from ._config_checks import check_layers_pattern_has_indices, is_positive_int
 from ._quantized import weight_shape
 from ._scaling import ScalingHelpers
 from .tuners_utils import BaseTuner, BaseTunerLayer
@@ -41,16 +42,13 @@ class LycorisConfig(PeftConfig):
 
     def _validate_lycoris(self, method: str) -> None:
         """Checks LoHa and LoKr share; peft accepts some of these silently and fails later."""
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"{method} rank r must be a positive integer, got r={self.r!r}.")
         for name in ("rank_dropout", "module_dropout"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "
-            )
+        check_layers_pattern_has_indices(self)
         for name, value in {**(self.rank_pattern or {}), **(self.alpha_pattern or {})}.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(

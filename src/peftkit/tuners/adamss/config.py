@@ -7,10 +7,7 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+from .._config_checks import is_positive_int
 
 
 @dataclass
@@ -92,7 +89,7 @@ class AdamssConfig(PeftConfig):
         if self.init_weights not in ("orthogonal", None):
             raise ValueError(f"init_weights must be 'orthogonal' or None, got {self.init_weights!r}.")
         for name in ("r", "num_subspaces", "subspace_rank"):
-            if not _is_positive_int(getattr(self, name)):
+            if not is_positive_int(getattr(self, name)):
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
         if self.use_asa:
             self._check_asa()

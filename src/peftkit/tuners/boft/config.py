@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_layers_pattern_has_indices, is_positive_int
 
 _VALID_BIAS = ("none", "all", "boft_only")
 
@@ -56,10 +57,7 @@ class BOFTConfig(PeftConfig):
         self.peft_type = PeftType.BOFT
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "
-            )
+        check_layers_pattern_has_indices(self)
         if self.boft_block_size == 0 and self.boft_block_num == 0:
             raise ValueError(
                 f"Either `boft_block_size` or `boft_block_num` must be non-zero. Currently, boft_block_size = "
@@ -75,11 +73,7 @@ class BOFTConfig(PeftConfig):
             raise ValueError(f"BOFT bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
         if not 0.0 <= float(self.boft_dropout) <= 1.0:
             raise ValueError(f"boft_dropout must be a probability in [0, 1], got {self.boft_dropout!r}.")
-        if (
-            isinstance(self.boft_n_butterfly_factor, bool)
-            or not isinstance(self.boft_n_butterfly_factor, int)
-            or (self.boft_n_butterfly_factor < 1)
-        ):
+        if not is_positive_int(self.boft_n_butterfly_factor):
             raise ValueError(
                 f"boft_n_butterfly_factor must be a positive integer (1: one block-diagonal factor), got "
                 f"{self.boft_n_butterfly_factor!r}."

@@ -7,6 +7,11 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import (
+    check_no_layer_selection_with_regex,
+    check_one_of,
+    is_positive_int,
+)
 
 _VALID_BIAS = ("none", "all", "c3a_only")
 _VALID_INIT = (True, False, "gaussian", "kaiming_uniform", "xavier_uniform")
@@ -51,17 +56,13 @@ class C3AConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.C3A
         self.target_modules = as_set(self.target_modules)
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size <= 0:
+        if not is_positive_int(self.block_size):
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        check_one_of(self, "bias", _VALID_BIAS)
         if not any(
             self.init_weights is v if isinstance(v, bool) else self.init_weights == v for v in _VALID_INIT
         ):
             raise ValueError(
                 f"init_weights must be one of {_VALID_INIT} (True: zeros, a no-op adapter), got {self.init_weights!r}."
             )
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        check_no_layer_selection_with_regex(self)

@@ -7,6 +7,11 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import (
+    check_layer_selection,
+    check_one_of,
+    is_positive_int,
+)
 
 DECOMPOSITION_METHODS = ("qr", "relu")
 BIAS_CHOICES = ("none", "all", "deft_only")
@@ -71,17 +76,9 @@ class DeftConfig(PeftConfig):
                 f"Unknown decomposition_method '{self.decomposition_method}', must be one of "
                 f"{sorted(DECOMPOSITION_METHODS)}."
             )
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
         if not 0.0 <= self.deft_dropout < 1.0:
             raise ValueError(f"`deft_dropout` must be in [0, 1), got {self.deft_dropout!r}.")
-        if self.bias not in BIAS_CHOICES:
-            raise ValueError(f"bias must be one of {BIAS_CHOICES}, got {self.bias!r}.")
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
+        check_one_of(self, "bias", BIAS_CHOICES)
+        check_layer_selection(self)

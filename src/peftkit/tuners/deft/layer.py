@@ -26,7 +26,8 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
-from .._quantized import weight_dtype, weight_shape
+from .._linear_kind import set_linear_sizes
+from .._quantized import weight_dtype
 from .._tuner_layer import _as_list
 from ..tuners_utils import BaseTunerLayer
 from .config import DeftConfig
@@ -139,10 +140,7 @@ class DeftLinear(DeftLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         DeftLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = config.fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        shape = weight_shape(self.get_base_layer())  # as numbers: a 4-bit weight is stored packed
-        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
+        set_linear_sizes(self, config.fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, config)
 

@@ -7,10 +7,7 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+from .._config_checks import check_layers_pattern_has_indices, is_positive_int
 
 
 @dataclass
@@ -61,15 +58,14 @@ class DeloraConfig(PeftConfig):
         self.peft_type = PeftType.DELORA
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
+        # peft checks only this half of the regex rule for DeLoRA (a regex with layers_pattern alone is
+        # refused by the pattern rule below instead)
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
-        if not _is_positive_int(self.r):
+        check_layers_pattern_has_indices(self)
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` must be a positive integer; got {self.r!r}.")
-        bad_ranks = {k: v for k, v in (self.rank_pattern or {}).items() if not _is_positive_int(v)}
+        bad_ranks = {k: v for k, v in (self.rank_pattern or {}).items() if not is_positive_int(v)}
         if bad_ranks:
             raise ValueError(f"`rank_pattern` values must be positive integers; got {bad_ranks}.")
         if not (isinstance(self.module_dropout, (int, float)) and 0.0 <= self.module_dropout <= 1.0):

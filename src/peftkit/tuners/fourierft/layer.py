@@ -13,23 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._quantized import weight_shape
+from .._linear_kind import set_linear_sizes
+from .._sparse_spectrum import DenseDeltaLinear, check_coefficient_count, random_positions
 from ..tuners_utils import BaseTunerLayer
 from .config import FourierFTConfig
-
-
-def frequency_locations(
-    n_frequency: int, out_features: int, in_features: int, seed: int | None
-) -> torch.Tensor:
-    """(2, n) row/column indices of the trained coefficients: the first n of a random permutation of the
-    out*in positions (row-major), from a CPU generator seeded with `seed` (global RNG when None)."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    # on the CPU explicitly: also under low_cpu_mem_usage's meta-device context, they are real numbers
-    flat = torch.randperm(out_features * in_features, generator=generator, device="cpu")[:n_frequency]
-    return torch.stack([flat // in_features, flat % in_features])
 
 
 class FourierFTLayer(BaseTunerLayer):
@@ -56,19 +45,11 @@ class FourierFTLayer(BaseTunerLayer):
         **kwargs: Any,
     ) -> None:
         """Create adapter `adapter_name`: draw its locations and its spectrum."""
-        if n_frequency <= 0:
-            raise ValueError(
-                f"`n_frequency` should be a positive integer value but the value passed is {n_frequency}"
-            )
-        if n_frequency > self.in_features * self.out_features:
-            raise ValueError(
-                "`n_frequency` should be less than or equal to the product of the input and output dimensions but "
-                f"the value passed is {n_frequency} and the product is {self.in_features * self.out_features}"
-            )
+        check_coefficient_count(n_frequency, self.out_features, self.in_features)
         self.fourierft_n_frequency[adapter_name] = n_frequency
         self.fourierft_scaling[adapter_name] = config.scaling
         self.fourierft_random_loc_seed[adapter_name] = config.random_loc_seed
-        self.indices[adapter_name] = frequency_locations(
+        self.indices[adapter_name] = random_positions(
             n_frequency, self.out_features, self.in_features, config.random_loc_seed
         )
         self.fourierft_spectrum[adapter_name] = nn.Parameter(torch.empty(n_frequency))
@@ -91,7 +72,7 @@ class FourierFTLayer(BaseTunerLayer):
         return "fourierft." + super().__repr__()
 
 
-class FourierFTLinear(FourierFTLayer, nn.Module):
+class FourierFTLinear(DenseDeltaLinear, FourierFTLayer, nn.Module):
     """FourierFT on `nn.Linear` or transformers' `Conv1D` (`fan_in_fan_out=True`: weight stored as (in, out))."""
 
     def __init__(
@@ -105,10 +86,7 @@ class FourierFTLinear(FourierFTLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         FourierFTLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = config.fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
-        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
+        set_linear_sizes(self, config.fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, n_frequency, config)
 
@@ -119,12 +97,3 @@ class FourierFTLinear(FourierFTLayer, nn.Module):
         dense = torch.zeros(self.out_features, self.in_features, device=spectrum.device, dtype=spectrum.dtype)
         dense[indices[0], indices[1]] = spectrum
         return torch.fft.ifft2(dense).real * self.fourierft_scaling[adapter]
-
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """The weight change in the base weight's layout ((in, out) for Conv1D)."""
-        delta = self._delta_out_in(adapter)
-        return delta.T if self.fan_in_fan_out else delta
-
-    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
-        delta = self._delta_out_in(adapter_name)
-        return F.linear(self._cast_input_dtype(x, delta.dtype), delta)

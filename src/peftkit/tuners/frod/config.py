@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import (
+    check_dropout,
+    check_layers_pattern_has_indices,
+    check_one_of,
+)
 
 _VALID_BIAS = ("none", "all", "frod_only")
 
@@ -61,13 +66,8 @@ class FrodConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.FROD
         self.target_modules = as_set(self.target_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
+        check_layers_pattern_has_indices(self)
         if not 0.0 <= float(self.sparse_rate) <= 1.0:
             raise ValueError(f"`sparse_rate` should be between 0 and 1, got {self.sparse_rate}.")
-        if not 0.0 <= float(self.frod_dropout) < 1.0:
-            raise ValueError(f"frod_dropout must be in [0, 1), got {self.frod_dropout!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        check_dropout(self, "frod_dropout")
+        check_one_of(self, "bias", _VALID_BIAS)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_one_of, is_int
 
 GLORA_A_B_KINDS = ("constant", "lora", "none", "vector")
 GLORA_C_KINDS = ("lora", "none", "vector")
@@ -65,7 +66,6 @@ class GloraConfig(PeftConfig):
             if value not in allowed:
                 raise ValueError(f"Invalid {name} value: {value!r}. Valid values are: {', '.join(allowed)}.")
         # peft accepts r=0 (empty 'lora' paths: a no-op) and fails on a negative r when building the layers
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 0:
+        if not is_int(self.r) or self.r < 0:
             raise ValueError(f"GLoRA rank r must be a non-negative integer, got r={self.r!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        check_one_of(self, "bias", _VALID_BIAS)

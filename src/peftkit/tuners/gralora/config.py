@@ -6,10 +6,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+from .._config_checks import is_int
 
 
 @dataclass
@@ -64,13 +61,13 @@ class GraloraConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.GRALORA
         self.target_modules = as_set(self.target_modules)
-        if not _is_int(self.gralora_k) or self.gralora_k <= 0:
+        if not is_int(self.gralora_k) or self.gralora_k <= 0:
             raise ValueError(f"`gralora_k` should be a positive integer value, got {self.gralora_k!r}.")
-        if not _is_int(self.r) or self.r <= 0:
+        if not is_int(self.r) or self.r <= 0:
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
         if self.r % self.gralora_k != 0:
             raise ValueError(f"r should be divisible by gralora_k, but got {self.r} and {self.gralora_k}")
-        if not _is_int(self.hybrid_r) or self.hybrid_r < 0:
+        if not is_int(self.hybrid_r) or self.hybrid_r < 0:
             raise ValueError(f"`hybrid_r` should be a non-negative integer value, got {self.hybrid_r!r}.")
         if not (isinstance(self.gralora_dropout, (int, float)) and 0.0 <= self.gralora_dropout <= 1.0):
             raise ValueError(

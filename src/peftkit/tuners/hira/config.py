@@ -7,10 +7,7 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+from .._config_checks import check_no_layer_selection_with_regex, is_positive_int
 
 
 @dataclass
@@ -58,10 +55,10 @@ class HiraConfig(PeftConfig):
         self.peft_type = PeftType.HIRA
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if not _is_positive_int(self.r):
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
         for key, rank in (self.rank_pattern or {}).items():
-            if not _is_positive_int(rank):
+            if not is_positive_int(rank):
                 raise ValueError(f"rank_pattern[{key!r}] should be a positive integer value, got {rank!r}.")
         if not 0.0 <= self.hira_dropout <= 1.0:
             raise ValueError(f"hira_dropout must be a probability in [0, 1], got {self.hira_dropout!r}.")
@@ -70,7 +67,4 @@ class HiraConfig(PeftConfig):
             raise ValueError(
                 f"init_weights must be True, False, None or 'gaussian', got {self.init_weights!r}."
             )
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        check_no_layer_selection_with_regex(self)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_layer_selection, check_one_of, is_positive_int
 
 
 @dataclass
@@ -42,15 +43,7 @@ class HRAConfig(PeftConfig):
         self.peft_type = PeftType.HRA
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value, got r={self.r!r}.")
-        if self.bias not in ("none", "all", "hra_only"):
-            raise ValueError(f"bias must be one of ('none', 'all', 'hra_only'), got {self.bias!r}.")
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
+        check_one_of(self, "bias", ("none", "all", "hra_only"))
+        check_layer_selection(self)

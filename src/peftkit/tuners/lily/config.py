@@ -6,10 +6,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+from .._config_checks import check_layers_pattern_has_indices, is_int
 
 
 @dataclass
@@ -49,15 +46,12 @@ class LilyConfig(PeftConfig):
         self.peft_type = PeftType.LILY
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
-        if not _is_int(self.r) or self.r <= 0:
+        check_layers_pattern_has_indices(self)
+        if not is_int(self.r) or self.r <= 0:
             raise ValueError(f"Lily rank r must be a positive integer, got r={self.r!r}.")
-        if not _is_int(self.stride_A) or self.stride_A < 1:
+        if not is_int(self.stride_A) or self.stride_A < 1:
             raise ValueError(f"`stride_A` must be an integer of at least 1, got stride_A={self.stride_A!r}.")
-        if not _is_int(self.num_B) or self.num_B < 2:
+        if not is_int(self.num_B) or self.num_B < 2:
             raise ValueError(
                 f"`num_B` must be an integer of at least 2 for the router to be trained, got num_B={self.num_B!r}."
             )

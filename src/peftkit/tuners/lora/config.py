@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_dropout, check_one_of, is_positive_int
 
 # PEFT code imports the sub-configs from the config module
 from .sub_configs import (
@@ -195,12 +196,10 @@ class LoraConfig(PeftConfig):
         self._validate()
 
     def _validate(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"LoRA rank r must be a positive integer, got r={self.r!r}.")
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        check_dropout(self, "lora_dropout")
+        check_one_of(self, "bias", _VALID_BIAS)
         if self.use_dora and self.lora_bias:
             raise ValueError(
                 "lora_bias=True is not supported together with DoRA; pass use_dora=False or lora_bias=False."
@@ -209,11 +208,7 @@ class LoraConfig(PeftConfig):
             raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex).")
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
             raise ValueError("layers_pattern cannot be used when target_modules is a str (a regex).")
-        if self.use_qalora and (
-            not isinstance(self.qalora_group_size, int)
-            or isinstance(self.qalora_group_size, bool)
-            or self.qalora_group_size <= 0
-        ):
+        if self.use_qalora and not is_positive_int(self.qalora_group_size):
             raise ValueError(f"qalora_group_size must be a positive integer, got {self.qalora_group_size!r}.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When layers_pattern is specified, layers_to_transform must also be specified.")

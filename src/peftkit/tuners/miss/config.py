@@ -7,10 +7,7 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+from .._config_checks import check_no_layer_selection_with_regex, is_positive_int
 
 
 @dataclass
@@ -60,13 +57,10 @@ class MissConfig(PeftConfig):
         self.peft_type = PeftType.MISS
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if not _is_positive_int(self.r):
+        check_no_layer_selection_with_regex(self)
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
-        if not _is_positive_int(self.mini_r):
+        if not is_positive_int(self.mini_r):
             raise ValueError(f"`mini_r` should be a positive integer value, got {self.mini_r!r}.")
         if not (isinstance(self.miss_dropout, (int, float)) and 0.0 <= self.miss_dropout <= 1.0):
             raise ValueError(

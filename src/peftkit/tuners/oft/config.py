@@ -9,6 +9,7 @@ from typing import Literal
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
+from .._config_checks import check_layers_pattern_has_indices
 
 _VALID_BIAS = ("none", "all", "oft_only")
 
@@ -56,10 +57,7 @@ class OFTConfig(PeftConfig):
         self.peft_type = PeftType.OFT
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "
-            )
+        check_layers_pattern_has_indices(self)
         if self.r == 0 and self.oft_block_size == 0:
             raise ValueError(
                 f"Either `r` or `oft_block_size` must be non-zero. Currently, r = {self.r} and oft_block_size = "

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import (
+    check_layers_pattern_has_indices,
+    is_int,
+    is_positive_int,
+)
 
 
 def activation_names() -> list[str]:
@@ -54,13 +59,10 @@ class PeanutConfig(PeftConfig):
         self.peft_type = PeftType.PEANUT
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        check_layers_pattern_has_indices(self)
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` must be a positive integer, got r={self.r!r}.")
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 0:
+        if not is_int(self.depth) or self.depth < 0:
             raise ValueError(f"`depth` can only be a non-negative integer, got depth={self.depth!r}.")
         # "relu" (the default) is always in ACT2FN: a default config needs no transformers, so registering
         # the method (which builds one) keeps `import peftkit` free of it

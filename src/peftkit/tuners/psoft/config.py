@@ -8,6 +8,7 @@ from typing import Literal
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_layer_selection, is_positive_int
 
 AB_SVD_INITS = ("pissa_init", "psoft_init")
 SVD_BACKENDS = ("full", "lowrank")
@@ -95,15 +96,8 @@ class PsoftConfig(PeftConfig):
         self.peft_type = PeftType.PSOFT
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        check_layer_selection(self)
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` must be a positive integer; got {self.r!r}.")
         if self.ab_svd_init not in AB_SVD_INITS:
             raise ValueError(f"`ab_svd_init` must be one of {list(AB_SVD_INITS)}; got {self.ab_svd_init!r}.")

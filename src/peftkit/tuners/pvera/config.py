@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-from ...utils.warnings import PeftWarning
+from .._config_checks import (
+    check_dropout,
+    check_layers_pattern_has_indices,
+    check_one_of,
+    is_positive_int,
+    warn_projections_not_saved,
+)
 
 _VALID_BIAS = ("none", "all", "pvera_only")
 
@@ -60,20 +65,10 @@ class PveraConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.PVERA
         self.target_modules = as_set(self.target_modules)
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"PVeRA rank r must be a positive integer, got r={self.r!r}.")
-        if not 0.0 <= float(self.pvera_dropout) < 1.0:
-            raise ValueError(f"pvera_dropout must be in [0, 1), got {self.pvera_dropout!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
+        check_dropout(self, "pvera_dropout")
+        check_one_of(self, "bias", _VALID_BIAS)
+        check_layers_pattern_has_indices(self)
         if not self.save_projection:
-            warnings.warn(
-                "save_projection=False: pvera_A and pvera_B are not saved with the adapter but re-drawn from "
-                "projection_prng_key when it is loaded. That reproduces them only where torch's generator gives "
-                "the same numbers; set save_projection=True to store them with the adapter.",
-                PeftWarning,
-            )
+            warn_projections_not_saved(("pvera_A", "pvera_B"))

@@ -25,6 +25,7 @@ from torch import nn
 from ...utils.warnings import PeftWarning
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
+from .._linear_kind import set_linear_sizes
 from ..tuners_utils import BaseTunerLayer
 from .config import PveraConfig
 
@@ -49,13 +50,6 @@ class PveraLayer(BaseTunerLayer):
         self.pvera_A: BufferDict | None = None
         self.pvera_B: BufferDict | None = None
         self.kwargs = kwargs
-
-    def _set_dims(self, base_layer: nn.Module, fan_in_fan_out: bool) -> None:
-        if hasattr(base_layer, "in_features"):  # nn.Linear, also bitsandbytes' (packed weights)
-            self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
-        else:
-            shape = base_layer.weight.shape
-            self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
 
     def update_layer(
         self,
@@ -168,8 +162,6 @@ class Linear(PveraLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         PveraLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = config.fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        self._set_dims(self.get_base_layer(), self.fan_in_fan_out)
+        set_linear_sizes(self, config.fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, pvera_A, pvera_B, r, config)

@@ -23,6 +23,7 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
+from .._linear_kind import set_linear_sizes
 from ..tuners_utils import BaseTunerLayer
 from .bases import num_bases
 from .config import RandLoraConfig
@@ -170,12 +171,6 @@ class Linear(RandLoraLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         RandLoraLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        base = self.get_base_layer()
-        if isinstance(base, nn.Linear):  # also bitsandbytes' layers, whose weight is packed
-            self.in_features, self.out_features = base.in_features, base.out_features
-        else:
-            self.in_features, self.out_features = base.weight.shape  # Conv1D: (in, out)
+        set_linear_sizes(self, fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, randlora_A, randlora_B, r, config)

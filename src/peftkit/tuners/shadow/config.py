@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_layer_selection, is_positive_int
 
 # the shadow-backbone sizes that only a "mirror" backbone (built here, not loaded) can take
 MIRROR_ONLY_FIELDS = (
@@ -91,14 +92,7 @@ class ShadowConfig(PeftConfig):
         self.peft_type = PeftType.SHADOW
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
+        check_layer_selection(self)
         if self.shadow_model != "mirror":
             configured = [name for name in MIRROR_ONLY_FIELDS if getattr(self, name) is not None]
             if configured:
@@ -110,7 +104,7 @@ class ShadowConfig(PeftConfig):
 
     def _check_sizes(self) -> None:
         """Values peft accepts here and fails on later, when the layers are built."""
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
         if not 0.0 <= self.shadow_dropout <= 1.0:
             raise ValueError(

@@ -10,6 +10,7 @@ from typing import Literal
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
+from .._config_checks import is_int, is_positive_int
 from .mask_functions import random_mask
 
 
@@ -65,11 +66,9 @@ class ShiraConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.SHIRA
         self.target_modules = as_set(self.target_modules)
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value, got {self.r!r}.")
-        if self.random_seed is not None and (
-            isinstance(self.random_seed, bool) or not isinstance(self.random_seed, int)
-        ):
+        if self.random_seed is not None and not is_int(self.random_seed):
             raise ValueError(f"`random_seed` must be an integer or None, got {self.random_seed!r}.")
         self.mask_fn: Callable | None = random_mask if self.mask_type == "random" else None
         if self.mask_fn is None and not self.inference_mode:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import is_positive_int
 
 
 @dataclass
@@ -52,7 +53,7 @@ class SupertuningConfig(PeftConfig):
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0.0, 1.0), got {self.sparsity}")
         if self.r is not None:
-            if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            if not is_positive_int(self.r):
                 raise ValueError(f"r must be a positive integer or None, got {self.r!r}")
             if self.lora_alpha is None:
                 self.lora_alpha = 2 * self.r

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
-from ...utils.warnings import PeftWarning
+from .._config_checks import (
+    check_dropout,
+    check_layers_pattern_has_indices,
+    check_one_of,
+    is_positive_int,
+    warn_projections_not_saved,
+)
 
 _VALID_BIAS = ("none", "all", "tinylora_only")
 _VALID_INIT = (True, False, "uniform")
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass
@@ -65,29 +66,19 @@ class TinyLoraConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.TINYLORA
         self.target_modules = as_set(self.target_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified."
-            )
-        if not _is_positive_int(self.r):
+        check_layers_pattern_has_indices(self)
+        if not is_positive_int(self.r):
             raise ValueError(f"`r` should be a positive integer value but the value passed is {self.r}")
-        if not _is_positive_int(self.u):
+        if not is_positive_int(self.u):
             raise ValueError(f"`u` should be a positive integer value but the value passed is {self.u}")
         if not 0.0 <= self.weight_tying <= 1.0:
             raise ValueError(
                 f"`weight_tying` should be a float between 0.0 and 1.0 but the value passed is {self.weight_tying}"
             )
-        if not 0.0 <= float(self.tinylora_dropout) < 1.0:
-            raise ValueError(f"tinylora_dropout must be in [0, 1), got {self.tinylora_dropout!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        check_dropout(self, "tinylora_dropout")
+        check_one_of(self, "bias", _VALID_BIAS)
         # peft leaves v uninitialised for any value but True and "uniform": a typo would train from garbage
         if not (isinstance(self.init_weights, bool) or self.init_weights == "uniform"):
             raise ValueError(f"init_weights must be one of {_VALID_INIT}, got {self.init_weights!r}.")
         if not self.save_projection:
-            warnings.warn(
-                "save_projection=False: tinylora_P is not saved with the adapter but re-drawn from projection_seed "
-                "when it is loaded. That reproduces it only where torch's generator gives the same numbers; set "
-                "save_projection=True to store it with the adapter.",
-                PeftWarning,
-            )
+            warn_projections_not_saved(("tinylora_P",), "projection_seed")

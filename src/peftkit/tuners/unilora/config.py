@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import check_no_layer_selection_with_regex
 
 _VALID_BIAS = ("none", "all", "unilora_only")
 
@@ -75,7 +76,4 @@ class UniLoraConfig(PeftConfig):
             )
         if self.bias not in _VALID_BIAS:
             raise ValueError(f"`bias` should be one of {_VALID_BIAS}, got {self.bias!r}.")
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        check_no_layer_selection_with_regex(self)

@@ -21,7 +21,8 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
-from .._quantized import weight_dtype, weight_shape
+from .._linear_kind import set_linear_sizes
+from .._quantized import weight_dtype
 from ..tuners_utils import BaseTunerLayer
 from .config import UniLoraConfig
 
@@ -134,10 +135,7 @@ class Linear(UniLoraLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         UniLoraLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = config.fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
-        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
+        set_linear_sizes(self, config.fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, unilora_theta_d, config)
 

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
+from .._config_checks import (
+    check_dropout,
+    check_layers_pattern_has_indices,
+    check_one_of,
+    is_positive_int,
+)
 
 _VALID_BIAS = ("none", "all", "vblora_only")
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass
@@ -66,19 +68,14 @@ class VBLoRAConfig(PeftConfig):
         self.peft_type = PeftType.VBLORA
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "
-            )
+        check_layers_pattern_has_indices(self)
         for name in ("r", "num_vectors", "vector_length", "topk"):
-            if not _is_positive_int(getattr(self, name)):
+            if not is_positive_int(getattr(self, name)):
                 raise ValueError(f"`{name}` should be a positive integer, got {getattr(self, name)!r}.")
         if self.topk > self.num_vectors:
             raise ValueError(
                 f"`topk` ({self.topk}) cannot exceed `num_vectors` ({self.num_vectors}): each piece mixes topk of "
                 "the bank's vectors."
             )
-        if not 0.0 <= float(self.vblora_dropout) < 1.0:
-            raise ValueError(f"vblora_dropout must be in [0, 1), got {self.vblora_dropout!r}.")
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
+        check_dropout(self, "vblora_dropout")
+        check_one_of(self, "bias", _VALID_BIAS)

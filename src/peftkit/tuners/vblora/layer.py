@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._dropout import input_dropout
-from .._quantized import weight_shape
+from .._linear_kind import set_linear_sizes
 from ..tuners_utils import BaseTunerLayer
 from .config import VBLoRAConfig
 
@@ -132,10 +132,7 @@ class Linear(VBLoRALayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         VBLoRALayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        shape = weight_shape(self.get_base_layer())  # as numbers: a 4-bit weight is stored packed
-        self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
+        set_linear_sizes(self, fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, vblora_vector_bank, r, config)
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .._buffer_dict import BufferDict
 from .._dropout import input_dropout
-from .._quantized import weight_shape
+from .._linear_kind import set_linear_sizes
 from ..tuners_utils import BaseTunerLayer
 from .config import VeraConfig
 
@@ -109,10 +109,7 @@ class Linear(VeraLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         VeraLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = config.fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
-        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
+        set_linear_sizes(self, config.fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, vera_A, vera_B, r, config)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ...config import PeftConfig, as_set
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
+from .._config_checks import check_layer_selection, check_one_of, is_positive_int
 from .wavelets import NOT_ORTHOGONAL, WAVELET_FAMILIES
 
 _VALID_BIAS = ("none", "all", "waveft_only")
@@ -67,14 +68,7 @@ class WaveFTConfig(PeftConfig):
         self.peft_type = PeftType.WAVEFT
         self.target_modules = as_set(self.target_modules)
         self.exclude_modules = as_set(self.exclude_modules)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError(
-                "When `layers_pattern` is specified, `layers_to_transform` must also be specified. "
-            )
+        check_layer_selection(self)
         if self.wavelet_family not in WAVELET_FAMILIES:
             raise ValueError(
                 f"Wavelet family {self.wavelet_family!r} not supported. Supported wavelet families are: "
@@ -87,11 +81,6 @@ class WaveFTConfig(PeftConfig):
                 "same weights in both libraries. Choose another family for a true wavelet basis.",
                 PeftWarning,
             )
-        if self.bias not in _VALID_BIAS:
-            raise ValueError(f"bias must be one of {_VALID_BIAS}, got {self.bias!r}.")
-        if (
-            isinstance(self.n_frequency, bool)
-            or not isinstance(self.n_frequency, int)
-            or self.n_frequency <= 0
-        ):
+        check_one_of(self, "bias", _VALID_BIAS)
+        if not is_positive_int(self.n_frequency):
             raise ValueError(f"`n_frequency` should be a positive integer value, got {self.n_frequency!r}.")

@@ -16,23 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._quantized import weight_shape
+from .._linear_kind import set_linear_sizes
+from .._sparse_spectrum import DenseDeltaLinear, check_coefficient_count, random_positions
 from ..tuners_utils import BaseTunerLayer
 from .config import WaveFTConfig
 from .idwt import inverse_dwt2
 from .wavelets import size_reduction
-
-
-def coefficient_locations(n: int, out_features: int, in_features: int, seed: int) -> torch.Tensor:
-    """(2, n) row/column indices of the trained coefficients: the first n of a random permutation of the
-    out*in positions (row-major), from a CPU generator seeded with `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    # on the CPU explicitly: also under low_cpu_mem_usage's meta-device context, they are real numbers
-    flat = torch.randperm(out_features * in_features, generator=generator, device="cpu")[:n]
-    return torch.stack([flat // in_features, flat % in_features])
 
 
 def _even(size: int) -> int:
@@ -72,21 +63,13 @@ class WaveFTLayer(BaseTunerLayer):
         **kwargs: Any,
     ) -> None:
         """Create adapter `adapter_name`: draw its locations and its coefficients."""
-        if n_frequency <= 0:
-            raise ValueError(
-                f"`n_frequency` should be a positive integer value but the value passed is {n_frequency}"
-            )
-        if n_frequency > self.in_features * self.out_features:
-            raise ValueError(
-                "`n_frequency` should be less than or equal to the product of the input and output dimensions but "
-                f"the value passed is {n_frequency} and the product is {self.in_features * self.out_features}"
-            )
+        check_coefficient_count(n_frequency, self.out_features, self.in_features)
         self.waveft_n_frequency[adapter_name] = n_frequency
         self.waveft_scaling[adapter_name] = config.scaling
         self.waveft_random_loc_seed[adapter_name] = config.random_loc_seed
         self.waveft_wavelet_family[adapter_name] = config.wavelet_family
         self.waveft_use_idwt[adapter_name] = config.use_idwt
-        self.waveft_indices[adapter_name] = coefficient_locations(
+        self.waveft_indices[adapter_name] = random_positions(
             n_frequency, self.out_features, self.in_features, config.random_loc_seed
         )
         if config.init_weights:
@@ -126,7 +109,7 @@ class WaveFTLayer(BaseTunerLayer):
         return "waveft." + super().__repr__()
 
 
-class WaveFTLinear(WaveFTLayer, nn.Module):
+class WaveFTLinear(DenseDeltaLinear, WaveFTLayer, nn.Module):
     """WaveFT on `nn.Linear` or transformers' `Conv1D` (`fan_in_fan_out=True`: weight stored as (in, out))."""
 
     def __init__(
@@ -140,18 +123,6 @@ class WaveFTLinear(WaveFTLayer, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         WaveFTLayer.__init__(self, base_layer, **kwargs)
-        self.fan_in_fan_out = config.fan_in_fan_out
-        self.is_target_conv_1d_layer = is_target_conv_1d_layer
-        shape = weight_shape(base_layer)  # as numbers: a 4-bit weight is stored packed
-        self.out_features, self.in_features = shape[::-1] if self.fan_in_fan_out else shape
+        set_linear_sizes(self, config.fan_in_fan_out, is_target_conv_1d_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, n_frequency, config)
-
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """The weight change in the base weight's layout ((in, out) for Conv1D)."""
-        delta = self._delta_out_in(adapter)
-        return delta.T if self.fan_in_fan_out else delta
-
-    def _adapter_output(self, adapter_name: str, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
-        delta = self._delta_out_in(adapter_name)
-        return F.linear(self._cast_input_dtype(x, delta.dtype), delta)

@@ -12,6 +12,7 @@ from ...utils.constants import CONFIG_NAME
 from ...utils.hub import resolve_adapter_file
 from ...utils.peft_types import PeftType
 from ...utils.warnings import PeftWarning
+from .._config_checks import check_dropout
 
 
 @dataclass
@@ -93,8 +94,7 @@ class XLoraConfig(PeftConfig):
             raise ValueError(
                 f"adapters must map expert names to LoRA adapter folders, got {type(self.adapters).__name__}."
             )
-        if not 0.0 <= float(self.xlora_dropout_p) < 1.0:
-            raise ValueError(f"xlora_dropout_p must be in [0, 1), got {self.xlora_dropout_p!r}.")
+        check_dropout(self, "xlora_dropout_p")
         if not float(self.softmax_temperature) > 0:
             raise ValueError(f"softmax_temperature must be positive, got {self.softmax_temperature!r}.")
 
