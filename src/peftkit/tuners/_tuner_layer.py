@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..utils.warnings import PeftWarning
-
-BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
+from ._mixed_batch import BASE_ADAPTER_NAME
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
