@@ -1,4 +1,4 @@
-"""The `peftkit` command line: train, generate, merge, info and demo (one module per subcommand).
+"""The `peftkit` command line: train, generate, merge, info, serve and demo (one module per subcommand).
 
 Heavy libraries (torch, transformers) are imported inside the subcommands, so `peftkit --help` is quick.
 Bad input ends the command with exit status 2 and a message that names the problem and the fix.
@@ -16,7 +16,7 @@ __all__ = ["CliError", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from . import demo, generate, info, merge, train
+    from . import demo, generate, info, merge, serve, train
 
     parser = argparse.ArgumentParser(
         prog="peftkit",
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, help="CPU threads torch may use (default: torch's choice)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, generate, merge, info, demo):
+    for module in (train, generate, merge, info, serve, demo):
         module.register(subparsers)
     return parser
 

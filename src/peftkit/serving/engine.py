@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..tuners._mixed_batch import BASE_ADAPTER_NAME
+from ..utils.cache_names import cache_argument_or_default, get_cache
 from . import kv_cache
 from .sampling import SamplingSettings, next_token
 from .store import AdapterStore, AdapterStoreError
@@ -104,6 +105,8 @@ class BatchEngine:
         self.max_context = max_context
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._cache_name = cache_argument_or_default(base)  # `cache` or `past_key_values`, as it declares
         self._waiting: queue.Queue[RequestHandle | None] = queue.Queue()
         self._front: deque[RequestHandle] = deque()  # taken from the queue, to be admitted first
         self._rows: list[_Row] = []
@@ -225,8 +228,8 @@ class BatchEngine:
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_name: cache},
                 **kwargs,
             )
 
@@ -240,7 +243,7 @@ class BatchEngine:
             mask[i, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(ids, mask, positions, None, [row.request.adapter for row in rows])
-        cache = out.past_key_values
+        cache = get_cache(out)
         kv_cache.check_supported(cache)
         kv_cache.zero_padding(cache, mask)
         self._emit(rows, out.logits[:, -1])
@@ -264,7 +267,7 @@ class BatchEngine:
         out = self._forward(
             ids, self._mask, positions, self._cache, [row.request.adapter for row in self._rows]
         )
-        self._cache = out.past_key_values
+        self._cache = get_cache(out)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(self._rows))
         self._emit(self._rows, out.logits[:, -1])
