@@ -45,10 +45,21 @@ class StoredAdapter:
 
     name: str
     folder: str
-    file_bytes: int  # the weights file's size: the estimate before the first load
+    file_bytes: int  # the tensor bytes its weights file holds: the estimate before the first load
     memory_bytes: int = 0  # its tensors' bytes in memory, measured at its first load (0 before)
     loads: int = 0
     last_load_seconds: float = 0.0
+
+
+def _tensor_bytes(path: str) -> int:
+    """The bytes of tensor data in a weights file: a safetensors file's size less its 8-byte length
+    prefix and JSON header (read without reading the tensors); a `.bin` file's size."""
+    size = os.path.getsize(path)
+    if not path.endswith(".safetensors") or size < 8:
+        return size
+    with open(path, "rb") as file:
+        header = int.from_bytes(file.read(8), "little")
+    return max(size - 8 - header, 0)
 
 
 class AdapterStoreError(ValueError):
@@ -120,7 +131,7 @@ class AdapterStore:
                 return  # registered already (resident or not): nothing changes
             if known is not None and name in self._resident:
                 self._unload(name)  # the name now means another folder
-            self._adapters[name] = StoredAdapter(name, folder, os.path.getsize(weights))
+            self._adapters[name] = StoredAdapter(name, folder, _tensor_bytes(weights))
             if adopt:
                 self._adapters[name].memory_bytes = self._measure(name)
                 self._resident[name] = None
