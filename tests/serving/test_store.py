@@ -107,3 +107,17 @@ def test_bad_requests_are_clear_errors_and_change_nothing(adapters, tmp_path):
     with pytest.raises(ValueError, match="max_bytes must be positive"):
         AdapterStore(model, max_bytes=0)
     assert len(store) == 6 and set(store.resident) <= set(names)
+
+
+def test_a_load_triggered_under_inference_mode_gives_normal_tensors(adapters):
+    base, root, names = adapters
+    model, store = _store(base, root, names, max_adapters=3)
+    inputs = llama_inputs(batch=2, length=3)
+    with torch.inference_mode():  # as a server's generate runs: the store loads a2 and a5 in here
+        first = model(**inputs, adapter_names=["a2", "a5"]).logits
+        again = model(**inputs, adapter_names=["a2", "a5"]).logits
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert not layer.lora_A["a2"].weight.is_inference()
+    assert torch.equal(first, again)
+    expected = _alone(base, root, "a5", {k: v[1:] for k, v in inputs.items()})
+    torch.testing.assert_close(first[1:], expected, atol=1e-5, rtol=0)

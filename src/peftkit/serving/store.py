@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import PeftConfig
 from ..peft_model import PeftModel
 from ..tuners._mixed_batch import BASE_ADAPTER_NAME
@@ -233,9 +235,12 @@ class AdapterStore:
         stored = self._adapters[name]
         start = time.perf_counter()
         try:
-            self.model.load_adapter(
-                stored.folder, adapter_name=name, low_cpu_mem_usage=self.low_cpu_mem_usage
-            )
+            # normal tensors even when a call under torch.inference_mode() triggers the load: the adapter
+            # outlives that call (and may be trained or have its factors checked for changes later)
+            with torch.inference_mode(False):
+                self.model.load_adapter(
+                    stored.folder, adapter_name=name, low_cpu_mem_usage=self.low_cpu_mem_usage
+                )
         except Exception as err:
             raise AdapterStoreError(
                 f"Adapter '{name}' could not be loaded from {stored.folder}: {err}"

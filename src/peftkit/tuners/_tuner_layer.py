@@ -18,6 +18,7 @@ from torch import nn
 
 from ..utils.warnings import PeftWarning
 from ._mixed_batch import BASE_ADAPTER_NAME
+
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 

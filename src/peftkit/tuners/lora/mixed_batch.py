@@ -68,6 +68,11 @@ class LayerRouting:
 
 
 # ----- the bank -----
+def _version(tensor: torch.Tensor) -> int:
+    # inference tensors (created under torch.inference_mode) keep no version counter
+    return -1 if tensor.is_inference() else tensor._version
+
+
 def _bank_key(layer: Any, names: tuple[str, ...]) -> tuple:
     """Identifies the factor tensors and scalings of `names`: the parameter objects (by weak reference,
     so a deleted and re-created adapter never matches), their storage and their in-place version."""
@@ -80,8 +85,8 @@ def _bank_key(layer: Any, names: tuple[str, ...]) -> tuple:
                 weakref.ref(weight_B),
                 weight_A.data_ptr(),
                 weight_B.data_ptr(),
-                weight_A._version,
-                weight_B._version,
+                _version(weight_A),
+                _version(weight_B),
                 layer.scaling[name],
             )
         )
@@ -237,7 +242,9 @@ def mixed_forward(
     bank = routing.bank
     if bank is None:
         return None
-    rows_per_sample = x[0].numel() // x.shape[-1]
+    rows_per_sample = 1
+    for size in x.shape[1:-1]:
+        rows_per_sample *= size
     flat_x = layer._cast_input_dtype(x, bank.stack_A.dtype).reshape(-1, x.shape[-1])
     kernel = _kernel_for(flat_x.device)
     no_grad = not (torch.is_grad_enabled() and (x.requires_grad or layer.base_layer.weight.requires_grad))
