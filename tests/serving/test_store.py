@@ -34,10 +34,12 @@ def _alone(base, root, name, inputs):
         return model(**inputs).logits
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "load_adapter"])
 @torch.no_grad()
-def test_registered_adapters_load_on_first_use_and_match_each_adapter_alone(adapters):
+def test_registered_adapters_load_on_first_use_and_match_each_adapter_alone(adapters, fast):
     base, root, names = adapters
     model, store = _store(base, root, names, max_adapters=3)
+    store.fast_loading = fast
     assert store.resident == ["a0"] and len(store) == 6
     batch = ["a3", "a1", "__base__", "a3"]
     inputs = llama_inputs(batch=len(batch), length=5)
@@ -111,7 +113,7 @@ def test_bad_requests_are_clear_errors_and_change_nothing(adapters, tmp_path):
 
 def test_a_load_triggered_under_inference_mode_gives_normal_tensors(adapters):
     base, root, names = adapters
-    model, store = _store(base, root, names, max_adapters=3)
+    model, _ = _store(base, root, names, max_adapters=3)
     inputs = llama_inputs(batch=2, length=3)
     with torch.inference_mode():  # as a server's generate runs: the store loads a2 and a5 in here
         first = model(**inputs, adapter_names=["a2", "a5"]).logits

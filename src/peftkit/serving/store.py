@@ -39,6 +39,7 @@ from ..tuners._mixed_batch import BASE_ADAPTER_NAME
 from ..tuners.lora import mixed_batch
 from ..tuners.tuners_utils import BaseTunerLayer
 from ..utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from .fast_load import load_plain_lora, lora_layers_by_key
 
 
 @dataclass
@@ -101,6 +102,9 @@ class AdapterStore:
         self._adapters: dict[str, StoredAdapter] = {}
         self._resident: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        self.fast_loading = True  # plain LoRA adapters load straight into existing layers (fast_load.py)
+        self._layers: dict[str, Any] | None = None  # LoRA layers by file key, for the fast path
+        self._all_layers: list[BaseTunerLayer] | None = None
         model.adapter_source = self
 
     # ----- registering -----
@@ -238,9 +242,11 @@ class AdapterStore:
             # normal tensors even when a call under torch.inference_mode() triggers the load: the adapter
             # outlives that call (and may be trained or have its factors checked for changes later)
             with torch.inference_mode(False):
-                self.model.load_adapter(
-                    stored.folder, adapter_name=name, low_cpu_mem_usage=self.low_cpu_mem_usage
-                )
+                if not self._fast_load(stored):
+                    self.model.load_adapter(
+                        stored.folder, adapter_name=name, low_cpu_mem_usage=self.low_cpu_mem_usage
+                    )
+                    self._layers = None  # the general path may have adapted other modules
         except Exception as err:
             raise AdapterStoreError(
                 f"Adapter '{name}' could not be loaded from {stored.folder}: {err}"
@@ -250,11 +256,24 @@ class AdapterStore:
         stored.memory_bytes = self._measure(name)
         self._resident[name] = None
 
+    def _fast_load(self, stored: StoredAdapter) -> bool:
+        """Plain LoRA into the model's existing LoRA layers, without the general machinery (fast_load.py)."""
+        if not self.fast_loading:
+            return False
+        if self._layers is None:
+            self._layers = lora_layers_by_key(self.model)
+        config = PeftConfig.from_pretrained(stored.folder)
+        return load_plain_lora(self.model, stored.folder, stored.name, config, self._layers)
+
+    def _tuner_layers(self) -> list[BaseTunerLayer]:
+        if self._all_layers is None or self._layers is None:
+            self._all_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        return self._all_layers
+
     def _measure(self, name: str) -> int:
         total = 0
-        for module in self.model.modules():
-            if isinstance(module, BaseTunerLayer):
-                total += sum(t.numel() * t.element_size() for t in module._adapter_tensors(name))
+        for module in self._tuner_layers():
+            total += sum(t.numel() * t.element_size() for t in module._adapter_tensors(name))
         return total
 
     def unload(self, name: str) -> None:
@@ -267,8 +286,8 @@ class AdapterStore:
         with warnings.catch_warnings():  # "adapter X was active and is deleted": expected here
             warnings.simplefilter("ignore")
             self.model.delete_adapter(name)
-        for module in self.model.modules():
-            if isinstance(module, BaseTunerLayer) and hasattr(module, "mixed_factor_bank"):
+        for module in self._tuner_layers():
+            if hasattr(module, "mixed_factor_bank"):
                 mixed_batch.drop_cached_factors(module, name)  # a stacked copy of it would stay otherwise
         del self._resident[name]
 
