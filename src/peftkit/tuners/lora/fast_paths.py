@@ -144,15 +144,9 @@ class _LoraLinear(torch.autograd.Function):
             adapter_input = (flat_x * keep).mul_(keep_scale)
         else:
             adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
+        out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
         hidden = adapter_input @ lora_A.t()
-        # the adapter's rank-r product first, then the base GEMM accumulates onto it: the output is
-        # written by a memory-bound pass once, and read back inside the compute-bound GEMM (free), instead
-        # of being written by the GEMM and then read and written again by a rank-r `addmm_`
-        if bias is None:
-            out = torch.mm(hidden, lora_B.t()).mul_(scaling)
-        else:
-            out = torch.addmm(bias, hidden, lora_B.t(), alpha=scaling)
-        out.addmm_(flat_x, weight_in_out)
+        out.addmm_(hidden, lora_B.t(), alpha=scaling)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B, keep)
         ctx.scaling, ctx.keep_scale, ctx.input_shape = scaling, keep_scale, x.shape
         ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
@@ -168,15 +162,11 @@ class _LoraLinear(torch.autograd.Function):
         grad_B = (grad.t() @ hidden).mul_(ctx.scaling) if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
-            # as in forward: the adapter's share first, the base GEMM accumulating onto it
+            grad_x = grad @ weight_in_out.t()
             if ctx.adapter_sees_x and keep is None:
-                grad_x = torch.mm(grad_hidden, lora_A)
+                grad_x.addmm_(grad_hidden, lora_A)
             elif ctx.adapter_sees_x:  # through the mask: d(x * keep * k)/dx = keep * k
-                grad_x = (grad_hidden @ lora_A).mul_(keep).mul_(ctx.keep_scale)
-            if ctx.adapter_sees_x:
-                grad_x.addmm_(grad, weight_in_out.t())
-            else:
-                grad_x = grad @ weight_in_out.t()
+                grad_x.add_((grad_hidden @ lora_A).mul_(keep), alpha=ctx.keep_scale)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
             grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
