@@ -135,3 +135,18 @@ def test_deleting_an_adapter_frees_its_stacked_copy(model):
     assert layer.mixed_factor_bank is not None and layer.mixed_factor_bank.names == ("r2", "r4")
     model.delete_adapter("r4")
     assert layer.mixed_factor_bank is None
+
+
+@torch.no_grad()
+def test_the_same_adapters_in_another_order_reuse_the_bank(model, monkeypatch):
+    builds = []
+    original = mixed_batch._build_bank
+    monkeypatch.setattr(mixed_batch, "_build_bank", lambda *a: builds.append(a[1]) or original(*a))
+    layer = _layer(model)
+    mixed_batch.drop_cached_factors(layer)
+    x = torch.randn(3, 2, layer.in_features)
+    for names in (["r2", "r4", "r8"], ["r8", "r2", "r4"], ["r4", "r4", "r8"]):
+        out = layer(x, adapter_names=names)
+        torch.testing.assert_close(out, _per_sample(layer, x, names), atol=1e-5, rtol=0)
+    # one build for {r2, r4, r8}, kept when only the order changed; {r4, r8} is another set
+    assert builds == [("r2", "r4", "r8"), ("r4", "r8")]

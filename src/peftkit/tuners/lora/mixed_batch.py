@@ -64,6 +64,7 @@ class LayerRouting:
     slots: torch.Tensor | None  # (batch,) bank slot per sample, -1 for none
     slot_list: list[int]  # the same, as Python ints
     others: dict[str, list[int]]  # adapters with a variant (DoRA, ...): sample indices, per-group formula
+    in_order: bool  # sample i uses slot i, for every sample: the stacks are already "gathered"
     masks: dict[Any, torch.Tensor] = field(default_factory=dict)  # dense masks by (device, dtype)
 
 
@@ -131,18 +132,24 @@ def layer_routing(layer: Any, routing: MixedBatch, device: torch.device) -> Laye
     if cached is not None and cached.serial == routing.serial:
         return cached
     plain, others = [], {}
-    for name in routing.adapters:
+    # slots in order of first appearance: a batch of distinct adapters then has sample i in slot i, and
+    # the per-sample strategy uses the stacks as they are instead of gathering them
+    for name in dict.fromkeys(n for n in routing if n in routing.adapters):
         if not layer.has_adapter(name):
             continue
         if fast_paths.is_plain_adapter(layer, name) and layer.lora_B[name].bias is None:
             plain.append(name)
         else:
             others[name] = [i for i, n in enumerate(routing) if n == name]
+    kept = layer.mixed_factor_bank
+    if kept is not None and len(kept.names) == len(plain) and set(kept.names) == set(plain):
+        plain = list(kept.names)  # the same adapters in another order: keep the bank (and its order)
     bank = factor_bank(layer, tuple(plain)) if plain else None
     slot_of = {name: slot for slot, name in enumerate(plain)}
     slot_list = [slot_of.get(name, -1) for name in routing]
     slots = torch.tensor(slot_list, device=device) if plain else None
-    layer.mixed_routing = LayerRouting(routing.serial, bank, slots, slot_list, others)
+    in_order = slot_list == list(range(len(plain)))
+    layer.mixed_routing = LayerRouting(routing.serial, bank, slots, slot_list, others, in_order)
     return layer.mixed_routing
 
 
@@ -189,9 +196,12 @@ def torch_mixed_lora(
         else:
             torch.mm(hidden, flat_B, out=out)
         return
-    index = routing.slots.clamp(min=0)
-    gathered_A, gathered_B = bank.stack_A[index], bank.stack_B[index]
-    if min(routing.slot_list) < 0:  # samples without an adapter here: zero factors
+    if routing.in_order:
+        gathered_A, gathered_B = bank.stack_A, bank.stack_B
+    else:
+        index = routing.slots.clamp(min=0)
+        gathered_A, gathered_B = bank.stack_A[index], bank.stack_B[index]
+    if min(routing.slot_list) < 0:  # samples without an adapter here: zero factors (never in_order)
         without = routing.slots < 0
         gathered_A[without] = 0
         gathered_B[without] = 0
