@@ -94,3 +94,20 @@ def test_stop_tokens_cancel_and_bad_requests(served):
         engine.submit(GenerationRequest([], names[0], 3))
     with pytest.raises(LookupError, match="Unknown adapter 'nope'"):
         engine.submit(GenerationRequest([4], "nope", 3))
+
+
+def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(served, monkeypatch):
+    model, store, names = served
+    engine = BatchEngine(model, store)
+    engine.start()
+    try:
+        original = engine._forward
+        monkeypatch.setattr(engine, "_forward", lambda *args: (_ for _ in ()).throw(RuntimeError("boom")))
+        failed = engine.submit(GenerationRequest([4, 5], names[0], 3))
+        events = list(failed.stream(timeout=60))
+        assert events[-1][0] == "error" and "boom" in events[-1][1]
+        monkeypatch.setattr(engine, "_forward", original)
+        ok = engine.submit(GenerationRequest([4, 5], names[0], 3))
+        assert [kind for kind, _ in ok.stream(timeout=60)] == ["token"] * 3 + ["done"]
+    finally:
+        engine.stop()

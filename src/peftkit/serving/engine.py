@@ -112,6 +112,7 @@ class BatchEngine:
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, time): 1 where a row has a real token
+        self._admitting: list[_Row] = []  # admitted, not yet running (their prefill may fail)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.steps = 0  # decoding forwards run (for tests and logs)
@@ -169,15 +170,16 @@ class BatchEngine:
             try:
                 self.step()
             except Exception as err:  # a broken batch must not stop the server: fail its requests
-                for row in self._rows:
+                for row in [*self._rows, *self._admitting]:
                     row.handle.events.put(("error", f"generation failed: {type(err).__name__}: {err}"))
-                self._rows, self._cache, self._mask = [], None, None
+                self._rows, self._cache, self._mask, self._admitting = [], None, None, []
 
     def step(self) -> None:
         """Admit what fits, then one decoding step for every running request."""
-        admitted = self._admit()
+        admitted = self._admitting = self._admit()
         if admitted:
             self._prefill(admitted)
+        self._admitting = []
         self._drop_finished()
         if self._rows:
             self._decode()
