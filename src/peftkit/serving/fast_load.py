@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._skip_init import empty_linear
 from ..config import PeftConfig
 from ..tuners._dropout import input_dropout
 from ..tuners._scaling import rank_scaling
@@ -121,7 +120,9 @@ def _put(
     layer.r[name] = rank
     layer.lora_alpha[name] = alpha
     layer.scaling[name] = rank_scaling(alpha, rank, config.use_rslora)
-    layer.lora_dropout[name] = input_dropout(config.lora_dropout).train(layer.training)
+    dropout = input_dropout(config.lora_dropout)
+    dropout.training = layer.training  # a leaf module: no need for train()'s recursion
+    layer.lora_dropout[name] = dropout
     layer.use_dora[name] = False
     layer.lora_bias[name] = False
     layer.lora_A[name] = _frozen_linear(weight_A.to(dtype))
@@ -130,10 +131,14 @@ def _put(
 
 
 def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
-    with torch.device("meta"):  # no allocation for the placeholder weight replaced right after
-        linear = empty_linear(weight.shape[1], weight.shape[0], bias=False)
+    """An eval-mode, bias-free `nn.Linear` around `weight` (out, in), built without allocating or
+    initialising a weight of its own (hundreds per adapter: the constructor's cost adds up)."""
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.__dict__.update(in_features=weight.shape[1], out_features=weight.shape[0], training=False)
     linear._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
-    return linear.eval()
+    linear._parameters["bias"] = None
+    return linear
 
 
 __all__ = ["load_plain_lora", "lora_layers_by_key"]
