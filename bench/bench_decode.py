@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--parts", default="prefill,decode", help="which to time: prefill, decode or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import peft
@@ -108,19 +109,18 @@ def main() -> None:
         f"{1 + adapter_bytes / base_bytes:.2f}x the base"
     )
     new = args.new_tokens
-    samples = interleaved(
-        {
-            "prefill base": lambda: prefill(base, ids),
-            "prefill peft": lambda: prefill(theirs, ids, adapter_names=names),
-            "prefill peftkit": lambda: prefill(ours, ids, adapter_names=names),
-            "decode base": lambda: generate(base, ids, new),
-            "decode peft": lambda: generate(theirs, ids, new, adapter_names=names),
-            "decode peftkit": lambda: generate(ours, ids, new, adapter_names=names),
-        },
-        args.repeats,
-    )
+    parts = [p for p in ("prefill", "decode") if p in args.parts.split(",")]
+    functions = {
+        "prefill base": lambda: prefill(base, ids),
+        "prefill peft": lambda: prefill(theirs, ids, adapter_names=names),
+        "prefill peftkit": lambda: prefill(ours, ids, adapter_names=names),
+        "decode base": lambda: generate(base, ids, new),
+        "decode peft": lambda: generate(theirs, ids, new, adapter_names=names),
+        "decode peftkit": lambda: generate(ours, ids, new, adapter_names=names),
+    }
+    samples = interleaved({k: f for k, f in functions.items() if k.split()[0] in parts}, args.repeats)
     print(f"{'measurement':44s} {'seconds':>9s} {'vs base':>8s}")
-    for part in ("prefill", "decode"):
+    for part in parts:
         for who in ("base", "peft", "peftkit"):
             key = f"{part} {who}"
             ratio = paired_ratio(samples, key, f"{part} base")
