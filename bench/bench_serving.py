@@ -5,6 +5,7 @@ On a random SmolLM2-shaped Llama (30 layers, hidden 576, LoRA r=16 on all linear
   (b) one unmerged adapter vs the plain base model
   (c) `add_adapter` time for the 2nd..16th adapter
   (d) a training step with lora_dropout 0 and 0.05 vs a frozen base with input gradients
+  (g) the same step with DoRA, and with LoRA over a 4-bit (bitsandbytes NF4) base, each vs its frozen base
 Each timing is the median of `--repeats` rounds, peft and peftkit interleaved so that machine load hits
 both alike; ratios are medians of per-round ratios. Prints seconds and ratios (vs the base model).
 
@@ -198,6 +199,63 @@ def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[st
     return rows
 
 
+def quantized_copy(base):
+    """`base` loaded again with 4-bit NF4 linear layers (bitsandbytes, on the CPU)."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    with tempfile.TemporaryDirectory() as folder:
+        base.save_pretrained(folder)
+        config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+        return AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=config, device_map={"": "cpu"}
+        )
+
+
+def bench_training_variants(base, repeats: int, batch: int, length: int) -> list[tuple[str, float, float]]:
+    """(g) DoRA, and LoRA on a 4-bit quantized base, each against its own frozen base (no goal: reported)."""
+    import peft
+
+    import peftkit
+
+    ids = torch.randint(0, 1000, (batch, length), generator=torch.Generator().manual_seed(1))
+
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+
+    def frozen(model):
+        model.train().requires_grad_(False)
+        model.enable_input_require_grads()
+        return model
+
+    rows = []
+    cases = {
+        "DoRA": (lambda: copy.deepcopy(base), {"use_dora": True}),
+        "LoRA on a 4-bit base": (lambda: quantized_copy(base), {}),
+    }
+    for label, (make_base, extra) in cases.items():
+        reference = frozen(make_base())
+        fns = {"frozen base": (lambda m=reference: step(m))}
+        for name, lib in (("peft", peft), ("peftkit", peftkit)):
+            config = lib.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", **extra)
+            model = lib.get_peft_model(make_base(), config).train()
+            fns[name] = lambda m=model: step(m)
+        samples = interleaved(fns, repeats)
+        for name in ("peft", "peftkit"):
+            rows.append(
+                (
+                    f"(g) {label} step: {name}",
+                    median(samples[name]),
+                    paired_ratio(samples, name, "frozen base"),
+                )
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -205,7 +263,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c,d")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c,d,g")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import peft
@@ -225,6 +283,8 @@ def main() -> None:
         rows += bench_add_adapter(base, args.repeats)
     if "d" not in skip:
         rows += bench_training(base, args.repeats, batch=4, length=256)
+    if "g" not in skip:
+        rows += bench_training_variants(base, args.repeats, batch=4, length=256)
     print(f"{'measurement':48s} {'seconds/ratio':>14s} {'vs base':>8s}")
     for label, value, ratio in rows:
         print(f"{label:48s} {value:14.3f} {ratio:8.3f}")

@@ -60,6 +60,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "peftkit.functional",
             "peftkit.integrations",
             "peftkit.optimizers",
+            "peftkit.serving",
         ],
     ),
     ("top", ["peftkit.cli", "peftkit.compat", "peftkit.__main__", "peftkit"]),

@@ -38,6 +38,7 @@ from .prompt_learning import (
     set_prompt_adapter,
     setup_prompt_learning,
 )
+from .tuners._mixed_batch import MixedBatch
 from .tuners._status import get_layer_status, get_model_status
 from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTuner, BaseTunerLayer
 from .utils.cache_names import rename_cache_for
@@ -97,6 +98,9 @@ class PeftModel(nn.Module):
 
     # the task whose prompt-learning forward this class runs (set by each task class)
     _prompt_task: TaskType | None = None
+    # Where adapters named in `adapter_names=` but not loaded come from (an `AdapterStore`, which sets
+    # itself here): anything with `prepare(names)` that loads those names before the call. None: no source.
+    adapter_source: Any = None
 
     def __init__(
         self,
@@ -418,15 +422,16 @@ class PeftModel(nn.Module):
         if adapter_names is None:
             yield
             return
-        adapter_names = list(adapter_names)
-        self._check_mixed_batch(adapter_names, batch_size)
+        # one routing for the whole call: every layer, at every decoding step, reuses what it derives
+        routing = MixedBatch(adapter_names)
+        if self.adapter_source is not None:
+            self.adapter_source.prepare(routing.adapters)
+        self._check_mixed_batch(routing, batch_size)
 
         def pre_hook(module, hook_args, hook_kwargs):
-            names = adapter_names
-            batch = hook_args[0].shape[0] if hook_args and torch.is_tensor(hook_args[0]) else len(names)
-            if batch != len(names) and batch % len(names) == 0:  # beams / return sequences expand the batch
-                names = [n for n in names for _ in range(batch // len(names))]
-            hook_kwargs["adapter_names"] = names
+            batch = hook_args[0].shape[0] if hook_args and torch.is_tensor(hook_args[0]) else len(routing)
+            # beams / return sequences expand the batch
+            hook_kwargs["adapter_names"] = routing.for_batch(batch)
             return hook_args, hook_kwargs
 
         hooks = [

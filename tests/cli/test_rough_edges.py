@@ -33,7 +33,9 @@ def test_a_mistyped_flag_is_one_line_naming_the_closest_flag(cli):
 def test_every_flag_has_help_that_states_its_default():
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert {"train", "generate", "merge", "info", "diff", "export", "import", "demo"} <= set(subcommands)
+    assert {"train", "generate", "merge", "info", "diff", "export", "import", "serve", "demo"} <= set(
+        subcommands
+    )
     for name, sub in subcommands.items():
         for action in sub._actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction):

@@ -10,7 +10,7 @@ from tests.conftest import perturb_adapter_weights, tiny_llama
 from torch import nn
 
 import peftkit
-from peftkit.tuners.lora import fast_paths
+from peftkit.tuners.lora import fast_paths, mixed_batch
 from peftkit.tuners.lora.alora import AloraVariant
 from peftkit.tuners.lora.bdlora import BdLoraConfig, BdLoraVariant
 from peftkit.tuners.lora.dora import DoraEmbeddingVariant, DoraVariant
@@ -60,12 +60,12 @@ def _formula(layer, name, x, factor=1.0):
     return layer.base_layer(x) + factor * layer.scaling[name] * (x @ A.T @ B.T)
 
 
-def _spy(monkeypatch, name):
-    """Record the adapter names (second argument) `fast_paths.<name>` is called with (the layer looks the
+def _spy(monkeypatch, name, module=fast_paths):
+    """Record the adapter names (second argument) `module.<name>` is called with (the layer looks the
     function up there at each call)."""
     calls = []
-    original = getattr(fast_paths, name)
-    monkeypatch.setattr(fast_paths, name, lambda *args: calls.append(args[1]) or original(*args))
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(args[1]) or original(*args))
     return calls
 
 
@@ -73,7 +73,7 @@ def _spy_fast_paths(monkeypatch):
     return {
         "fused": _spy(monkeypatch, "fused_training_forward"),
         "in_place": _spy(monkeypatch, "add_in_place"),
-        "gathered": _spy(monkeypatch, "_stacked_factors"),
+        "gathered": _spy(monkeypatch, "factor_bank", mixed_batch),
     }
 
 
@@ -113,8 +113,9 @@ def test_a_variant_replaces_the_forward_in_training_eval_and_mixed_batches(monke
     calls = _spy_fast_paths(monkeypatch)
     training, inference, mixed = _outputs_in_every_mode(model, layer)
     assert variant.calls.count("forward") == 3  # training, eval, and the mixed batch's "default" group
-    assert not calls["fused"] and not calls["gathered"]  # a batch with a variant: one pass per adapter
-    assert calls["in_place"] == ["other"]  # the mixed batch's plain adapter keeps its fast path
+    assert not calls["fused"]
+    # in a mixed batch the plain adapter is stacked alone; the variant's samples get its own forward
+    assert calls["gathered"] == [("other",)] and not calls["in_place"]
     expected = _formula(layer, "default", X, factor=2.0)
     torch.testing.assert_close(training, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(inference, expected, atol=ATOL, rtol=0)

@@ -1,5 +1,5 @@
-"""The `peftkit` command line: train, generate, merge, info, diff, export, import and demo (one module
-per subcommand).
+"""The `peftkit` command line: train, generate, merge, info, diff, export, import, serve and demo (one
+module per subcommand).
 
 Heavy libraries (torch, transformers) are imported inside the subcommands, so `peftkit --help` is quick.
 Bad input ends the command with exit status 2 and a one-line message that names the problem and the fix.
@@ -18,7 +18,7 @@ __all__ = ["CliError", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from . import demo, diff, export, generate, importer, info, merge, train
+    from . import demo, diff, export, generate, importer, info, merge, serve, train
 
     parser = CliParser(
         prog="peftkit",
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, help="CPU threads torch may use (default: torch's choice)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, generate, merge, info, diff, export, importer, demo):
+    for module in (train, generate, merge, info, diff, export, importer, serve, demo):
         module.register(subparsers)
     document_defaults(parser)
     return parser

@@ -19,9 +19,9 @@ from torch import nn
 
 from ..utils.warnings import PeftWarning
 from . import _quantized
+from ._mixed_batch import BASE_ADAPTER_NAME
 from ._weight_change import conversion_refusal
 
-BASE_ADAPTER_NAME = "__base__"  # in `adapter_names=`, the samples that get no adapter
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 

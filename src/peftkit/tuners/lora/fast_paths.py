@@ -6,9 +6,9 @@ not cover, keeps the op-by-op formula or its variant's `forward`. The layer asks
 
 - fused training (`fused_training_applies` / `fused_training_forward`): one autograd node for the base
   layer and the adapter, see `_LoraLinear`;
-- in-place add (`in_place_add_applies` / `add_in_place`): `result += s * (x A^T) B^T` as one `addmm`;
-- gathered mixed batch (`gathered_mixed_batch`): with `adapter_names=`, every adapter of the batch in
-  one pair of `bmm`s over stacked factors, not one pass per adapter.
+- in-place add (`in_place_add_applies` / `add_in_place`): `result += s * (x A^T) B^T` as one `addmm`.
+
+Mixed-adapter batches (`adapter_names=`) have their own file, mixed_batch.py.
 
 The fused training node. The unfused formula, run op by op under autograd, allocates two output-sized
 tensors per layer and step that it does not need (the out-of-place sum with the adapter's output, and a
@@ -122,52 +122,6 @@ def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -
     if lora_B.bias is not None:
         fused = fused + lora_B.bias * scaling
     return fused
-
-
-# ----- gathered mixed batch -----
-def gathered_mixed_batch(
-    layer: Any, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
-) -> torch.Tensor | None:
-    """`result` with sample i's adapter `adapter_names[i]` added, all adapters in one gathered matmul pair
-    (S-LoRA/punica style); None when the path does not apply (the layer then runs one pass per adapter).
-
-    The A and B factors of the batch's adapters are stacked (zero-padded to the largest rank, the
-    scaling folded into B, slot 0 all zeros for "__base__") and gathered per sample for two `bmm`s.
-    """
-    names = tuple(sorted({n for n in adapter_names if layer.has_adapter(n)}))
-    if not names or x.dim() < 2:
-        return None
-    if not all(is_plain_adapter(layer, n) and layer.lora_B[n].bias is None for n in names):
-        return None
-    stack_A, stack_B = _stacked_factors(layer, names)
-    slots = {name: i + 1 for i, name in enumerate(names)}
-    index = torch.tensor([slots.get(n, 0) for n in adapter_names], device=stack_A.device)
-    inputs = layer._cast_input_dtype(x, stack_A.dtype).reshape(x.shape[0], -1, x.shape[-1])
-    hidden = torch.bmm(inputs, stack_A[index].transpose(1, 2))
-    delta = torch.bmm(hidden, stack_B[index].transpose(1, 2)).reshape(result.shape)
-    if delta.dtype == result.dtype:
-        return result.add_(delta)
-    return (result + delta).to(result.dtype)
-
-
-def _stacked_factors(layer: Any, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacked (A, s*B) of `names`, kept in `layer.gathered_factors` until a factor or scaling changes."""
-    weights = [(layer.lora_A[n].weight, layer.lora_B[n].weight) for n in names]
-    key = (names, tuple((a._version, a.data_ptr(), b._version, b.data_ptr()) for a, b in weights))
-    key += (tuple(layer.scaling[n] for n in names),)
-    cached = layer.gathered_factors
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    rank = max(layer.r[n] for n in names)
-    first_A = weights[0][0]
-    stack_A = first_A.new_zeros(len(names) + 1, rank, first_A.shape[1])
-    stack_B = first_A.new_zeros(len(names) + 1, weights[0][1].shape[0], rank)
-    with torch.no_grad():
-        for slot, (name, (weight_A, weight_B)) in enumerate(zip(names, weights), start=1):
-            stack_A[slot, : weight_A.shape[0]] = weight_A
-            stack_B[slot, :, : weight_B.shape[1]] = weight_B * layer.scaling[name]
-    layer.gathered_factors = (key, stack_A, stack_B)
-    return stack_A, stack_B
 
 
 class _LoraLinear(torch.autograd.Function):

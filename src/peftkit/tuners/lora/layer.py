@@ -28,7 +28,7 @@ from ...utils.warnings import PeftWarning
 from .._dropout import input_dropout
 from .._scaling import ScalingHelpers, rank_scaling
 from ..tuners_utils import BaseTunerLayer
-from . import dora, fast_paths
+from . import dora, fast_paths, mixed_batch
 from .config import init_is_implemented
 from .inits import apply_init
 from .variants import PLAIN_LORA, LoraVariant
@@ -188,15 +188,18 @@ class LoraLayer(ScalingHelpers, BaseTunerLayer):
     ) -> torch.Tensor:
         return self._variant(adapter_name).forward(self, adapter_name, x, result, base_result)
 
-    def _add_mixed_batch_outputs(
-        self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
-    ) -> torch.Tensor:
+    def _check_mixed_batch_variants(self, adapter_names: list[str]) -> None:
         for name in set(adapter_names) if self.lora_variant else ():
             variant = self.lora_variant.get(name)
             if variant is not None and not variant.supports_mixed_batch:
                 raise ValueError(
                     f"Mixed-adapter batches (adapter_names=) are not supported with {variant.name} adapters."
                 )
+
+    def _add_mixed_batch_outputs(
+        self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
+    ) -> torch.Tensor:
+        self._check_mixed_batch_variants(adapter_names)
         return super()._add_mixed_batch_outputs(x, result, adapter_names)
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
@@ -306,8 +309,10 @@ class Linear(LoraLayer, nn.Module):
         self.fan_in_fan_out = fan_in_fan_out
         self.is_target_conv_1d_layer = is_target_conv_1d_layer
         self.in_features, self.out_features = _in_out_features(base_layer)
-        # (key, stacked A, stacked s*B) of the last mixed batch's adapters (fast_paths.gathered_mixed_batch)
-        self.gathered_factors: tuple | None = None
+        # the stacked factors of the last mixed batch's adapters, and how the last routing maps onto them
+        # (mixed_batch.py): kept across the decoding steps of a generate call
+        self.mixed_factor_bank: mixed_batch.FactorBank | None = None
+        self.mixed_routing: mixed_batch.LayerRouting | None = None
         self._active_adapter = adapter_name
         self.update_layer(
             adapter_name,
@@ -358,13 +363,18 @@ class Linear(LoraLayer, nn.Module):
             return fast_paths.add_in_place(self, adapter_name, x, result)
         return super()._apply_adapter(adapter_name, x, result, base_result)
 
-    def _add_mixed_batch_outputs(
-        self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        gathered = fast_paths.gathered_mixed_batch(self, x, result, adapter_names)
-        if gathered is not None:
-            return gathered
-        return super()._add_mixed_batch_outputs(x, result, adapter_names)
+        self._check_mixed_batch_variants(adapter_names)
+        output = mixed_batch.mixed_forward(self, x, adapter_names, args, kwargs)
+        if output is not None:
+            return output
+        return super()._mixed_batch_forward(x, adapter_names, *args, **kwargs)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        mixed_batch.drop_cached_factors(self, adapter_name)
+        super().delete_adapter(adapter_name)
 
 
 class Embedding(LoraLayer, nn.Module):

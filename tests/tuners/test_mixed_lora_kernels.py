@@ -1,0 +1,152 @@
+"""The mixed-adapter LoRA path (tuners/lora/mixed_batch.py): both strategies, the factor bank kept across
+decoding steps, generation equal to each adapter alone, and the kernel seam."""
+
+import copy
+
+import pytest
+import torch
+from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_llama
+
+import peftkit
+from peftkit.tuners._mixed_batch import MixedBatch
+from peftkit.tuners.lora import mixed_batch
+
+RANKS = {"r2": 2, "r4": 4, "r8": 8, "q_only": 4}
+
+
+@pytest.fixture(scope="module")
+def model():
+    base = tiny_llama()
+    first = next(iter(RANKS))
+    model = peftkit.get_peft_model(
+        copy.deepcopy(base), peftkit.LoraConfig(r=RANKS[first], target_modules="all-linear"), first
+    )
+    for name, r in list(RANKS.items())[1:]:
+        targets = ["q_proj"] if name == "q_only" else "all-linear"
+        model.add_adapter(name, peftkit.LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+    for i, name in enumerate(RANKS):
+        model.set_adapter(name)
+        perturb_adapter_weights(model, seed=i, scale=0.3)
+    model.set_adapter("r2")
+    return model.eval()
+
+
+def _layer(model):
+    return model.base_model.model.model.layers[0].mlp.up_proj  # q_only has no factors here
+
+
+def _per_sample(layer, x, names):
+    rows = []
+    for row, name in zip(x, names):
+        out = layer.base_layer(row)
+        if name != "__base__" and layer.has_adapter(name):
+            A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
+            out = out + layer.scaling[name] * (row @ A.T @ B.T)
+        rows.append(out)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("strategy", ["dense", "per_sample"])
+@pytest.mark.parametrize("tokens", [1, 6])
+@torch.no_grad()
+def test_both_strategies_equal_each_sample_alone(model, monkeypatch, strategy, tokens):
+    monkeypatch.setattr(mixed_batch, "choose_strategy", lambda *args: strategy)
+    layer = _layer(model)
+    names = ["r8", "__base__", "r2", "q_only", "r4", "r8"]
+    x = torch.randn(len(names), tokens, layer.in_features, generator=torch.Generator().manual_seed(0))
+    expected = _per_sample(layer, x, names)
+    torch.testing.assert_close(layer(x, adapter_names=names), expected, atol=1e-5, rtol=0)
+    # autograd on: the same values out of place
+    with torch.enable_grad():
+        torch.testing.assert_close(
+            layer(x.requires_grad_(), adapter_names=names), expected, atol=1e-5, rtol=0
+        )
+
+
+def test_strategy_follows_the_byte_estimate():
+    assert mixed_batch.choose_strategy(rows=16, samples=16, adapters=16) == "dense"  # decoding
+    assert mixed_batch.choose_strategy(rows=1024, samples=16, adapters=16) == "per_sample"  # prefill
+
+
+@torch.no_grad()
+def test_generate_equals_each_adapter_alone_and_stacks_factors_once(model, monkeypatch):
+    for layer in model.modules():  # start without banks left by other tests
+        if isinstance(layer, peftkit.tuners.lora.Linear):
+            mixed_batch.drop_cached_factors(layer)
+    builds = []
+    original = mixed_batch._build_bank
+    monkeypatch.setattr(mixed_batch, "_build_bank", lambda *a: builds.append(a[1]) or original(*a))
+    names = ["r4", "r8", "__base__", "q_only", "r2"]
+    inputs = llama_inputs(batch=len(names), length=5, seed=3)
+    settings = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    mixed = model.generate(**inputs, adapter_names=names, **settings)
+    layers = [m for m in model.modules() if isinstance(m, peftkit.tuners.lora.Linear)]
+    # every layer stacked its adapters once for the whole generate call (6 forwards), not per step
+    assert len(builds) == len(layers)
+    again = model.generate(**inputs, adapter_names=names, **settings)
+    assert len(builds) == len(layers)  # same adapters, unchanged factors: the banks are reused
+    assert torch.equal(again.sequences, mixed.sequences)
+    for row, name in enumerate(names):
+        single = {k: v[row : row + 1] for k, v in inputs.items()}
+        if name == "__base__":
+            with model.disable_adapter():
+                alone = model.generate(**single, **settings)
+        else:
+            model.set_adapter(name)
+            alone = model.generate(**single, **settings)
+        assert torch.equal(mixed.sequences[row : row + 1], alone.sequences)
+        for step_mixed, step_alone in zip(mixed.logits, alone.logits):
+            torch.testing.assert_close(step_mixed[row : row + 1], step_alone, atol=1e-5, rtol=0)
+    model.set_adapter("r2")
+
+
+@torch.no_grad()
+def test_sampling_with_mixed_adapters_runs_and_is_reproducible(model):
+    names = ["r4", "r8", "r2"]
+    inputs = llama_inputs(batch=3, length=4, seed=5)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(model.generate(**inputs, adapter_names=names, max_new_tokens=5, do_sample=True, top_k=20))
+    assert torch.equal(runs[0], runs[1]) and runs[0].shape == (3, 9)
+
+
+@torch.no_grad()
+def test_a_registered_kernel_replaces_the_torch_one(model, monkeypatch):
+    calls = []
+
+    def spy_kernel(x, out, bank, routing, rows_per_sample, accumulate):
+        calls.append((bank.names, rows_per_sample, accumulate))
+        mixed_batch.torch_mixed_lora(x, out, bank, routing, rows_per_sample, accumulate)
+
+    monkeypatch.setitem(mixed_batch.MIXED_LORA_KERNELS, "cpu", spy_kernel)
+    layer = _layer(model)
+    x = torch.randn(2, 3, layer.in_features)
+    out = layer(x, adapter_names=MixedBatch(["r2", "r8"]))
+    assert calls == [(("r2", "r8"), 3, False)]
+    torch.testing.assert_close(out, _per_sample(layer, x, ["r2", "r8"]), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_deleting_an_adapter_frees_its_stacked_copy(model):
+    model = copy.deepcopy(model)
+    layer = _layer(model)
+    layer(torch.randn(2, 1, layer.in_features), adapter_names=["r2", "r4"])
+    assert layer.mixed_factor_bank is not None and layer.mixed_factor_bank.names == ("r2", "r4")
+    model.delete_adapter("r4")
+    assert layer.mixed_factor_bank is None
+
+
+@torch.no_grad()
+def test_the_same_adapters_in_another_order_reuse_the_bank(model, monkeypatch):
+    builds = []
+    original = mixed_batch._build_bank
+    monkeypatch.setattr(mixed_batch, "_build_bank", lambda *a: builds.append(a[1]) or original(*a))
+    layer = _layer(model)
+    mixed_batch.drop_cached_factors(layer)
+    x = torch.randn(3, 2, layer.in_features)
+    for names in (["r2", "r4", "r8"], ["r8", "r2", "r4"], ["r4", "r4", "r8"]):
+        out = layer(x, adapter_names=names)
+        torch.testing.assert_close(out, _per_sample(layer, x, names), atol=1e-5, rtol=0)
+    # one build for {r2, r4, r8}, kept when only the order changed; {r4, r8} is another set
+    assert builds == [("r2", "r4", "r8"), ("r4", "r8")]
