@@ -7,6 +7,8 @@ peft's adapter weights into ours, and compare outputs.
 from __future__ import annotations
 
 import copy
+import os
+import random
 import warnings
 
 import pytest
@@ -14,6 +16,19 @@ import torch
 from torch import nn
 
 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (CI) runs one worker per core: a torch thread pool per worker would oversubscribe
+    # the cores, and the tests' tiny models gain nothing from intra-op threads anyway
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _same_random_draws_in_any_order():
+    """Every test starts from torch's seed 0, so what it draws does not depend on which tests ran before
+    it in the same process (`pytest -n` hands tests to workers in no fixed order)."""
+    random.seed(0)
+    torch.manual_seed(0)
 
 
 def tiny_llama_config(**overrides):

@@ -59,6 +59,6 @@ def test_the_llama_cpp_runtime_has_its_own_extra_outside_the_demos_install_path(
     assert not any("llama-cpp-python" in names for name, names in extras.items() if name != "llamacpp")
     options = (ROOT / "pyproject.toml").read_text()
     assert (
-        "addopts = \"-ra -m 'not demo and not backends and not llamacpp'\"" in options
+        "addopts = \"-ra -n auto -m 'not demo and not backends and not llamacpp'\"" in options
     )  # the compiled runtime's check runs when asked
     assert '"llamacpp: exported adapters run by the real llama.cpp' in options

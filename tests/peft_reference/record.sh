@@ -9,7 +9,8 @@ env_dir="${1:-.venv-record}"
 python3 -m venv "$env_dir"
 "$env_dir/bin/pip" install -q torch==2.13.0 -e ".[test]" "transformers==5.23.0"
 mapfile -t files < <(grep -rl --include='test_*.py' peft_oracle tests | sort)
-PEFTKIT_RECORD_PEFT_REFERENCES=1 "$env_dir/bin/python" -m pytest -q "${files[@]}"
+# one process: parallel workers would write the same reference files
+PEFTKIT_RECORD_PEFT_REFERENCES=1 "$env_dir/bin/python" -m pytest -q -n 0 "${files[@]}"
 # The recorded answers must also be what a live run on the same environment compares equal to.
 "$env_dir/bin/python" -m pytest -q "${files[@]}"
 git status --short tests/peft_reference

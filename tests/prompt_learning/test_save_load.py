@@ -97,10 +97,13 @@ def test_saved_files_match_and_load_both_ways(case, tmp_path, peft_oracle):
     loaded_by_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), kit_dir)
     assert type(loaded_by_us).__name__ == type(loaded_by_peft).__name__
     assert_close(output_of(loaded_by_us(**inputs), task_type), expected)
-    # what peft computes from peftkit's files (recorded: the same weights, by the fingerprint)
-    assert_close(
-        peft_oracle(lambda: output_of(loaded_by_peft(**inputs), task_type), loaded_by_peft, inputs), expected
+    # what peft computes from peftkit's files. Fingerprinted by the adapter they hold (peft's weights: the
+    # files were checked equal above) rather than by the loaded model's tensors: P-tuning saves its encoder's
+    # output, whose last bits follow the thread count of the GEMM that computed it.
+    answer = peft_oracle(
+        lambda: output_of(loaded_by_peft(**inputs), task_type), theirs, inputs, "peft loads peftkit's files"
     )
+    assert_close(answer, expected)
     assert loaded_by_us.get_nb_trainable_parameters() == loaded_by_peft.get_nb_trainable_parameters()
     assert not loaded_by_us.training
 
