@@ -150,3 +150,21 @@ def test_bad_requests_get_an_http_error_with_a_message_and_the_server_keeps_serv
         model="ad3", prompt="what color is the sun ?", max_tokens=3, temperature=0
     )
     assert answer.usage.completion_tokens >= 1  # still serving
+
+
+def test_many_clients_connecting_at_once_are_queued_not_refused(server):
+    """The kernel queues connections the server has not accepted yet (a decoding step can hold the
+    accepting thread back); with socketserver's backlog of 5, the 7th client at once waited or got reset."""
+    import socket
+
+    _, app, _ = server
+    idle = make_server(app, "127.0.0.1", 0)  # listening, never accepting: the worst case
+    clients = []
+    try:
+        for _ in range(64):
+            clients.append(socket.create_connection(idle.server_address, timeout=3))
+    finally:
+        for client in clients:
+            client.close()
+        idle.server_close()
+    assert len(clients) == 64

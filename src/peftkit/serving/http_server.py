@@ -207,12 +207,19 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
+class _Server(ThreadingHTTPServer):
+    # the listen backlog: socketserver's default of 5 makes the kernel refuse or reset connections
+    # that arrive while the accepting thread waits for the GIL behind a decoding step, so that 64
+    # clients connecting at once saw "connection reset by peer"
+    request_queue_size = 1024
+
+
 def make_server(
     app: ServingApp, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False
 ) -> ThreadingHTTPServer:
     """A server bound to host:port (port 0: any free port; read it from `server.server_address`)."""
     handler = type("PeftkitHandler", (_Handler,), {"app": app, "quiet": not verbose})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _Server((host, port), handler)
     server.daemon_threads = True
     return server
 
