@@ -38,11 +38,11 @@ from .prompt_learning import (
     set_prompt_adapter,
     setup_prompt_learning,
 )
+from .tuners._layer_walk import adapter_modules
 from .tuners._mixed_batch import MixedBatch
 from .tuners._status import get_layer_status, get_model_status
 from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTuner, BaseTunerLayer
 from .utils.cache_names import rename_cache_for
-from .utils.modules_to_save import ModulesToSaveWrapper
 from .utils.peft_types import TaskType
 from .utils.warnings import PeftWarning
 
@@ -426,7 +426,8 @@ class PeftModel(nn.Module):
         routing = MixedBatch(adapter_names)
         if self.adapter_source is not None:
             self.adapter_source.prepare(routing.adapters)
-        self._check_mixed_batch(routing, batch_size)
+        layers = list(adapter_modules(self))  # one quick walk per call (this runs before every forward)
+        self._check_mixed_batch(routing, batch_size, layers)
 
         def pre_hook(module, hook_args, hook_kwargs):
             batch = hook_args[0].shape[0] if hook_args and torch.is_tensor(hook_args[0]) else len(routing)
@@ -434,18 +435,16 @@ class PeftModel(nn.Module):
             hook_kwargs["adapter_names"] = routing.for_batch(batch)
             return hook_args, hook_kwargs
 
-        hooks = [
-            module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-            for module in self.modules()
-            if isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
-        ]
+        hooks = [module.register_forward_pre_hook(pre_hook, with_kwargs=True) for module in layers]
         try:
             yield
         finally:
             for hook in hooks:
                 hook.remove()
 
-    def _check_mixed_batch(self, adapter_names: list[str], batch_size: int | None) -> None:
+    def _check_mixed_batch(
+        self, adapter_names: list[str], batch_size: int | None, layers: list[nn.Module]
+    ) -> None:
         unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER_NAME and n not in self.peft_config})
         if unknown:
             raise ValueError(
@@ -454,7 +453,7 @@ class PeftModel(nn.Module):
             )
         if self.training:
             raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
-        if any(isinstance(m, BaseTunerLayer) and m.merged for m in self.modules()):
+        if any(isinstance(m, BaseTunerLayer) and m.merged for m in layers):
             raise ValueError(
                 "Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first."
             )
