@@ -33,10 +33,7 @@ globals().update(
         CASES,
         one="llama_q_v",
         no_weighted=None,  # AdaLoRA's add_weighted_adapter is a TypeError naming AdaLoRA (tested below)
-        bf16=None,
         mixed_batch=None,
-        low_cpu_mem_usage=None,
-        config_fields=False,
     )
 )
 

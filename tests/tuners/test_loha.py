@@ -37,10 +37,6 @@ globals().update(
         CASES,
         one="llama_q_v",
         no_match="conv_layers",
-        bf16=None,
-        mixed_batch=None,
-        low_cpu_mem_usage=None,
-        config_fields=False,
     )
 )
 

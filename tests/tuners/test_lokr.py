@@ -44,10 +44,6 @@ globals().update(
         same_files=ALL_CASES,
         merge=ALL_CASES,
         no_match="conv_low_rank",
-        bf16=None,
-        mixed_batch=None,
-        low_cpu_mem_usage=None,
-        config_fields=False,
     )
 )
 

@@ -50,10 +50,7 @@ globals().update(
         CASES,
         one="llama_neumann",
         merge=MERGE_CASES,
-        bf16=None,
         mixed_batch=None,  # with two adapters against peft (tested below)
-        low_cpu_mem_usage=None,
-        config_fields=False,
     )
 )
 

@@ -229,8 +229,16 @@ def check_several_adapters_equal_peft(method: str, case: Case) -> None:
 def _field_defaults(config_cls) -> list[tuple[str, object]]:
     def default(f):
         if f.default is not dataclasses.MISSING:
-            return f.default
-        return f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>"
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            return "<required>"
+        if dataclasses.is_dataclass(
+            value
+        ):  # each library's own class (LoraRuntimeConfig): by name and fields
+            return type(value).__name__, dataclasses.asdict(value)
+        return value
 
     return [(f.name, default(f)) for f in dataclasses.fields(config_cls)]
 
