@@ -9,7 +9,7 @@ from torch import nn
 from .config import PeftConfig
 from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from .mixed_model import PeftMixedModel
-from .peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel, check_task_fits_model
+from .peft_model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel
 from .tuners.tuners_utils import BaseTunerLayer
 from .utils.peft_types import TaskType
 from .utils.warnings import PeftWarning
@@ -85,3 +85,17 @@ def _existing_adapters(model: nn.Module) -> list[str]:
         if isinstance(module, BaseTunerLayer):
             names.update(module._all_available_adapter_names())
     return sorted(names)
+
+
+def check_task_fits_model(task_type: TaskType | None, model: nn.Module) -> None:
+    """Say at wrap time when a task class cannot work with the model (e.g. CAUSAL_LM without an LM head)."""
+    if task_type in (TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM):
+        get_output = getattr(model, "get_output_embeddings", None)
+        head = get_output() if callable(get_output) else None
+        if head is None and hasattr(model, "config"):
+            warnings.warn(
+                f"task_type={task_type.value} but {type(model).__name__} has no language-modeling head "
+                "(get_output_embeddings() is None): generate() and the LM loss will not work. Load the model "
+                "with AutoModelForCausalLM / AutoModelForSeq2SeqLM, or use task_type='FEATURE_EXTRACTION'.",
+                PeftWarning,
+            )

@@ -38,10 +38,9 @@ from .prompt_learning import (
     set_prompt_adapter,
     setup_prompt_learning,
 )
-from .tuners._layer_walk import adapter_modules
-from .tuners._mixed_batch import MixedBatch
+from .tuners._sample_routing import batch_size_of, route_samples
 from .tuners._status import get_layer_status, get_model_status
-from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTuner, BaseTunerLayer
+from .tuners.tuners_utils import BASE_ADAPTER_NAME, BaseTuner
 from .utils.cache_names import rename_cache_for
 from .utils.peft_types import TaskType
 from .utils.warnings import PeftWarning
@@ -414,65 +413,13 @@ class PeftModel(nn.Module):
         return get_model_status(self)
 
     # ----- forward -----
-    @contextmanager
-    def _adapter_routing(
-        self, adapter_names: list[str] | None, batch_size: int | None = None
-    ) -> Iterator[None]:
-        """With `adapter_names`, route each sample through its own adapter in every adapted layer."""
-        if adapter_names is None:
-            yield
-            return
-        # one routing for the whole call: every layer, at every decoding step, reuses what it derives
-        routing = MixedBatch(adapter_names)
-        if self.adapter_source is not None:
-            self.adapter_source.prepare(routing.adapters)
-        layers = list(adapter_modules(self))  # one quick walk per call (this runs before every forward)
-        self._check_mixed_batch(routing, batch_size, layers)
-
-        def pre_hook(module, hook_args, hook_kwargs):
-            batch = hook_args[0].shape[0] if hook_args and torch.is_tensor(hook_args[0]) else len(routing)
-            # beams / return sequences expand the batch
-            hook_kwargs["adapter_names"] = routing.for_batch(batch)
-            return hook_args, hook_kwargs
-
-        hooks = [module.register_forward_pre_hook(pre_hook, with_kwargs=True) for module in layers]
-        try:
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    def _check_mixed_batch(
-        self, adapter_names: list[str], batch_size: int | None, layers: list[nn.Module]
-    ) -> None:
-        unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER_NAME and n not in self.peft_config})
-        if unknown:
-            raise ValueError(
-                f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}; available: "
-                f"{sorted(self.peft_config)} (and '{BASE_ADAPTER_NAME}' for the base model)."
-            )
-        if self.training:
-            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
-        if any(isinstance(m, BaseTunerLayer) and m.merged for m in layers):
-            raise ValueError(
-                "Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first."
-            )
-        if batch_size is not None and batch_size != len(adapter_names):
-            raise ValueError(
-                f"Length of `adapter_names` ({len(adapter_names)}) should be the same as the batch size ({batch_size})."
-            )
-
-    @staticmethod
-    def _batch_size(*candidates: Any) -> int | None:
-        return next((c.shape[0] for c in candidates if torch.is_tensor(c)), None)
-
     def _call_routed(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         """`call(*args, **kwargs)` with `adapter_names=` (if given) routing each sample through its adapter,
         and a cache (`cache=` or `past_key_values=`) under the name the base model takes."""
         adapter_names = kwargs.pop("adapter_names", None)
         rename_cache_for(kwargs, self.get_base_model())
-        batch = self._batch_size(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
-        with self._adapter_routing(adapter_names, batch):
+        batch = batch_size_of(*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
+        with route_samples(self, adapter_names, batch):
             return call(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -842,17 +789,3 @@ MODEL_TYPE_TO_PEFT_MODEL_MAPPING: dict[TaskType, type[PeftModel]] = {
     TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
     TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
 }
-
-
-def check_task_fits_model(task_type: TaskType | None, model: nn.Module) -> None:
-    """Say at wrap time when a task class cannot work with the model (e.g. CAUSAL_LM without an LM head)."""
-    if task_type in (TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM):
-        get_output = getattr(model, "get_output_embeddings", None)
-        head = get_output() if callable(get_output) else None
-        if head is None and hasattr(model, "config"):
-            warnings.warn(
-                f"task_type={task_type.value} but {type(model).__name__} has no language-modeling head "
-                "(get_output_embeddings() is None): generate() and the LM loss will not work. Load the model "
-                "with AutoModelForCausalLM / AutoModelForSeq2SeqLM, or use task_type='FEATURE_EXTRACTION'.",
-                PeftWarning,
-            )

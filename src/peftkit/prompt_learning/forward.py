@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..utils.cache_names import cache_argument_or_default, get_cache, pop_cache, rename_cache_for
+from ..utils.other import _get_batch_size
 from ..utils.peft_types import PeftType, TaskType
 from . import heads
 from .cpt import cpt_forward
@@ -35,13 +36,6 @@ _TOKEN_TYPES_IGNORED = (
 def _active_config(peft_model: PeftModel):
     state = peft_model._prompt_learning
     return state.peft_config[state.active_adapter]
-
-
-def _batch_size(input_ids: Any, inputs_embeds: Any) -> int:
-    source = input_ids if input_ids is not None else inputs_embeds
-    if source is None:
-        raise ValueError("Pass input_ids or inputs_embeds.")
-    return source.shape[0]
 
 
 def extend_mask(mask: torch.Tensor | None, num_virtual_tokens: int) -> torch.Tensor | None:
@@ -96,7 +90,7 @@ def causal_lm_forward(
     """Causal LM: logits cover the virtual tokens too (except with prefix tuning)."""
     config = _active_config(peft_model)
     base = peft_model.base_model
-    batch = _batch_size(input_ids, inputs_embeds)
+    batch = _get_batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     if is_kv_prefix(config):
@@ -139,7 +133,7 @@ def seq2seq_forward(
     self-attention (the encoder's attention mask is then left as it is)."""
     config = _active_config(peft_model)
     base = peft_model.base_model
-    batch = _batch_size(input_ids, inputs_embeds)
+    batch = _get_batch_size(input_ids, inputs_embeds)
     decoder = {
         "decoder_input_ids": decoder_input_ids,
         "decoder_attention_mask": decoder_attention_mask,
@@ -204,7 +198,7 @@ def _classification_forward(
 ) -> Any:
     config = _active_config(peft_model)
     base = peft_model.base_model
-    batch = _batch_size(input_ids, inputs_embeds)
+    batch = _get_batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     if is_kv_prefix(config):
@@ -301,7 +295,7 @@ def question_answering_forward(
     """Extractive QA. As in PEFT, token_type_ids and position_ids are not used (a warning says so)."""
     config = _active_config(peft_model)
     base = peft_model.base_model
-    batch = _batch_size(input_ids, inputs_embeds)
+    batch = _get_batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
@@ -339,7 +333,7 @@ def feature_extraction_forward(
     """Feature extraction: token_type_ids are not used (and position_ids only with prefix tuning), as in PEFT."""
     config = _active_config(peft_model)
     base = peft_model.base_model
-    batch = _batch_size(input_ids, inputs_embeds)
+    batch = _get_batch_size(input_ids, inputs_embeds)
     n = config.num_virtual_tokens
     attention_mask = extend_mask(attention_mask, n)
     _drop(kwargs, "token_type_ids", _TOKEN_TYPES_IGNORED)
