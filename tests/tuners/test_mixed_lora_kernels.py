@@ -150,3 +150,46 @@ def test_the_same_adapters_in_another_order_reuse_the_bank(model, monkeypatch):
         torch.testing.assert_close(out, _per_sample(layer, x, names), atol=1e-5, rtol=0)
     # one build for {r2, r4, r8}, kept when only the order changed; {r4, r8} is another set
     assert builds == [("r2", "r4", "r8"), ("r4", "r8")]
+
+
+def _change_in_place(layer):
+    layer.lora_B["r4"].weight.add_(0.25)
+
+
+def _change_in_inference_mode(layer):
+    with torch.inference_mode():
+        layer.lora_B["r4"].weight.add_(0.25)
+
+
+def _assign_data(layer):
+    layer.lora_B["r4"].weight.data = layer.lora_B["r4"].weight.data + 0.25
+
+
+def _replace_parameter(layer):
+    layer.lora_B["r4"].weight = torch.nn.Parameter(layer.lora_B["r4"].weight + 0.25)
+
+
+def _rescale(layer):
+    layer.scaling["r4"] *= 3.0
+
+
+@pytest.mark.parametrize(
+    "change", [_change_in_place, _change_in_inference_mode, _assign_data, _replace_parameter, _rescale]
+)
+@torch.no_grad()
+def test_a_later_call_with_the_same_names_reuses_the_routing_until_a_factor_changes(model, change):
+    model = copy.deepcopy(model)
+    layer = _layer(model)
+    names = ["r4", "__base__", "r8", "r4"]
+    x = torch.randn(len(names), 3, layer.in_features, generator=torch.Generator().manual_seed(1))
+    layer(x, adapter_names=names)
+    routing, bank = layer.mixed_routing, layer.mixed_factor_bank
+    layer(x, adapter_names=list(names))  # another call (a new MixedBatch), the same names: kept
+    assert layer.mixed_routing is routing and layer.mixed_factor_bank is bank
+    layer(x, adapter_names=["r8", "__base__", "r4", "r4"])  # other names: worked out again
+    assert layer.mixed_routing is not routing
+    routing = layer.mixed_routing
+    change(layer)
+    out = layer(x, adapter_names=["r8", "__base__", "r4", "r4"])
+    assert layer.mixed_routing is not routing and layer.mixed_factor_bank is not bank
+    torch.testing.assert_close(out, _per_sample(layer, x, ["r8", "__base__", "r4", "r4"]), atol=1e-5, rtol=0)

@@ -5,7 +5,9 @@ plain adapters of the batch into a `FactorBank` (A: (S, R, in); B: (S, R, out) h
 padded to the largest rank R) and adds every sample's adapter with a couple of matmuls, not one pass per
 adapter. The bank is kept on the layer and rebuilt only when the batch's adapter set or a factor changes,
 so during generation (same adapters at every step) the factors are gathered once per `generate` call, and
-each step reads every adapter's factors once: the physical minimum for decoding.
+each step reads every adapter's factors once: the physical minimum for decoding. How the batch maps onto
+the bank (`LayerRouting`) is kept too, for later calls with the same per-sample names: a call then costs
+the layer one pass over plain numbers (`_layer_state`, ~1 us per adapter) to see that nothing changed.
 
 What a step computes, for N rows (batch x tokens) over S adapters of rank R (`torch_mixed_lora`):
 
@@ -28,7 +30,6 @@ scaling folded in, slot per sample) and rows; nothing else changes.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,14 +53,18 @@ class FactorBank:
     names: tuple[str, ...]
     stack_A: torch.Tensor  # (S, R, in)
     stack_B: torch.Tensor  # (S, R, out): s * B^T, rows past an adapter's rank are zero
-    key: tuple  # what the stacks were built from (`_bank_key`): a rebuild is needed when it changes
+    key: list  # what the stacks were built from (`_layer_state`): a rebuild is needed when it changes
+    held: list[torch.Tensor]  # the factor parameters: alive while the key holds their ids
 
 
 @dataclass
 class LayerRouting:
     """What one layer derives from one `MixedBatch` (kept on the layer while the same routing runs)."""
 
-    serial: int  # the MixedBatch's serial
+    serial: int  # the serial of the last MixedBatch that used it
+    names: list[str]  # the per-sample adapter names it routes
+    state: list  # `_layer_state` of the batch's adapters when it was worked out
+    device: torch.device
     bank: FactorBank | None  # None: no sample has a plain adapter on this layer
     slots: torch.Tensor | None  # (batch,) bank slot per sample, -1 for none
     slot_list: list[int]  # the same, as Python ints
@@ -69,29 +74,39 @@ class LayerRouting:
 
 
 # ----- the bank -----
-def _version(tensor: torch.Tensor) -> int:
-    # inference tensors (created under torch.inference_mode) keep no version counter
-    return -1 if tensor.is_inference() else tensor._version
-
-
-def _bank_key(layer: Any, names: tuple[str, ...]) -> tuple:
-    """Identifies the factor tensors and scalings of `names`: the parameter objects (by weak reference,
-    so a deleted and re-created adapter never matches), their storage and their in-place version."""
-    parts = []
+def _layer_state(layer: Any, names: tuple[str, ...]) -> list:
+    """What the layer's routing and stacked factors of adapters `names` depend on, as plain numbers: per
+    adapter its factor parameters (identity, storage, in-place version), its scaling and whether it is
+    plain (None: the layer lacks it). Read through the modules' dicts, not `Module.__getattr__`: this
+    runs for every adapter of every layer on every call, ~1 us per adapter."""
+    modules_A = layer._modules["lora_A"]._modules
+    modules_B = layer._modules["lora_B"]._modules
+    scalings, variants = layer.scaling, layer.lora_variant
+    state: list = []
     for name in names:
-        weight_A, weight_B = layer.lora_A[name].weight, layer.lora_B[name].weight
-        parts.append(
-            (
-                weakref.ref(weight_A),
-                weakref.ref(weight_B),
-                weight_A.data_ptr(),
-                weight_B.data_ptr(),
-                _version(weight_A),
-                _version(weight_B),
-                layer.scaling[name],
-            )
+        module_A = modules_A.get(name)
+        if module_A is None:
+            state.append(None)
+            continue
+        weight_A = module_A._parameters["weight"]
+        params_B = modules_B[name]._parameters
+        weight_B = params_B["weight"]
+        scaling = scalings[name]
+        try:
+            versions = (weight_A._version, weight_B._version)
+        except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no version counter
+            versions = (-1, -1)
+        state += (
+            id(weight_A),
+            id(weight_B),
+            weight_A.data_ptr(),
+            weight_B.data_ptr(),
+            *versions,
+            id(scaling) if isinstance(scaling, torch.Tensor) else scaling,
+            name in variants,
+            params_B.get("bias") is None,
         )
-    return tuple(parts)
+    return state
 
 
 def _build_bank(layer: Any, names: tuple[str, ...], key: tuple) -> FactorBank:
@@ -100,17 +115,19 @@ def _build_bank(layer: Any, names: tuple[str, ...], key: tuple) -> FactorBank:
     out_features = layer.lora_B[names[0]].weight.shape[0]
     stack_A = first.new_zeros(len(names), rank, first.shape[1])
     stack_B = first.new_zeros(len(names), rank, out_features)
+    held = []
     with torch.no_grad():
         for slot, name in enumerate(names):
             weight_A, weight_B = layer.lora_A[name].weight, layer.lora_B[name].weight
             stack_A[slot, : weight_A.shape[0]] = weight_A
             stack_B[slot, : weight_B.shape[1]] = weight_B.t() * layer.scaling[name]
-    return FactorBank(names, stack_A, stack_B, key)
+            held += [weight_A, weight_B]
+    return FactorBank(names, stack_A, stack_B, key, held)
 
 
 def factor_bank(layer: Any, names: tuple[str, ...]) -> FactorBank:
     """The stacked factors of `names` (plain adapters of `layer`), rebuilt only when they changed."""
-    key = _bank_key(layer, names)
+    key = _layer_state(layer, names)
     bank = layer.mixed_factor_bank
     if bank is None or bank.names != names or bank.key != key:
         bank = layer.mixed_factor_bank = _build_bank(layer, names, key)
@@ -127,9 +144,15 @@ def drop_cached_factors(layer: Any, adapter_name: str | None = None) -> None:
 
 
 def layer_routing(layer: Any, routing: MixedBatch, device: torch.device) -> LayerRouting:
-    """`routing` as this layer runs it; computed once per routing (and bank checked once per routing)."""
+    """`routing` as this layer runs it. Worked out once per routing (the decoding steps of a `generate`
+    call share one), and kept for later calls with the same per-sample names while the layer's adapters
+    are unchanged (`_layer_state`: the bank then still holds their current factors)."""
     cached = layer.mixed_routing
     if cached is not None and cached.serial == routing.serial:
+        return cached
+    state = _layer_state(layer, routing.adapters)
+    if cached is not None and cached.state == state and cached.names == routing and cached.device == device:
+        cached.serial = routing.serial
         return cached
     plain, others = [], {}
     # slots in order of first appearance: a batch of distinct adapters then has sample i in slot i, and
@@ -149,7 +172,9 @@ def layer_routing(layer: Any, routing: MixedBatch, device: torch.device) -> Laye
     slot_list = [slot_of.get(name, -1) for name in routing]
     slots = torch.tensor(slot_list, device=device) if plain else None
     in_order = slot_list == list(range(len(plain)))
-    layer.mixed_routing = LayerRouting(routing.serial, bank, slots, slot_list, others, in_order)
+    layer.mixed_routing = LayerRouting(
+        routing.serial, list(routing), state, device, bank, slots, slot_list, others, in_order
+    )
     return layer.mixed_routing
 
 
