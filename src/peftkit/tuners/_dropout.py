@@ -1,64 +1,81 @@
-"""Input dropout for adapters (LoRA, AdaLoRA, VeRA), with masks four times cheaper to draw on CPU.
+"""Input dropout for adapters (LoRA, AdaLoRA, VeRA, ...), drawn as the positions it drops.
 
 An adapter's dropout masks its layer's whole input, `tokens x in_features` values, for a rank-r product
-that costs little: with torch's dropout, drawing the mask (one 32-bit draw per value, then a Bernoulli
-transform) took as long as the base layer's own matmul. Here each value gets a 15-bit uniform level,
-four levels from one 64-bit draw of torch's default generator (so `torch.manual_seed` still governs it),
-and is kept when its level is at or above `round(p * 2**15)`.
+that costs little: with torch's dropout, drawing the mask (one random draw per value, then a Bernoulli
+transform) took as long as the base layer's own matmul. At the usual rates (0.05, 0.1) almost every value
+is kept, so this module draws only the dropped ones: the gaps between consecutive dropped positions of a
+sequence of independent Bernoulli(p) trials are geometric, `floor(log(U) / log(1 - p)) + 1` for a uniform
+U, so about `numel * p` uniforms (from torch's default generator: `torch.manual_seed` governs them) give
+the sorted positions, at the rate `p` itself (the uniforms' 31-bit resolution is the only rounding). Kept values are scaled by `1 / (1 - p)`.
 
-So on CPU the drop probability is `q = round(p * 2**15) / 2**15` (0.05 -> 0.0499878), and kept values
-are scaled by `1 / (1 - q)`, keeping the expectation exact. Rates that this rounding would change by more
-than 0.1% (below about 0.003), and inputs on accelerators (whose dropout is a fused kernel already), use
-torch's own dropout.
+The LoRA training node (lora/fast_paths.py) uses the positions without ever forming the masked input:
+`(x * keep) A^T = x A^T - S A^T`, where S holds x's values at the dropped positions (sparse). Elsewhere
+`AdapterDropout` scales its input and zeroes the drawn positions. Inputs on accelerators (whose dropout is
+a fused kernel already), `inplace` dropout and rates of 1 use torch's own dropout.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-_LEVELS = 1 << 15  # 15-bit levels: the four int16 parts of a 63-bit draw, with the sign bit masked off
-_MAX_RELATIVE_ROUNDING = 1e-3
+_SPREAD = 6.0  # first draw: the expected number of drops plus six standard deviations (rarely short)
+_BITS = 31  # each uniform: 31 random bits, two from one 64-bit draw of torch's generator
 
 
-def drop_level(p: float) -> int | None:
-    """`round(p * 2**15)`, or None when that would move the drop rate by more than 0.1%."""
-    level = round(p * _LEVELS)
-    if not 0 < level < _LEVELS or abs(level / _LEVELS - p) > _MAX_RELATIVE_ROUNDING * p:
-        return None
-    return level
+def _uniforms(count: int) -> torch.Tensor:
+    """`count` float64 uniforms on (0, 1] with 31-bit resolution: the two halves of 64-bit draws (torch's
+    `random_` fills int64 with 63 random bits; each half masked to 31 bits is uniform). About half the
+    cost of `torch.rand(dtype=float64)`, whose serial per-value transform dominates here."""
+    words = torch.empty((count + 1) // 2, dtype=torch.int64).random_()
+    halves = words.view(torch.int32)[:count].bitwise_and_((1 << _BITS) - 1)
+    return halves.to(torch.float64).add_(1.0).mul_(2.0**-_BITS)
 
 
-def keep_mask(numel: int, level: int) -> torch.Tensor:
-    """`numel` int16 values, 1 with probability `1 - level / 2**15` and 0 otherwise, independently."""
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_()  # 63 uniform bits each
-    levels = words.view(torch.int16)[:numel].bitwise_and_(_LEVELS - 1)  # four uniform levels in [0, 2**15)
-    # level - threshold is negative exactly when the value is dropped; its sign (arithmetic shift) is -1
-    return levels.sub_(level).bitwise_right_shift_(15).add_(1)
+def drop_positions(numel: int, p: float) -> torch.Tensor:
+    """The sorted flat positions (int64, CPU) that independent Bernoulli(p) trials over `numel` values drop,
+    for 0 < p < 1. Exact up to the uniforms' 31-bit resolution: gaps longer than
+    `31 log 2 / -log(1 - p)` (a chance of 2^-31 each) are cut to that length."""
+    log_keep = math.log1p(-p)
+    expected = numel * p
+    count = int(expected + _SPREAD * math.sqrt(expected * (1 - p)) + 16)
+    chunks, last = [], -1
+    while last < numel:
+        # U in (0, 1]: each gap `floor(log U / log(1 - p)) + 1` is at least 1
+        gaps = _uniforms(count).log_().div_(log_keep).floor_().to(torch.int64).add_(1)
+        positions = gaps.cumsum_(0).add_(last)
+        chunks.append(positions)
+        last = int(positions[-1])
+        count = int(0.1 * expected + 64)  # short (a draw below six sigma): continue from the last position
+    positions = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    return positions[: int(torch.searchsorted(positions, numel))]
 
 
 class AdapterDropout(nn.Dropout):
-    """`nn.Dropout` (same `p`, same modes) with the cheaper CPU mask described in the module docstring.
+    """`nn.Dropout` (same `p`, same modes) that draws the dropped positions (see the module docstring).
 
-    In training: `y = x * keep / (1 - q)`, `keep ~ Bernoulli(1 - q)` per element; in eval: `y = x`.
+    In training: `y = x * keep / (1 - p)`, `keep ~ Bernoulli(1 - p)` per element; in eval: `y = x`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        mask = self.cheap_mask(x)
-        if mask is None:
+        if not self.draws_positions(x):
             return super().forward(x)
-        keep, scale = mask
-        return (x * keep).mul_(scale)
+        out = x.mul(self.keep_scale).contiguous()
+        out.view(-1).index_put_((drop_positions(x.numel(), self.p),), out.new_zeros(()))
+        return out
 
-    def cheap_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-        """`(keep, scale)` for input `x` (int16 0/1 in `x`'s shape, and `1 / (1 - q)`), drawing the mask;
-        None where torch's dropout is used instead (other rates, accelerators, `inplace`)."""
-        level = drop_level(self.p)
-        if level is None or self.inplace or x.device.type != "cpu" or not x.is_floating_point():
-            return None
-        return keep_mask(x.numel(), level).view(x.shape), _LEVELS / (_LEVELS - level)
+    def draws_positions(self, x: torch.Tensor) -> bool:
+        """Whether dropout of `x` is drawn here as positions (else torch's dropout runs)."""
+        return 0 < self.p < 1 and not self.inplace and x.device.type == "cpu" and x.is_floating_point()
+
+    @property
+    def keep_scale(self) -> float:
+        """`1 / (1 - p)`: what kept values are multiplied by."""
+        return 1.0 / (1.0 - self.p)
 
 
 def input_dropout(p: float) -> nn.Module:

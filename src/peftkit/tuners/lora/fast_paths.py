@@ -21,13 +21,17 @@ base layer's in place:
     forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
     backward:  dh = s dy B;  dB = s dy^T h;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
 
-With peftkit's dropout `d(x) = x * keep * k` the mask is applied in the node too, and the adapter's input
-gradient `(dh A) * keep * k` is added into `dx` in place; any other dropout runs before the node and
-`d(x)` gets its gradient `dh A` as an input of its own.
+With peftkit's dropout at a rate up to 0.25, `d(x) = k (x - S)` (S: the values at the dropped positions,
+a sparse matrix; k = 1 / (1 - p)) is applied in the node without forming `x * keep`: `h = k (x A^T - S A^T)`,
+`dx += k dh A` with the dropped positions' share `k (dh A)[S]` taken out again (each sparse term costs
+`dropped values x r`, a twentieth of a pass over the input at p = 0.05), and `dA = k dh^T (x - S)` from a
+copy of x with the dropped values zeroed, made in backward and freed right after.
+Any other dropout runs before the node and `d(x)` gets its gradient `dh A` as an input of its own.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -35,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_internals
 
-from .._dropout import AdapterDropout
+from .._dropout import AdapterDropout, drop_positions
 
 
 def is_plain_adapter(layer: Any, name: str) -> bool:
@@ -82,15 +86,27 @@ def fused_training_forward(layer: Any, name: str, x: torch.Tensor) -> torch.Tens
     """The layer's training output for adapter `name` (requires `fused_training_applies(...)`)."""
     base = layer.base_layer
     dropout = layer.lora_dropout[name]
-    mask = dropout.cheap_mask(x) if isinstance(dropout, AdapterDropout) and dropout.p > 0 else None
-    # the cheap dropout mask is applied inside the node; any other dropout runs before it, under autograd
-    dropped = None if mask is not None or isinstance(dropout, nn.Identity) else dropout(x)
-    keep, keep_scale = mask if mask is not None else (None, 1.0)
+    sparse = isinstance(dropout, AdapterDropout) and _drops_sparsely(dropout, x)
+    # peftkit's dropout at a low rate is applied inside the node, as positions; any other dropout runs
+    # before it, under autograd
+    dropped = None if sparse or isinstance(dropout, nn.Identity) else dropout(x)
+    positions = drop_positions(x.numel(), dropout.p) if sparse else None
+    keep_scale = dropout.keep_scale if sparse else 1.0
     factors = layer.lora_A[name].weight, layer.lora_B[name].weight
     weight_in_out = base.weight.t() if type(base) is nn.Linear else base.weight  # (in, out) for both
     return _LoraLinear.apply(
-        x, dropped, keep, keep_scale, weight_in_out, base.bias, *factors, layer.scaling[name]
+        x, dropped, positions, keep_scale, weight_in_out, base.bias, *factors, layer.scaling[name]
     )
+
+
+_SPARSE_MAX_RATE = 0.25  # above it the corrections cost more than masking the input
+
+
+def _drops_sparsely(dropout: AdapterDropout, x: torch.Tensor) -> bool:
+    return 0 < dropout.p <= _SPARSE_MAX_RATE and dropout.draws_positions(x) and x.dtype in _SPARSE_DTYPES
+
+
+_SPARSE_DTYPES = (torch.float32, torch.float64)  # torch's sparse CSR kernels on CPU
 
 
 # ----- in-place add -----
@@ -124,13 +140,49 @@ def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -
     return fused
 
 
+class _DroppedValues:
+    """The input values a dropout drops, as a sparse (tokens, in) matrix S: `x * keep = x - S`.
+
+    Built from the flat positions (sorted, from `drop_positions`), for what the node needs: `S A^T`
+    (forward) and `(dh A)` at the dropped positions (the input gradient's masked part), each costing about
+    `positions x r` instead of a pass over the whole input; and `x - S` for the gradient of A."""
+
+    def __init__(self, flat_x: torch.Tensor, positions: torch.Tensor) -> None:
+        tokens, features = flat_x.shape
+        self.positions = positions
+        self.rows = positions.div(features, rounding_mode="floor")
+        self.cols = positions - self.rows * features
+        self.values = flat_x.view(-1).index_select(0, positions)
+        crow = torch._convert_indices_from_coo_to_csr(self.rows, tokens)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": what is used here is stable
+            warnings.simplefilter("ignore")
+            self.matrix = torch.sparse_csr_tensor(
+                crow, self.cols, self.values, (tokens, features), check_invariants=False
+            )
+
+    def times(self, dense: torch.Tensor) -> torch.Tensor:
+        """`S @ dense`."""
+        return self.matrix @ dense
+
+    def subtracted_from(self, flat_x: torch.Tensor) -> torch.Tensor:
+        """`x - S` (`x * keep`), as a new tensor. (The gradient of A needs `dh^T (x - S)`; `dh^T S` alone
+        would be a scatter-add over the dropped columns, several times slower on CPU than this copy.)"""
+        masked = flat_x.clone()
+        masked.view(-1).index_put_((self.positions,), masked.new_zeros(()))
+        return masked
+
+    def sampled(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """`(left @ right)` at the dropped positions, in their order."""
+        return torch.sparse.sampled_addmm(self.matrix, left, right, beta=0.0).values()
+
+
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
         dropped: torch.Tensor | None,
-        keep: torch.Tensor | None,
+        positions: torch.Tensor | None,
         keep_scale: float,
         weight_in_out: torch.Tensor,
         bias: torch.Tensor | None,
@@ -138,37 +190,45 @@ class _LoraLinear(torch.autograd.Function):
         lora_B: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
-        """`dropped`: the adapter input from a dropout run outside; or `keep` (0/1) and `keep_scale`: the
-        dropout mask to apply here; neither: no dropout."""
+        """`dropped`: the adapter input from a dropout run outside; or `positions` (flat, sorted) and
+        `keep_scale`: the values to drop here and `1 / (1 - p)`; neither: no dropout.
+
+        With positions: `h = k (x - S) A^T` (S: the dropped values, sparse), never forming `x * keep`."""
         flat_x = x.reshape(-1, x.shape[-1])
-        if keep is not None:
-            keep = keep.reshape(flat_x.shape)
-            adapter_input = (flat_x * keep).mul_(keep_scale)
-        else:
-            adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
+        adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
         out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
         hidden = adapter_input @ lora_A.t()
+        sparse = None
+        if positions is not None:
+            sparse = _DroppedValues(flat_x, positions)
+            hidden.sub_(sparse.times(lora_A.t())).mul_(keep_scale)
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
-        ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B, keep)
-        ctx.scaling, ctx.keep_scale, ctx.input_shape = scaling, keep_scale, x.shape
+        ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
+        ctx.sparse, ctx.scaling, ctx.keep_scale, ctx.input_shape = sparse, scaling, keep_scale, x.shape
         ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        adapter_input, hidden, weight_in_out, lora_A, lora_B, keep = ctx.saved_tensors
+        adapter_input, hidden, weight_in_out, lora_A, lora_B = ctx.saved_tensors
         needs_x, needs_dropped, _, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
+        sparse, keep_scale = ctx.sparse, ctx.keep_scale
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
-        grad_A = grad_hidden.t() @ adapter_input if needs_A else None
+        grad_A = None
+        if needs_A and sparse is None:
+            grad_A = grad_hidden.t() @ adapter_input
+        elif needs_A:  # k dh^T (x - S)
+            grad_A = (grad_hidden.t() @ sparse.subtracted_from(adapter_input)).mul_(keep_scale)
         grad_B = (grad.t() @ hidden).mul_(ctx.scaling) if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight_in_out.t()
-            if ctx.adapter_sees_x and keep is None:
-                grad_x.addmm_(grad_hidden, lora_A)
-            elif ctx.adapter_sees_x:  # through the mask: d(x * keep * k)/dx = keep * k
-                grad_x.add_((grad_hidden @ lora_A).mul_(keep), alpha=ctx.keep_scale)
+            if ctx.adapter_sees_x:  # through the mask: k (dh A) with the dropped positions zeroed
+                grad_x.addmm_(grad_hidden, lora_A, alpha=keep_scale)
+                if sparse is not None:
+                    masked = sparse.sampled(grad_hidden, lora_A)
+                    grad_x.view(-1).index_add_(0, sparse.positions, masked, alpha=-keep_scale)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
             grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
