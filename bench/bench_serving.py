@@ -7,7 +7,9 @@ On a random SmolLM2-shaped Llama (30 layers, hidden 576, LoRA r=16 on all linear
   (d) a training step with lora_dropout 0 and 0.05 vs a frozen base with input gradients
   (g) the same step with DoRA, and with LoRA over a 4-bit (bitsandbytes NF4) base, each vs its frozen base
 Each timing is the median of `--repeats` rounds, peft and peftkit interleaved so that machine load hits
-both alike; ratios are medians of per-round ratios. Prints seconds and ratios (vs the base model).
+both alike; ratios are medians of per-round ratios. Prints seconds and ratios (vs the base model). Every
+model computes with the base model's own weight tensors (`share_base_weights`), and each training step is
+timed right after an untimed step of the same model (`interleaved(settle=True)`).
 
     python bench/bench_serving.py            # full size (a few minutes on 2 cores)
     python bench/bench_serving.py --layers 4 # quick check
@@ -44,14 +46,21 @@ def smollm2_shaped(layers: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, settle: bool = False
+) -> dict[str, list[float]]:
     """Each function's times over `repeats` rounds, run round-robin (after one warm-up round), so that the
-    machine's drift hits every function of a round alike."""
+    machine's drift hits every function of a round alike. `settle`: run each function once, untimed, right
+    before its timed run, as a training loop repeats its step: otherwise a step is timed in the memory the
+    previous function left (a step after one that freed gigabytes of temporaries pays page faults for
+    memory it would have reused in its own loop)."""
     for fn in fns.values():
         fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
+            if settle:
+                fn()
             start = time.perf_counter()
             fn()
             samples[key].append(time.perf_counter() - start)
@@ -79,6 +88,20 @@ def build(lib, base, n_adapters: int, dropout: float = 0.0):
     model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout), adapter_name="adapter0")
     for i in range(1, n_adapters):
         model.add_adapter(f"adapter{i}", lora_config(lib, dropout))
+    return share_base_weights(base, model)
+
+
+def share_base_weights(base, model):
+    """`model` (a peft or peftkit model wrapping a copy of `base`) computing with `base`'s own weight
+    tensors. Two copies of the same weights can run the same GEMMs several percent apart (where the
+    allocator placed them: page and cache alignment, huge pages); sharing them makes "vs the base model"
+    compare computations, not memory placement. Returns `model`."""
+    weights = dict(base.named_parameters(remove_duplicate=False))
+    for module_name, module in model.get_base_model().named_modules():
+        for name, param in list(module._parameters.items()):
+            key = f"{module_name}.{name}".replace(".base_layer", "")
+            if param is not None and key in weights and weights[key].shape == param.shape:
+                module._parameters[name] = weights[key]
     return model
 
 
@@ -186,10 +209,11 @@ def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[st
     models = {}
     for dropout in (0.0, 0.05):
         for name, lib in (("peft", peft), ("peftkit", peftkit)):
-            model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout)).train()
+            model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout))
+            model = share_base_weights(frozen, model).train()
             models[(name, dropout)] = model
             fns[f"{name} dropout={dropout}"] = lambda m=model: step(m)
-    samples = interleaved(fns, repeats)
+    samples = interleaved(fns, repeats, settle=True)
     rows = [("(d) frozen base, input grads", median(samples["frozen base"]), 1.0)]
     for key, values in samples.items():
         if key != "frozen base":
