@@ -22,10 +22,11 @@ base layer's in place:
     backward:  dh = s dy B;  dB = s dy^T h;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
 
 With peftkit's dropout at a rate up to 0.25, `d(x) = k (x - S)` (S: the values at the dropped positions,
-a sparse matrix; k = 1 / (1 - p)) is applied in the node without forming `x * keep`: `h = k (x A^T - S A^T)`,
-`dx += k dh A` with the dropped positions' share `k (dh A)[S]` taken out again (each sparse term costs
-`dropped values x r`, a twentieth of a pass over the input at p = 0.05), and `dA = k dh^T (x - S)` from a
-copy of x with the dropped values zeroed, made in backward and freed right after.
+a sparse matrix; k = 1 / (1 - p)) is applied in the node without forming `x * keep`: `h = x A^T - S A^T`
+with k joining the scaling (`y += s k h B^T`, dh = s k dy B); `dx += dh A` with the dropped positions'
+share `(dh A)[S]` taken out again (each sparse term costs `dropped values x r`, a twentieth of a pass
+over the input at p = 0.05); `dA = dh^T (x - S)` from a copy of x with the dropped values zeroed, made
+in backward and freed right after.
 Any other dropout runs before the node and `d(x)` gets its gradient `dh A` as an input of its own.
 """
 
@@ -151,7 +152,7 @@ class _DroppedValues:
         tokens, features = flat_x.shape
         self.positions = positions
         self.rows = positions.div(features, rounding_mode="floor")
-        self.cols = positions - self.rows * features
+        self.cols = positions.remainder(features)
         self.values = flat_x.view(-1).index_select(0, positions)
         crow = torch._convert_indices_from_coo_to_csr(self.rows, tokens)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": what is used here is stable
@@ -193,7 +194,8 @@ class _LoraLinear(torch.autograd.Function):
         """`dropped`: the adapter input from a dropout run outside; or `positions` (flat, sorted) and
         `keep_scale`: the values to drop here and `1 / (1 - p)`; neither: no dropout.
 
-        With positions: `h = k (x - S) A^T` (S: the dropped values, sparse), never forming `x * keep`."""
+        With positions: `h = (x - S) A^T` (S: the dropped values, sparse), never forming `x * keep`, and
+        `y += (s k) h B^T`: the keep scale k joins the scaling, in backward too."""
         flat_x = x.reshape(-1, x.shape[-1])
         adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
         out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
@@ -201,10 +203,11 @@ class _LoraLinear(torch.autograd.Function):
         sparse = None
         if positions is not None:
             sparse = _DroppedValues(flat_x, positions)
-            hidden.sub_(sparse.times(lora_A.t())).mul_(keep_scale)
+            hidden.sub_(sparse.times(lora_A.t()))
+        scaling = scaling * keep_scale
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
-        ctx.sparse, ctx.scaling, ctx.keep_scale, ctx.input_shape = sparse, scaling, keep_scale, x.shape
+        ctx.sparse, ctx.scaling, ctx.input_shape = sparse, scaling, x.shape
         ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
         return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -212,23 +215,23 @@ class _LoraLinear(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
         adapter_input, hidden, weight_in_out, lora_A, lora_B = ctx.saved_tensors
         needs_x, needs_dropped, _, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
-        sparse, keep_scale = ctx.sparse, ctx.keep_scale
+        sparse = ctx.sparse
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
         grad_A = None
-        if needs_A and sparse is None:
-            grad_A = grad_hidden.t() @ adapter_input
-        elif needs_A:  # k dh^T (x - S)
-            grad_A = (grad_hidden.t() @ sparse.subtracted_from(adapter_input)).mul_(keep_scale)
+        if needs_A:  # dh^T (x - S)
+            grad_A = grad_hidden.t() @ (
+                adapter_input if sparse is None else sparse.subtracted_from(adapter_input)
+            )
         grad_B = (grad.t() @ hidden).mul_(ctx.scaling) if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight_in_out.t()
-            if ctx.adapter_sees_x:  # through the mask: k (dh A) with the dropped positions zeroed
-                grad_x.addmm_(grad_hidden, lora_A, alpha=keep_scale)
+            if ctx.adapter_sees_x:  # through the mask: dh A with the dropped positions zeroed
+                grad_x.addmm_(grad_hidden, lora_A)
                 if sparse is not None:
                     masked = sparse.sampled(grad_hidden, lora_A)
-                    grad_x.view(-1).index_add_(0, sparse.positions, masked, alpha=-keep_scale)
+                    grad_x.view(-1).index_add_(0, sparse.positions, masked, alpha=-1.0)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
             grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
