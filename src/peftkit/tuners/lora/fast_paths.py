@@ -19,14 +19,17 @@ the adapter into the base output in place, and in backward adds the adapter's in
 base layer's in place:
 
     forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
-    backward:  dh = s dy B;  dB = s dy^T h;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
+    backward:  dh = s dy B;  dB = s (h^T dy)^T;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
 
 With peftkit's dropout at a rate up to 0.25, `d(x) = k (x - S)` (S: the values at the dropped positions,
 a sparse matrix; k = 1 / (1 - p)) is applied in the node without forming `x * keep`: `h = x A^T - S A^T`
 with k joining the scaling (`y += s k h B^T`, dh = s k dy B); `dx += dh A` with the dropped positions'
-share `(dh A)[S]` taken out again (each sparse term costs `dropped values x r`, a twentieth of a pass
-over the input at p = 0.05); `dA = dh^T (x - S)` from a copy of x with the dropped values zeroed, made
-in backward and freed right after.
+share `(dh A)[S]` taken out again; `dA = dh^T (x - S)` from a copy of x with the dropped values zeroed,
+made in backward and freed right after. Each sparse term is `dropped values x r` multiply-adds, but in
+memory nearly a pass over the input: at p = 0.05 more than half of its cache lines hold a dropped value
+(a C++ loop over the positions was tried: 8-13 ns per position and term, the dropout's cost per
+projection 1.9 -> 1.4 ms, not worth a compiled extension). Making the dropout nearly free would need the
+mask applied inside the GEMMs' own passes over the input.
 Any other dropout runs before the node and `d(x)` gets its gradient `dh A` as an input of its own.
 """
 
@@ -145,36 +148,39 @@ class _DroppedValues:
     """The input values a dropout drops, as a sparse (tokens, in) matrix S: `x * keep = x - S`.
 
     Built from the flat positions (sorted, from `drop_positions`), for what the node needs: `S A^T`
-    (forward) and `(dh A)` at the dropped positions (the input gradient's masked part), each costing about
-    `positions x r` instead of a pass over the whole input; and `x - S` for the gradient of A."""
+    (forward), `(dh A)` at the dropped positions (the input gradient's masked part), and `dh^T (x - S)`
+    (the gradient of A)."""
 
     def __init__(self, flat_x: torch.Tensor, positions: torch.Tensor) -> None:
         tokens, features = flat_x.shape
         self.positions = positions
-        self.rows = positions.div(features, rounding_mode="floor")
-        self.cols = positions.remainder(features)
-        self.values = flat_x.view(-1).index_select(0, positions)
-        crow = torch._convert_indices_from_coo_to_csr(self.rows, tokens)
+        rows = positions.div(features, rounding_mode="floor")
+        cols = positions.remainder(features)
+        values = flat_x.reshape(-1).index_select(0, positions)
+        crow = torch._convert_indices_from_coo_to_csr(rows, tokens)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": what is used here is stable
             warnings.simplefilter("ignore")
             self.matrix = torch.sparse_csr_tensor(
-                crow, self.cols, self.values, (tokens, features), check_invariants=False
+                crow, cols, values, (tokens, features), check_invariants=False
             )
 
-    def times(self, dense: torch.Tensor) -> torch.Tensor:
-        """`S @ dense`."""
-        return self.matrix @ dense
+    def subtract_product(self, hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
+        """`hidden -= S A^T`."""
+        hidden.sub_(self.matrix @ lora_A.t())
 
-    def subtracted_from(self, flat_x: torch.Tensor) -> torch.Tensor:
-        """`x - S` (`x * keep`), as a new tensor. (The gradient of A needs `dh^T (x - S)`; `dh^T S` alone
-        would be a scatter-add over the dropped columns, several times slower on CPU than this copy.)"""
+    def factor_grad(self, grad_hidden: torch.Tensor, flat_x: torch.Tensor) -> torch.Tensor:
+        """`dh^T (x - S)`, from a copy of x with the dropped values zeroed (`dh^T S` alone would be a
+        scatter-add over the dropped columns, several times slower on CPU than this copy)."""
         masked = flat_x.clone()
         masked.view(-1).index_put_((self.positions,), masked.new_zeros(()))
-        return masked
+        return grad_hidden.t() @ masked
 
-    def sampled(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """`(left @ right)` at the dropped positions, in their order."""
-        return torch.sparse.sampled_addmm(self.matrix, left, right, beta=0.0).values()
+    def subtract_input_grad(
+        self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor
+    ) -> None:
+        """`grad_x -= dh A` at the dropped positions."""
+        dropped = torch.sparse.sampled_addmm(self.matrix, grad_hidden, lora_A, beta=0.0).values()
+        grad_x.view(-1).index_add_(0, self.positions, dropped, alpha=-1.0)
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -203,7 +209,7 @@ class _LoraLinear(torch.autograd.Function):
         sparse = None
         if positions is not None:
             sparse = _DroppedValues(flat_x, positions)
-            hidden.sub_(sparse.times(lora_A.t()))
+            sparse.subtract_product(hidden, lora_A)
         scaling = scaling * keep_scale
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
@@ -220,8 +226,10 @@ class _LoraLinear(torch.autograd.Function):
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
         grad_A = None
         if needs_A:  # dh^T (x - S)
-            grad_A = grad_hidden.t() @ (
-                adapter_input if sparse is None else sparse.subtracted_from(adapter_input)
+            grad_A = (
+                grad_hidden.t() @ adapter_input
+                if sparse is None
+                else sparse.factor_grad(grad_hidden, adapter_input)
             )
         # dB = s (h^T dy)^T: with the small factor on the left the GEMM streams dy once, in its own
         # layout (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)
@@ -232,8 +240,7 @@ class _LoraLinear(torch.autograd.Function):
             if ctx.adapter_sees_x:  # through the mask: dh A with the dropped positions zeroed
                 grad_x.addmm_(grad_hidden, lora_A)
                 if sparse is not None:
-                    masked = sparse.sampled(grad_hidden, lora_A)
-                    grad_x.view(-1).index_add_(0, sparse.positions, masked, alpha=-1.0)
+                    sparse.subtract_input_grad(grad_x, grad_hidden, lora_A)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
             grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
