@@ -47,21 +47,6 @@ def smollm2_shaped(layers: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-def keep_freed_memory() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel (no `mmap`
-    for large blocks, no trimming). Without it, every tensor above 32 MiB (the logits and their gradient,
-    200 MB each here) is mapped fresh and page-faulted in on each step: ~0.8 GB of page faults and ~1.9 s
-    of system time in a ~6.5 s training step on this machine kind, varying with the kernel's state, which
-    hides differences of a few percent. It applies to every model alike."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters, glibc's malloc.h
-    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
-        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc's malloc")
-
-
 def interleaved(
     fns: dict[str, Callable[[], object]], repeats: int, settle: bool = False
 ) -> dict[str, list[float]]:
@@ -307,11 +292,14 @@ def main() -> None:
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="glibc malloc keeps freed memory (no per-step page faults for large temporaries)",
+        help="glibc's malloc keeps freed memory (peftkit.utils.memory: no page faults for each step's "
+        "large tensors, which otherwise hide differences of a few percent)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
+        from peftkit.utils.memory import keep_freed_memory
+
         keep_freed_memory()
     import peft
 

@@ -260,3 +260,26 @@ def test_qlora_trains_on_a_4bit_base(tmp_path, tiny_model_dir, prompt_data, cli)
     weights = _adapter_tensors(out)
     assert weights and all(v.dtype == torch.float32 for v in weights.values())
     assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
+def test_keep_freed_memory_flag_applies_the_setting_or_says_why_not(
+    tmp_path, tiny_model_dir, prompt_data, cli, monkeypatch
+):
+    import peftkit.cli.train as train_command
+
+    calls = []
+    monkeypatch.setattr(train_command, "keep_freed_memory", lambda: calls.append("applied"))
+    args = ("train", "--model", tiny_model_dir, "--data", prompt_data, "--max-steps", 1, *TRAIN)
+    code, _, err = cli(*args, "-o", tmp_path / "a", "--keep-freed-memory")
+    assert code == 0, err
+    assert calls == ["applied"]
+    code, _, err = cli(*args, "-o", tmp_path / "b")
+    assert code == 0 and calls == ["applied"]  # not without the flag
+
+    def unsupported():
+        raise OSError("keep_freed_memory needs glibc's malloc")
+
+    monkeypatch.setattr(train_command, "keep_freed_memory", unsupported)
+    code, _, err = cli(*args, "-o", tmp_path / "c", "--keep-freed-memory")
+    assert code != 0 and "--keep-freed-memory: keep_freed_memory needs glibc's malloc" in err
+    assert not (tmp_path / "c" / "adapter_config.json").exists()

@@ -7,6 +7,7 @@ import json
 import shlex
 from pathlib import Path
 
+from ..utils.memory import keep_freed_memory
 from .checkpoints import DEFAULT_KEEP, find_checkpoint, list_checkpoints
 from .data import encode_rows, read_jsonl, split_rows
 from .errors import CliError
@@ -85,6 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seeds the adapter's initial weights and the data order"
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc's malloc keeps freed memory for reuse: no page faults for each step's large tensors "
+        "(a quarter of a CPU step on a SmolLM2-shaped model); the process keeps its peak memory. Linux only",
+    )
     add_lora_arguments(p)
     p.set_defaults(func=run)
 
@@ -129,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.eval_data and args.eval_fraction:
         raise CliError("Pass either --eval-data or --eval-fraction, not both.")
+    if args.keep_freed_memory:
+        try:
+            keep_freed_memory()
+        except OSError as err:
+            raise CliError(f"--keep-freed-memory: {err}") from err
     train_rows = read_jsonl(args.data)
     eval_rows = read_jsonl(args.eval_data) if args.eval_data else []
     if args.eval_fraction:
