@@ -5,12 +5,13 @@ filling a 64 MiB tensor ten times, with and without the setting."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
 CHILD = """
 import resource, sys, torch

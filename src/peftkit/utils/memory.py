@@ -1,7 +1,7 @@
 """Keep freed memory in the process for reuse (glibc's malloc), instead of page-faulting it in again.
 
-glibc's malloc serves each block of 32 MiB or more (at most; the threshold adapts up to that) with a
-fresh `mmap` and returns it to the kernel when freed. A CPU training step frees and allocates such
+glibc's malloc serves each large block (above a threshold that adapts between 128 KiB and 32 MiB) with
+a fresh `mmap` and returns it to the kernel when freed. A CPU training step frees and allocates such
 tensors every step: the logits and their gradient (tokens x vocabulary floats: 200 MB for 1024 tokens of
 a 49,152-token vocabulary), attention scores, optimizer temporaries. Each comes back as new pages, zeroed
 and faulted in one by one. On a SmolLM2-shaped model that was 196K page faults and ~1.9 s of system time
