@@ -98,19 +98,31 @@ def _lora_layer(p, dtype=torch.float32):
 
 @pytest.mark.parametrize("p", [0.05, 0.25, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lora_training_node_equals_the_formula_with_the_same_drops(p, dtype):
+@pytest.mark.parametrize("layout", ["batched", "transposed"])
+def test_lora_training_node_equals_the_formula_with_the_same_drops(p, dtype, layout):
     """The node (sparse corrections up to p = 0.25, the dropout module above it) gives the op-by-op formula
-    on the same dropped positions: output and all three gradients."""
+    on the same dropped positions: output and all three gradients. `transposed`: a 2-D input that is a
+    transposed view (not contiguous), dropped in its logical order."""
     layer = _lora_layer(p, dtype)
-    x = torch.randn(2, 40, 48, dtype=dtype, requires_grad=True)
+    if layout == "batched":
+        source = torch.randn(2, 40, 48, dtype=dtype, requires_grad=True)
+    else:
+        source = torch.randn(48, 80, dtype=dtype, requires_grad=True)
+
+    def layer_input():
+        return source if layout == "batched" else source.t()
+
+    x = layer_input()
     assert fast_paths.fused_training_applies(layer, ["default"], x, (), {})
+    assert x.is_contiguous() == (layout == "batched")
     torch.manual_seed(7)
     out = layer(x)
     grad = torch.randn_like(out)
     out.backward(grad)
-    fused = [x.grad, layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad]
-    x.grad = None
+    fused = [source.grad, layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad]
+    source.grad = None
     layer.zero_grad()
+    x = layer_input()
     torch.manual_seed(7)
     dropped = AdapterDropout(p=p).train()(x)
     lora_A, lora_B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -118,7 +130,7 @@ def test_lora_training_node_equals_the_formula_with_the_same_drops(p, dtype):
     expected.backward(grad)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
-    reference = [x.grad, lora_A.grad, lora_B.grad]
+    reference = [source.grad, lora_A.grad, lora_B.grad]
     for ours, theirs in zip(fused, reference):
         torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=tolerance)
     assert 0 < (dropped == 0).double().mean().item() < 2 * p  # dropout did drop something
