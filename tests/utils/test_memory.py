@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
 CHILD = """
 import resource, sys, torch
@@ -36,6 +36,7 @@ def faults(mode: str) -> int:
     return int(done.stdout.strip())
 
 
+@glibc_only
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     pages_per_block = 16 * 2**20 * 4 // 4096
     # default malloc: each 64 MiB block is a fresh mapping, every page faulted in (huge pages would
@@ -43,3 +44,18 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     assert faults("default") > 10 * pages_per_block // 2
     # kept: the blocks already faulted in serve the ten (at most one more block's worth while it settles)
     assert faults("keep") < 1.25 * pages_per_block
+
+
+def test_without_mallopt_it_says_so(monkeypatch):
+    """A C library without `mallopt` (musl, macOS) or none to open (Windows): an OSError naming it."""
+    from peftkit.utils import memory
+
+    def no_process_library(name):
+        raise TypeError("no handle to the process's own symbols")
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", no_process_library)
+    with pytest.raises(OSError, match="needs glibc's malloc"):
+        memory.keep_freed_memory()
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: object())  # opens, but has no mallopt
+    with pytest.raises(OSError, match="has no mallopt"):
+        memory.keep_freed_memory()

@@ -28,7 +28,10 @@ def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed memory for reuse: no `mmap` for large blocks, no trimming.
 
     Raises OSError where the process's C library is not glibc (no `mallopt`: musl, macOS, Windows)."""
-    libc = ctypes.CDLL(None)  # the C library the process runs on
+    try:
+        libc = ctypes.CDLL(None)  # the C library the process runs on
+    except (OSError, TypeError):  # Windows: no handle to the process's own symbols
+        libc = None
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:
         raise OSError(
