@@ -186,3 +186,31 @@ def peft_oracle(request):
     from tests.oracle import oracle_for
 
     return oracle_for(request.node.path, request.node.name)
+
+
+def require_native_kernels() -> None:
+    """peftkit's native dropout kernels must be built here, where they can be (Linux x86-64 with AVX2 and
+    a C compiler: CI's machines): a failed build fails the test; elsewhere the test is skipped, saying why."""
+    import shutil
+
+    from peftkit.tuners import _masked_lowrank
+    from peftkit.utils import native_build
+
+    if _masked_lowrank.available():
+        return
+    can_build = native_build.is_linux_x86() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    if can_build and (os.environ.get("CC") or shutil.which("cc")):
+        pytest.fail(f"the native kernels should build here: {_masked_lowrank.unavailable_reason()}")
+    pytest.skip(f"no native kernels on this machine: {_masked_lowrank.unavailable_reason()}")
+
+
+@pytest.fixture(params=["kernels", "positions"])
+def dropout_engine(request, monkeypatch):
+    """Runs a test with adapter dropout drawn in the native kernels, then as positions (torch ops)."""
+    from peftkit.tuners import _masked_lowrank
+
+    if request.param == "kernels":
+        require_native_kernels()
+    else:
+        monkeypatch.setattr(_masked_lowrank, "applies", lambda x: False)
+    return request.param

@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+from tests.conftest import require_native_kernels
 from torch import nn
 
 from peftkit import LoraConfig, get_peft_model
+from peftkit.tuners import _masked_lowrank
 from peftkit.tuners._dropout import AdapterDropout, drop_positions, input_dropout
 from peftkit.tuners.lora import fast_paths
 
@@ -35,10 +37,10 @@ def test_drops_are_independent_of_each_other_and_of_the_position():
     assert abs(dropped[: n // 2].double().mean().item() - dropped[n // 2 :].double().mean().item()) < 0.005
 
 
-def test_output_and_gradient_scale_the_kept_values():
+def test_output_and_gradient_scale_the_kept_values(dropout_engine):
     torch.manual_seed(0)
     dropout = AdapterDropout(p=0.1).train()
-    x = torch.randn(64, 300, requires_grad=True)
+    x = torch.randn(64, 304, requires_grad=True)
     y = dropout(x)
     grad = torch.randn_like(y)
     y.backward(grad)
@@ -58,7 +60,20 @@ def test_non_contiguous_input_drops_in_its_logical_order():
     assert torch.equal(y, expected.view(x.shape))
 
 
-def test_seeded_runs_repeat_and_different_seeds_differ():
+def test_non_contiguous_input_drops_in_its_logical_order_in_the_kernels():
+    require_native_kernels()
+    torch.manual_seed(4)
+    x = torch.randn(304, 64).t()  # a transposed view, 304 wide: the kernels apply
+    torch.manual_seed(5)
+    y = AdapterDropout(p=0.2).train()(x)
+    torch.manual_seed(5)  # the same draw, as the LoRA node's product makes it
+    _, bits = _masked_lowrank.masked_product(x.contiguous(), torch.zeros(1, 304), 0.2)
+    kept = _masked_lowrank.kept(bits, 304)
+    assert torch.equal(y != 0, kept & (x != 0))
+    torch.testing.assert_close(y, torch.where(kept, x / 0.8, 0.0), atol=1e-6, rtol=1e-6)
+
+
+def test_seeded_runs_repeat_and_different_seeds_differ(dropout_engine):
     dropout = AdapterDropout(p=0.2).train()
     x = torch.ones(1000)
 
@@ -99,9 +114,10 @@ def _lora_layer(p, dtype=torch.float32):
 @pytest.mark.parametrize("p", [0.05, 0.25, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["batched", "transposed"])
-def test_lora_training_node_equals_the_formula_with_the_same_drops(p, dtype, layout):
-    """The node (sparse corrections up to p = 0.25, the dropout module above it) gives the op-by-op formula
-    on the same dropped positions: output and all three gradients. `transposed`: a 2-D input that is a
+def test_lora_training_node_equals_the_formula_with_the_same_drops(p, dtype, layout, dropout_engine):
+    """The node gives the op-by-op formula on the same dropped positions: output and all three gradients.
+    It applies the dropout in the native kernels (float32, any rate), as sparse corrections (the positions,
+    up to p = 0.25), or else runs the dropout module before it. `transposed`: a 2-D input that is a
     transposed view (not contiguous), dropped in its logical order."""
     layer = _lora_layer(p, dtype)
     if layout == "batched":
@@ -115,6 +131,11 @@ def test_lora_training_node_equals_the_formula_with_the_same_drops(p, dtype, lay
     x = layer_input()
     assert fast_paths.fused_training_applies(layer, ["default"], x, (), {})
     assert x.is_contiguous() == (layout == "batched")
+    in_node = fast_paths._in_node_dropout(layer.lora_dropout["default"], x)
+    if dropout_engine == "kernels" and dtype == torch.float32:
+        assert isinstance(in_node, fast_paths._KernelDrop)
+    else:
+        assert isinstance(in_node, fast_paths._SparseDrop) if p <= 0.25 else in_node is None
     torch.manual_seed(7)
     out = layer(x)
     grad = torch.randn_like(out)

@@ -8,10 +8,14 @@ sequence of independent Bernoulli(p) trials are geometric, `floor(log(U) / log(1
 U, so about `numel * p` uniforms (from torch's default generator: `torch.manual_seed` governs them) give
 the sorted positions, at the rate `p` itself (the uniforms' 31-bit resolution is the only rounding). Kept values are scaled by `1 / (1 - p)`.
 
-The LoRA training node (lora/fast_paths.py) uses the positions without ever forming the masked input:
-`(x * keep) A^T = x A^T - S A^T`, where S holds x's values at the dropped positions (sparse). Elsewhere
-`AdapterDropout` scales its input and zeroes the drawn positions. Inputs on accelerators (whose dropout is
-a fused kernel already), `inplace` dropout and rates of 1 use torch's own dropout.
+Where peftkit's native kernels apply (float32 on an x86 CPU with AVX2, the last dimension a multiple of 8,
+a C compiler: `_masked_lowrank`), the mask is drawn there instead, from a counter-based hash seeded from
+the same generator, and the LoRA training node applies it inside its rank-r products. Elsewhere the LoRA
+node uses the positions without ever forming the masked input: `(x * keep) A^T = x A^T - S A^T`, where S
+holds x's values at the dropped positions (sparse), and `AdapterDropout` scales its input and zeroes the
+drawn positions. The node and the module draw the same mask for the same seed either way. Inputs on
+accelerators (whose dropout is a fused kernel already), `inplace` dropout and rates of 1 use torch's own
+dropout.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import math
 
 import torch
 from torch import nn
+
+from . import _masked_lowrank
 
 _SPREAD = 6.0  # first draw: the expected number of drops plus six standard deviations (rarely short)
 _BITS = 31  # each uniform: 31 random bits, two from one 64-bit draw of torch's generator
@@ -64,6 +70,8 @@ class AdapterDropout(nn.Dropout):
             return x
         if not self.draws_positions(x):
             return super().forward(x)
+        if _masked_lowrank.applies(x):
+            return _masked_lowrank.dropout(x, self.p)
         out = x.mul(self.keep_scale).contiguous()
         out.view(-1).index_put_((drop_positions(x.numel(), self.p),), out.new_zeros(()))
         return out

@@ -21,15 +21,19 @@ base layer's in place:
     forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
     backward:  dh = s dy B;  dB = s (h^T dy)^T;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
 
-With peftkit's dropout at a rate up to 0.25, `d(x) = k (x - S)` (S: the values at the dropped positions,
-a sparse matrix; k = 1 / (1 - p)) is applied in the node without forming `x * keep`: `h = x A^T - S A^T`
-with k joining the scaling (`y += s k h B^T`, dh = s k dy B); `dx += dh A` with the dropped positions'
-share `(dh A)[S]` taken out again; `dA = dh^T (x - S)` from a copy of x with the dropped values zeroed,
-made in backward and freed right after. Each sparse term is `dropped values x r` multiply-adds, but in
-memory nearly a pass over the input: at p = 0.05 more than half of its cache lines hold a dropped value
-(a C++ loop over the positions was tried: 8-13 ns per position and term, the dropout's cost per
-projection 1.9 -> 1.4 ms, not worth a compiled extension). Making the dropout nearly free would need the
-mask applied inside the GEMMs' own passes over the input.
+peftkit's dropout (`AdapterDropout`) is applied inside the node, `d(x) = k x * keep` (k = 1 / (1 - p)),
+without a pass of its own over the input: k joins the scaling (`y += s k h B^T`, dh = s k dy B), and
+`keep` is applied by one of two means (`_in_node_dropout`):
+- `_KernelDrop`: the native kernels (`tuners/_masked_lowrank.c`, float32 on an x86 CPU with AVX2, built
+  with the machine's C compiler) draw the mask and apply it inside the three products that read x
+  (`h`, `dA`, the masked `dh A`), each masking a block of rows in L1 as it goes. The dropout then costs
+  about what those rank-r products cost without it (bench/bench_training_block.py).
+- `_SparseDrop`, at rates up to 0.25 (torch ops, any float dtype): `d(x) = k (x - S)`, S the values at
+  the dropped positions as a sparse matrix; `h = x A^T - S A^T`; `dx += dh A` less `(dh A)[S]`;
+  `dA = dh^T (x - S)` from a copy of x with the dropped values zeroed, made in backward and freed right
+  after. Each sparse term is `dropped values x r` multiply-adds, but in memory nearly a pass over the
+  input (at p = 0.05 more than half of its cache lines hold a dropped value): ~2 ms per projection on
+  the benchmark, against ~0.1 ms in the kernels.
 Any other dropout runs before the node and `d(x)` gets its gradient `dh A` as an input of its own.
 """
 
@@ -43,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_internals
 
+from .. import _masked_lowrank
 from .._dropout import AdapterDropout, drop_positions
 
 
@@ -90,27 +95,29 @@ def fused_training_forward(layer: Any, name: str, x: torch.Tensor) -> torch.Tens
     """The layer's training output for adapter `name` (requires `fused_training_applies(...)`)."""
     base = layer.base_layer
     dropout = layer.lora_dropout[name]
-    sparse = isinstance(dropout, AdapterDropout) and _drops_sparsely(dropout, x)
-    # peftkit's dropout at a low rate is applied inside the node, as positions; any other dropout runs
-    # before it, under autograd
-    dropped = None if sparse or isinstance(dropout, nn.Identity) else dropout(x)
-    positions = drop_positions(x.numel(), dropout.p) if sparse else None
-    keep_scale = dropout.keep_scale if sparse else 1.0
+    drop = _in_node_dropout(dropout, x)
+    # peftkit's dropout is applied inside the node where it can be; any other dropout runs before it,
+    # under autograd
+    dropped = None if drop is not None or isinstance(dropout, nn.Identity) else dropout(x)
     factors = layer.lora_A[name].weight, layer.lora_B[name].weight
     weight_in_out = base.weight.t() if type(base) is nn.Linear else base.weight  # (in, out) for both
-    return _LoraLinear.apply(
-        x, dropped, positions, keep_scale, weight_in_out, base.bias, *factors, layer.scaling[name]
-    )
+    return _LoraLinear.apply(x, dropped, drop, weight_in_out, base.bias, *factors, layer.scaling[name])
 
 
-_SPARSE_MAX_RATE = 0.25  # above it the corrections cost more than masking the input
-
-
-def _drops_sparsely(dropout: AdapterDropout, x: torch.Tensor) -> bool:
-    return 0 < dropout.p <= _SPARSE_MAX_RATE and dropout.draws_positions(x) and x.dtype in _SPARSE_DTYPES
-
-
+_SPARSE_MAX_RATE = 0.25  # above it the sparse corrections cost more than masking the input
 _SPARSE_DTYPES = (torch.float32, torch.float64)  # torch's sparse CSR kernels on CPU
+
+
+def _in_node_dropout(dropout: nn.Module, x: torch.Tensor) -> _KernelDrop | _SparseDrop | None:
+    """How the node applies `dropout` to `x` itself: in the native kernels (the same mask as
+    `AdapterDropout` draws there), as sparse corrections, or not at all (None: it runs before the node)."""
+    if not (isinstance(dropout, AdapterDropout) and dropout.training and dropout.draws_positions(x)):
+        return None
+    if _masked_lowrank.applies(x):
+        return _KernelDrop(dropout.p)
+    if dropout.p <= _SPARSE_MAX_RATE and x.dtype in _SPARSE_DTYPES:
+        return _SparseDrop(dropout.p)
+    return None
 
 
 # ----- in-place add -----
@@ -144,29 +151,54 @@ def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -
     return fused
 
 
-class _DroppedValues:
-    """The input values a dropout drops, as a sparse (tokens, in) matrix S: `x * keep = x - S`.
+class _KernelDrop:
+    """The dropout drawn and applied in the native kernels (`_masked_lowrank`): each product masks the
+    input in its own pass over it; the mask is kept as one bit per value between forward and backward."""
 
-    Built from the flat positions (sorted, from `drop_positions`), for what the node needs: `S A^T`
-    (forward), `(dh A)` at the dropped positions (the input gradient's masked part), and `dh^T (x - S)`
-    (the gradient of A)."""
+    def __init__(self, p: float) -> None:
+        self.keep_scale = 1.0 / (1.0 - p)
+        self.p = p
 
-    def __init__(self, flat_x: torch.Tensor, positions: torch.Tensor) -> None:
+    def hidden(self, flat_x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+        """`(x * keep) A^T`, drawing the mask."""
+        self.x = flat_x.contiguous()  # the kernels read rows; a view of x when it is contiguous already
+        hidden, self.bits = _masked_lowrank.masked_product(self.x, lora_A, self.p)
+        return hidden
+
+    def factor_grad(self, grad_hidden: torch.Tensor, flat_x: torch.Tensor) -> torch.Tensor:
+        """`dh^T (x * keep)`."""
+        return _masked_lowrank.masked_factor_grad(self.x, self.bits, grad_hidden)
+
+    def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
+        """`grad_x += (dh A) * keep`."""
+        _masked_lowrank.add_masked_input_grad(grad_x, self.bits, grad_hidden, lora_A)
+
+
+class _SparseDrop:
+    """The dropout as the values it drops, a sparse (tokens, in) matrix S: `x * keep = x - S`, from the
+    flat positions `drop_positions` draws (sorted). `(x - S) A^T` is `x A^T` less `S A^T`; the input
+    gradient's masked part is `dh A` less its values at the dropped positions; `dh^T (x - S)` is taken
+    from a copy of x with the dropped values zeroed."""
+
+    def __init__(self, p: float) -> None:
+        self.keep_scale = 1.0 / (1.0 - p)
+        self.p = p
+
+    def hidden(self, flat_x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+        """`(x - S) A^T`, drawing the positions."""
         tokens, features = flat_x.shape
-        self.positions = positions
-        rows = positions.div(features, rounding_mode="floor")
-        cols = positions.remainder(features)
-        values = flat_x.reshape(-1).index_select(0, positions)
+        self.positions = drop_positions(flat_x.numel(), self.p)
+        rows = self.positions.div(features, rounding_mode="floor")
+        cols = self.positions.remainder(features)
+        values = flat_x.reshape(-1).index_select(0, self.positions)
         crow = torch._convert_indices_from_coo_to_csr(rows, tokens)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": what is used here is stable
             warnings.simplefilter("ignore")
             self.matrix = torch.sparse_csr_tensor(
                 crow, cols, values, (tokens, features), check_invariants=False
             )
-
-    def subtract_product(self, hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
-        """`hidden -= S A^T`."""
-        hidden.sub_(self.matrix @ lora_A.t())
+        hidden = flat_x @ lora_A.t()
+        return hidden.sub_(self.matrix @ lora_A.t())
 
     def factor_grad(self, grad_hidden: torch.Tensor, flat_x: torch.Tensor) -> torch.Tensor:
         """`dh^T (x - S)`, from a copy of x with the dropped values zeroed (`dh^T S` alone would be a
@@ -176,10 +208,9 @@ class _DroppedValues:
         masked.view(-1).index_put_((self.positions,), masked.new_zeros(()))
         return grad_hidden.t() @ masked
 
-    def subtract_input_grad(
-        self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor
-    ) -> None:
-        """`grad_x -= dh A` at the dropped positions."""
+    def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
+        """`grad_x += dh A`, less its values at the dropped positions."""
+        grad_x.addmm_(grad_hidden, lora_A)
         dropped = torch.sparse.sampled_addmm(self.matrix, grad_hidden, lora_A, beta=0.0).values()
         grad_x.view(-1).index_add_(0, self.positions, dropped, alpha=-1.0)
 
@@ -190,47 +221,40 @@ class _LoraLinear(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         dropped: torch.Tensor | None,
-        positions: torch.Tensor | None,
-        keep_scale: float,
+        drop: _KernelDrop | _SparseDrop | None,
         weight_in_out: torch.Tensor,
         bias: torch.Tensor | None,
         lora_A: torch.Tensor,
         lora_B: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
-        """`dropped`: the adapter input from a dropout run outside; or `positions` (flat, sorted) and
-        `keep_scale`: the values to drop here and `1 / (1 - p)`; neither: no dropout.
-
-        With positions: `h = (x - S) A^T` (S: the dropped values, sparse), never forming `x * keep`, and
-        `y += (s k) h B^T`: the keep scale k joins the scaling, in backward too."""
+        """`dropped`: the adapter input from a dropout run outside; or `drop`: the dropout to apply here,
+        `h = (x * keep) A^T` without forming `x * keep`, and `y += (s k) h B^T` (k = 1 / (1 - p) joins
+        the scaling, in backward too); neither: no dropout."""
         flat_x = x.reshape(-1, x.shape[-1])
         adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
         out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
-        hidden = adapter_input @ lora_A.t()
-        sparse = None
-        if positions is not None:
-            sparse = _DroppedValues(flat_x, positions)
-            sparse.subtract_product(hidden, lora_A)
-        scaling = scaling * keep_scale
+        hidden = adapter_input @ lora_A.t() if drop is None else drop.hidden(flat_x, lora_A)
+        scaling = scaling * (1.0 if drop is None else drop.keep_scale)
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
-        ctx.sparse, ctx.scaling, ctx.input_shape = sparse, scaling, x.shape
+        ctx.drop, ctx.scaling, ctx.input_shape = drop, scaling, x.shape
         ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
         adapter_input, hidden, weight_in_out, lora_A, lora_B = ctx.saved_tensors
-        needs_x, needs_dropped, _, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
-        sparse = ctx.sparse
+        needs_x, needs_dropped, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
+        drop = ctx.drop
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
         grad_A = None
-        if needs_A:  # dh^T (x - S)
+        if needs_A:  # dh^T (x * keep)
             grad_A = (
                 grad_hidden.t() @ adapter_input
-                if sparse is None
-                else sparse.factor_grad(grad_hidden, adapter_input)
+                if drop is None
+                else drop.factor_grad(grad_hidden, adapter_input)
             )
         # dB = s (h^T dy)^T: with the small factor on the left the GEMM streams dy once, in its own
         # layout (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)
@@ -238,11 +262,11 @@ class _LoraLinear(torch.autograd.Function):
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight_in_out.t()
-            if ctx.adapter_sees_x:  # through the mask: dh A with the dropped positions zeroed
+            if ctx.adapter_sees_x and drop is None:
                 grad_x.addmm_(grad_hidden, lora_A)
-                if sparse is not None:
-                    sparse.subtract_input_grad(grad_x, grad_hidden, lora_A)
+            elif ctx.adapter_sees_x:  # through the mask
+                drop.add_input_grad(grad_x, grad_hidden, lora_A)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
             grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
-        return grad_x, grad_dropped, None, None, None, None, grad_A, grad_B, None
+        return grad_x, grad_dropped, None, None, None, grad_A, grad_B, None

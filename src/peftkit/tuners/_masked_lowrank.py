@@ -1,0 +1,174 @@
+"""Adapter input dropout drawn and applied inside native CPU kernels (`_masked_lowrank.c`).
+
+The kernels draw the dropout mask from a counter-based hash (a seed from torch's default generator, so
+`torch.manual_seed` governs it) and apply it in the same pass that uses the input:
+
+- `dropout(x, p)`: `x * keep / (1 - p)` with its gradient (`AdapterDropout` on float32 CPU inputs);
+- `masked_product(x, A, p)`: `h = (x * keep) A^T` and the mask, as bits (LoRA's training node, forward);
+- `masked_factor_grad(x, bits, dh)`: `dh^T (x * keep)`, and `add_masked_input_grad(dx, bits, dh, A)`:
+  `dx += (dh A) * keep` (its backward).
+
+So the LoRA node's dropout costs about what the rank-r products cost without it, instead of passes of its
+own over the input. For the same seed and shape every function draws the same mask. Where the kernels do
+not apply (`applies`: float32 on a CPU, the last dimension a multiple of 8, a library built for this
+machine by `utils.native_build`), callers use the positions drawn by `_dropout.drop_positions`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..utils import native_build
+
+_SOURCE = Path(__file__).with_name("_masked_lowrank.c")
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c11", "-shared", "-fPIC"]
+_RANK_STEP = 16  # the kernels work on the rank in blocks of 16: A, A^T and dh are padded with zeros
+
+
+@functools.cache
+def _library() -> native_build.NativeLibrary:
+    if not native_build.is_linux_x86():
+        return native_build.NativeLibrary(None, "the native kernels are built on Linux x86-64 only")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return native_build.NativeLibrary(None, "this CPU has no AVX2")
+    # with torch's own OpenMP runtime (already loaded: the library links to it by name), else one thread
+    openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
+    library = native_build.load(_SOURCE, _FLAGS + openmp)
+    if library.handle is not None:
+        _declare(library.handle)
+    return library
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, i64, u64, u32, f32, i32 = (
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int,
+    )  # fmt: skip
+    signatures = {
+        "dropout_draw": [ptr, ptr, ptr, i64, i64, u64, u32, f32, i32],
+        "dropout_apply": [ptr, ptr, ptr, i64, i64, f32, i32],
+        "masked_product": [ptr, ptr, ptr, ptr, i64, i64, i64, i64, u64, u32, i32],
+        "masked_factor_grad": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
+        "masked_input_grad": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
+    }
+    for name, arguments in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = arguments, ctypes.c_int
+
+
+def available() -> bool:
+    """Whether the kernels are built and loaded on this machine (builds them on first call)."""
+    return _library().handle is not None
+
+
+def unavailable_reason() -> str:
+    """Why `available()` is False ('' when it is True)."""
+    return _library().unavailable_reason
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether dropout of `x` runs in the kernels here."""
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.dim() > 0
+        and x.shape[-1] % 8 == 0
+        and x.numel() > 0
+        and available()
+    )
+
+
+def _call(name: str, *arguments: object) -> None:
+    if getattr(_library().handle, name)(*arguments, torch.get_num_threads()) != 0:
+        raise MemoryError(f"peftkit's dropout kernel {name} could not allocate its work buffer")
+
+
+def _draw_seed() -> int:
+    return int(torch.empty((), dtype=torch.int64).random_())  # 63 bits from torch's default generator
+
+
+def _threshold(p: float) -> int:
+    return min(round(p * 2.0**32), 2**32 - 1)  # drop where the 32-bit hash is below it
+
+
+def _empty_bits(rows: int, features: int) -> torch.Tensor:
+    return torch.empty(rows, features // 8, dtype=torch.uint8)
+
+
+def kept(bits: torch.Tensor, features: int) -> torch.Tensor:
+    """The boolean keep mask (rows, features) that `bits` (one bit per value, 1 = dropped) stores."""
+    shifts = torch.arange(8, dtype=torch.uint8)
+    return (bits.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1) == 0).reshape(-1, features)
+
+
+class _MaskedDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        flat = x.contiguous().view(-1, x.shape[-1])  # drops count in x's logical (row-major) order
+        out, bits, scale = torch.empty_like(flat), _empty_bits(*flat.shape), 1.0 / (1.0 - p)
+        _call("dropout_draw", flat.data_ptr(), out.data_ptr(), bits.data_ptr(), *flat.shape,
+              _draw_seed(), _threshold(p), scale)  # fmt: skip
+        ctx.save_for_backward(bits)
+        ctx.scale = scale
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
+        (bits,) = ctx.saved_tensors
+        flat = grad.contiguous().view(-1, grad.shape[-1])
+        out = torch.empty_like(flat)
+        _call("dropout_apply", flat.data_ptr(), out.data_ptr(), bits.data_ptr(), *flat.shape, ctx.scale)
+        return out.view(grad.shape), None
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """`x * keep / (1 - p)`, keep ~ Bernoulli(1 - p) per value, differentiable (requires `applies(x)`)."""
+    return _MaskedDropout.apply(x, p)
+
+
+def masked_product(flat_x: torch.Tensor, lora_A: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(x * keep) A^T` for a contiguous (tokens, in) `flat_x` and A (r, in), and the mask's bits."""
+    rank = lora_A.shape[0]
+    padded = _padded_rank(rank)
+    a_t = F.pad(lora_A.detach().t(), (0, padded - rank)).contiguous()  # (in, padded)
+    hidden, bits = flat_x.new_empty(flat_x.shape[0], rank), _empty_bits(*flat_x.shape)
+    _call("masked_product", flat_x.data_ptr(), a_t.data_ptr(), hidden.data_ptr(), bits.data_ptr(),
+          *flat_x.shape, rank, padded, _draw_seed(), _threshold(p))  # fmt: skip
+    return hidden, bits
+
+
+def _padded_rank(rank: int) -> int:
+    return -(-rank // _RANK_STEP) * _RANK_STEP
+
+
+def _padded_rows(grad_hidden: torch.Tensor) -> torch.Tensor:
+    """dh (tokens, r) with zero columns up to the padded rank, contiguous."""
+    missing = _padded_rank(grad_hidden.shape[1]) - grad_hidden.shape[1]
+    return (F.pad(grad_hidden, (0, missing)) if missing else grad_hidden).contiguous()
+
+
+def masked_factor_grad(flat_x: torch.Tensor, bits: torch.Tensor, grad_hidden: torch.Tensor) -> torch.Tensor:
+    """`dh^T (x * keep)`: the gradient of A (r, in), for the mask in `bits`."""
+    rank = grad_hidden.shape[1]
+    padded_grad = _padded_rows(grad_hidden)
+    grad_A = flat_x.new_empty(padded_grad.shape[1], flat_x.shape[1])
+    _call("masked_factor_grad", flat_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), grad_A.data_ptr(),
+          *flat_x.shape, padded_grad.shape[1])  # fmt: skip
+    return grad_A[:rank]
+
+
+def add_masked_input_grad(
+    grad_x: torch.Tensor, bits: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor
+) -> None:
+    """`grad_x += (dh A) * keep` in place, for a contiguous (tokens, in) `grad_x`."""
+    if not grad_x.is_contiguous():
+        raise ValueError("add_masked_input_grad needs a contiguous grad_x (tokens, in)")
+    padded_grad = _padded_rows(grad_hidden)
+    missing = padded_grad.shape[1] - lora_A.shape[0]
+    lora_A = (F.pad(lora_A.detach(), (0, 0, 0, missing)) if missing else lora_A.detach()).contiguous()
+    _call("masked_input_grad", grad_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), lora_A.data_ptr(),
+          *grad_x.shape, padded_grad.shape[1])  # fmt: skip
