@@ -109,3 +109,16 @@ def test_input_gradient_needs_a_contiguous_gradient():
     bits = torch.zeros(8, 2, dtype=torch.uint8)
     with pytest.raises(ValueError, match="contiguous grad_x"):
         _masked_lowrank.add_masked_input_grad(grad_x, bits, torch.zeros(8, 4), torch.zeros(4, 16))
+
+
+def test_double_backward_through_kernel_dropout_says_how_to_avoid_it():
+    from peftkit import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(16, 8)),
+        LoraConfig(target_modules=["0"], r=4, lora_dropout=0.1, init_lora_weights=False),
+    ).train()
+    x = torch.randn(4, 16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="PEFTKIT_NATIVE_KERNELS=0"):
+        torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    torch.autograd.grad(model(x).sum(), x)  # a first-order gradient is fine

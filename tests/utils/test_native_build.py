@@ -67,22 +67,26 @@ _LOAD_IN_CHILD = "from pathlib import Path; from peftkit.utils import native_bui
 
 
 def test_a_build_killed_midway_leaves_no_library(tmp_path, cache, monkeypatch):
-    """kill -9 while the compiler writes its output: the final name never holds the partial file, and the
-    next load builds a working library."""
+    """kill -9 while the compiler writes its output: the final name never holds the partial file, the
+    next load builds a working library, and a build clears partial files left over an hour ago."""
     source = _source(tmp_path, 7)
     slow = _compiler(tmp_path, 'printf "half a libr" > "$out"; sleep 60')
     child = subprocess.Popen(
         [sys.executable, "-c", f"{_LOAD_IN_CHILD}({str(source)!r}), {FLAGS!r})"],
         env={**os.environ, "CC": slow, "PYTHONPATH": os.pathsep.join(sys.path)},
+        start_new_session=True,  # its own process group: the kill takes the compiler too
     )
     deadline = time.monotonic() + 60
     while not any(path.stat().st_size for path in cache.glob("*.partial")):
         assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     assert not list(cache.glob("*.so"))
+    (partial,) = cache.glob("*.partial")
+    os.utime(partial, (time.time() - 7200, time.time() - 7200))  # the next build clears it, once old
     assert native_build.load(source, FLAGS).handle.answer() == 7
+    assert not partial.exists()
 
 
 def test_refusals_say_why(tmp_path, cache, monkeypatch):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..utils import native_build
 
@@ -117,6 +118,7 @@ class _MaskedDropout(torch.autograd.Function):
         return out.view(x.shape)
 
     @staticmethod
+    @once_differentiable  # the kernel is not differentiable again: double backward raises, never zeros
     def backward(ctx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
         (bits,) = ctx.saved_tensors
         flat = grad.contiguous().view(-1, grad.shape[-1])

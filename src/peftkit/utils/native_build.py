@@ -14,6 +14,7 @@ and be writable by no one else (else nothing is loaded).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -23,6 +24,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +92,12 @@ def _compiler_version(compiler: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+_STALE_SECONDS = 3600  # a partial file this old is a killed build's (a build times out after 300 s)
+
+
 def _compile(compiler: str, source: Path, flags: list[str], target: Path) -> str:
     """Compiles into a temporary file next to `target`, then renames it: '' or the error."""
+    _remove_stale_partials(target.parent)
     handle, partial = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so.partial", dir=target.parent)
     os.close(handle)
     try:
@@ -107,6 +113,14 @@ def _compile(compiler: str, source: Path, flags: list[str], target: Path) -> str
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    now = time.time()
+    for partial in folder.glob(".*.so.partial"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if now - partial.stat().st_mtime > _STALE_SECONDS:
+                partial.unlink()
 
 
 def is_linux_x86() -> bool:

@@ -247,6 +247,11 @@ class _LoraLinear(torch.autograd.Function):
         adapter_input, hidden, weight_in_out, lora_A, lora_B = ctx.saved_tensors
         needs_x, needs_dropped, _, _, _, needs_A, needs_B, _ = ctx.needs_input_grad
         drop = ctx.drop
+        if isinstance(drop, _KernelDrop) and torch.is_grad_enabled():
+            raise RuntimeError(
+                "double backward (create_graph=True) through LoRA dropout drawn in peftkit's native kernels "
+                "is not supported: set PEFTKIT_NATIVE_KERNELS=0 (torch operators) or lora_dropout=0"
+            )
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
         grad_A = None
