@@ -91,6 +91,29 @@ def test_incompatible_type_is_refused_naming_the_types():
         peftkit.get_peft_model(tiny_llama(), PeftConfig(peft_type="PROMPT_TUNING"), mixed=True)
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"alora_invocation_tokens": [5, 6]},
+        {"use_bdlora": peftkit.BdLoraConfig(target_modules_bd_a=["o_proj"], target_modules_bd_b=["q_proj"], nblocks=2)},
+        {"target_parameters": ["mlp.gate_proj.weight"]},
+        {"trainable_token_indices": [1, 2]},
+    ],
+    ids=lambda option: next(iter(option)),
+)
+def test_lora_options_a_mixed_model_does_not_apply_are_refused(option):
+    """peft's mixed model applies these; ours made the adapter without them, silently. Now it says so,
+    when the model is made and when an adapter is added."""
+    (name,) = option
+    config = LoraConfig(target_modules=["q_proj", "o_proj"], **option)
+    with pytest.raises(ValueError, match=f"does not apply {name} yet.*instead of mixed=True"):
+        peftkit.get_peft_model(tiny_llama(), config, mixed=True)
+    model = peftkit.get_peft_model(tiny_llama(), LoraConfig(target_modules=["q_proj"]), mixed=True)
+    with pytest.raises(ValueError, match=f"does not apply {name} yet"):
+        model.add_adapter("other", config)
+    assert list(model.peft_config) == ["default"]
+
+
 def test_saving_a_mixed_model_is_a_clear_error(tmp_path):
     model = peftkit.get_peft_model(tiny_llama(), LoraConfig(target_modules=["q_proj"]), mixed=True)
     with pytest.raises(NotImplementedError, match="save each adapter"):

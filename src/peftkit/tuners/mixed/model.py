@@ -29,14 +29,31 @@ def _method_tuner(config: PeftConfig) -> type[BaseTuner]:
     return PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
 
 
+# LoRA options that LoraModel.inject_adapter applies after the layers are made, which a mixed model (it
+# makes only the layers) would skip without a word: refused until the mixed model applies them
+_OPTIONS_APPLIED_AFTER_THE_LAYERS = (
+    "alora_invocation_tokens",
+    "use_bdlora",
+    "target_parameters",
+    "trainable_token_indices",
+)
+
+
 def check_mixable(config: PeftConfig) -> None:
-    """Raise when `config`'s method cannot take part in a mixed model."""
+    """Raise when `config`'s method, or one of its options, cannot take part in a mixed model."""
     compatible = mixed_compatible_types()
     if config.peft_type not in compatible:
         names = ", ".join(t.value for t in compatible)
         raise ValueError(
             f"The provided `peft_type` '{config.peft_type.value}' is not compatible with the `PeftMixedModel`. "
             f"Compatible types are: {names}."
+        )
+    unapplied = [name for name in _OPTIONS_APPLIED_AFTER_THE_LAYERS if getattr(config, name, None)]
+    if unapplied:
+        raise ValueError(
+            f"peftkit's PeftMixedModel does not apply {', '.join(unapplied)} yet (the adapter would be made "
+            "without them). Load this adapter with get_peft_model(model, config) / PeftModel.from_pretrained "
+            "instead of mixed=True, or leave these options unset."
         )
 
 
