@@ -95,7 +95,11 @@ def test_incompatible_type_is_refused_naming_the_types():
     "option",
     [
         {"alora_invocation_tokens": [5, 6]},
-        {"use_bdlora": peftkit.BdLoraConfig(target_modules_bd_a=["o_proj"], target_modules_bd_b=["q_proj"], nblocks=2)},
+        {
+            "use_bdlora": peftkit.BdLoraConfig(
+                target_modules_bd_a=["o_proj"], target_modules_bd_b=["q_proj"], nblocks=2
+            )
+        },
         {"target_parameters": ["mlp.gate_proj.weight"]},
         {"trainable_token_indices": [1, 2]},
     ],
