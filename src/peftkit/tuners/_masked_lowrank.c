@@ -7,10 +7,12 @@
  * and multiplies it there.
  *
  * The mask: element (row, col) of the (n, d) input is dropped when
- *     lowbias32(lowbias32(k1 + col) ^ k2) < threshold,   (k1, k2) = the halves of splitmix64(seed ^ mix(row))
- * (threshold = p * 2^32, unsigned), a counter-based draw: the same (seed, n, d) give the same mask in
- * every kernel, and it is stored as one bit per value (1 = dropped, row-major, d / 8 bytes per row) for
- * the backward kernels. Two rounds keep rows whose counters k1 + col overlap independent.
+ *     lowbias32((col * 0x9e3779b1) ^ key) < threshold,   key = the low half of splitmix64(seed ^ mix(row))
+ * (threshold = p * 2^32, unsigned; all arithmetic mod 2^32), a counter-based draw: the same (seed, n, d)
+ * give the same mask in every kernel, and it is stored as one bit per value (1 = dropped, row-major,
+ * d / 8 bytes per row) for the backward kernels. The odd multiplier spreads a row's columns over the
+ * 32-bit range before the row's key is mixed in, so two rows share a hash input only by a chance of
+ * 2^-32 per pair of values, never as a whole shifted run (as `key + col` would).
  *
  * Shapes: float32, contiguous; d % 8 == 0; the rank padded to rp, a multiple of 16 (zero columns of A^T,
  * zero rows of A and zero columns of dh), so that each kernel works on whole 8-wide vectors.
@@ -22,8 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROWS 6     /* rows per block in the forward product: 12 accumulators of 8 */
-#define GX_ROWS 6  /* rows per block in the input gradient */
+#define ROWS 6     /* rows per block in the row products: 12 accumulators of 8 */
 #define CHUNK 512  /* tokens per chunk of a column strip in dA */
 
 static inline uint64_t splitmix64(uint64_t z) {
@@ -53,18 +54,19 @@ static inline __m256 expand_bits(unsigned bits) {
  * `scale`, into out. */
 static inline void draw_row(const float* x, float* out, uint8_t* bits_row, int64_t d, int64_t row,
                             uint64_t seed, uint32_t threshold, float scale) {
-  const uint64_t key = splitmix64(seed ^ splitmix64((uint64_t)row));
-  const __m256i k2 = _mm256_set1_epi32((int)(uint32_t)(key >> 32));
+  const __m256i key = _mm256_set1_epi32((int)(uint32_t)splitmix64(seed ^ splitmix64((uint64_t)row)));
+  const __m256i spread = _mm256_set1_epi32((int)0x9e3779b1u);
   const __m256i flip = _mm256_set1_epi32((int)0x80000000u); /* unsigned order as signed */
   const __m256i limit = _mm256_xor_si256(_mm256_set1_epi32((int)threshold), flip);
   const __m256 factor = _mm256_set1_ps(scale);
-  __m256i counter = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)key), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i spread_col = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), spread);
+  const __m256i step = _mm256_mullo_epi32(_mm256_set1_epi32(8), spread);
   for (int64_t c = 0; c < d; c += 8) {
-    const __m256i h = _mm256_xor_si256(hash8(_mm256_xor_si256(hash8(counter), k2)), flip);
+    const __m256i h = _mm256_xor_si256(hash8(_mm256_xor_si256(spread_col, key)), flip);
     const __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, h));
     bits_row[c >> 3] = (uint8_t)_mm256_movemask_ps(drop);
     _mm256_storeu_ps(out + c, _mm256_andnot_ps(drop, _mm256_mul_ps(_mm256_loadu_ps(x + c), factor)));
-    counter = _mm256_add_epi32(counter, _mm256_set1_epi32(8));
+    spread_col = _mm256_add_epi32(spread_col, step);
   }
 }
 
@@ -90,6 +92,30 @@ int dropout_apply(const float* g, float* out, const uint8_t* bits, int64_t n, in
   return 0;
 }
 
+/* The 6 x 16 micro-kernel both row products use (12 accumulators in registers):
+ *   sums[i][c] = sum_k rows[i][k] * cols[k * col_step + c],  i < ROWS, c < 16 (c < 8 when !wide).
+ * The sums go out through a fixed-size array: indexing the accumulators by a variable row count would
+ * keep them out of registers. */
+static inline __attribute__((always_inline)) void block_product(const float* const rows[ROWS], const float* cols,
+                                                                int64_t col_step, int64_t depth, int wide,
+                                                                float sums[ROWS][16]) {
+  __m256 acc[ROWS][2];
+  for (int i = 0; i < ROWS; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < depth; ++k) {
+    const __m256 a0 = _mm256_loadu_ps(cols + k * col_step);
+    const __m256 a1 = wide ? _mm256_loadu_ps(cols + k * col_step + 8) : _mm256_setzero_ps();
+    for (int i = 0; i < ROWS; ++i) {
+      const __m256 b = _mm256_broadcast_ss(rows[i] + k);
+      acc[i][0] = _mm256_fmadd_ps(b, a0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(b, a1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < ROWS; ++i) {
+    _mm256_storeu_ps(sums[i], acc[i][0]);
+    _mm256_storeu_ps(sums[i] + 8, acc[i][1]);
+  }
+}
+
 /* h (n, r) = (x * keep) A^T, drawing the mask into bits; at = A^T padded to (d, rp). */
 int masked_product(const float* x, const float* at, float* h, uint8_t* bits, int64_t n, int64_t d,
                    int64_t r, int64_t rp, uint64_t seed, uint32_t threshold, int threads) {
@@ -109,23 +135,11 @@ int masked_product(const float* x, const float* at, float* h, uint8_t* bits, int
       for (int64_t i = 0; i < m; ++i)
         draw_row(x + (r0 + i) * d, buf + i * d, bits + (r0 + i) * (d / 8), d, r0 + i, seed, threshold, 1.0f);
       if (m < ROWS) memset(buf + m * d, 0, sizeof(float) * (ROWS - m) * d);
+      const float* rows[ROWS];
+      for (int i = 0; i < ROWS; ++i) rows[i] = buf + i * d;
       for (int64_t j = 0; j < rp; j += 16) {
-        __m256 acc[ROWS][2];
-        for (int i = 0; i < ROWS; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-        for (int64_t k = 0; k < d; ++k) {
-          const __m256 a0 = _mm256_loadu_ps(at + k * rp + j), a1 = _mm256_loadu_ps(at + k * rp + j + 8);
-          for (int i = 0; i < ROWS; ++i) {
-            const __m256 b = _mm256_broadcast_ss(buf + i * d + k);
-            acc[i][0] = _mm256_fmadd_ps(b, a0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(b, a1, acc[i][1]);
-          }
-        }
-        /* through a fixed-size array: indexing acc by the row count m would keep it out of registers */
         float sums[ROWS][16];
-        for (int i = 0; i < ROWS; ++i) {
-          _mm256_storeu_ps(sums[i], acc[i][0]);
-          _mm256_storeu_ps(sums[i] + 8, acc[i][1]);
-        }
+        block_product(rows, at + j, rp, d, 1, sums);
         const int64_t cols = r - j < 16 ? r - j : 16;
         for (int64_t i = 0; i < m; ++i) memcpy(h + (r0 + i) * r + j, sums[i], sizeof(float) * cols);
       }
@@ -192,30 +206,16 @@ int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, flo
 /* gx (n, d) += (dh A) * keep; dh (n, rp), a = A padded to (rp, d). */
 int masked_input_grad(float* gx, const uint8_t* bits, const float* dh, const float* a, int64_t n,
                       int64_t d, int64_t rp, int threads) {
-  const int64_t blocks = (n + GX_ROWS - 1) / GX_ROWS;
+  const int64_t blocks = (n + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t r0 = blk * GX_ROWS, m = n - r0 < GX_ROWS ? n - r0 : GX_ROWS;
-    const float* g[GX_ROWS]; /* rows past the end repeat the last one; their sums are not stored */
-    for (int i = 0; i < GX_ROWS; ++i) g[i] = dh + (r0 + (i < m ? i : m - 1)) * rp;
+    const int64_t r0 = blk * ROWS, m = n - r0 < ROWS ? n - r0 : ROWS;
+    const float* g[ROWS]; /* rows past the end repeat the last one; their sums are not stored */
+    for (int i = 0; i < ROWS; ++i) g[i] = dh + (r0 + (i < m ? i : m - 1)) * rp;
     for (int64_t c = 0; c < d; c += 16) {
       const int wide = d - c >= 16;
-      __m256 acc[GX_ROWS][2];
-      for (int i = 0; i < GX_ROWS; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-      for (int64_t j = 0; j < rp; ++j) {
-        const __m256 a0 = _mm256_loadu_ps(a + j * d + c);
-        const __m256 a1 = wide ? _mm256_loadu_ps(a + j * d + c + 8) : _mm256_setzero_ps();
-        for (int i = 0; i < GX_ROWS; ++i) {
-          const __m256 b = _mm256_broadcast_ss(g[i] + j);
-          acc[i][0] = _mm256_fmadd_ps(b, a0, acc[i][0]);
-          acc[i][1] = _mm256_fmadd_ps(b, a1, acc[i][1]);
-        }
-      }
-      float sums[GX_ROWS][16];
-      for (int i = 0; i < GX_ROWS; ++i) {
-        _mm256_storeu_ps(sums[i], acc[i][0]);
-        _mm256_storeu_ps(sums[i] + 8, acc[i][1]);
-      }
+      float sums[ROWS][16];
+      block_product(g, a + c, d, rp, wide, sums);
       for (int64_t i = 0; i < m; ++i) {
         float* out = gx + (r0 + i) * d + c;
         const uint8_t* br = bits + (r0 + i) * (d / 8) + c / 8;
