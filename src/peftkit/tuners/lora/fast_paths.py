@@ -33,7 +33,7 @@ without a pass of its own over the input: k joins the scaling (`y += s k h B^T`,
   `dA = dh^T (x - S)` from a copy of x with the dropped values zeroed, made in backward and freed right
   after. Each sparse term is `dropped values x r` multiply-adds, but in memory nearly a pass over the
   input (at p = 0.05 more than half of its cache lines hold a dropped value): ~2 ms per projection on
-  the benchmark, against ~0.1 ms in the kernels.
+  the benchmark's block, against 0.5-0.9 ms with the kernels (bench/RESULTS.md).
 Any other dropout runs before the node and `d(x)` gets its gradient `dh A` as an input of its own.
 """
 
