@@ -92,6 +92,17 @@ int dropout_apply(const float* g, float* out, const uint8_t* bits, int64_t n, in
   return 0;
 }
 
+/* A thread's work buffer of `floats` (a multiple of 8), 32-byte aligned; NULL and *failed = 1 where the
+ * memory cannot be had. */
+static float* work_buffer(size_t floats, int* failed) {
+  float* buf = aligned_alloc(32, sizeof(float) * floats);
+  if (buf == NULL) {
+#pragma omp atomic write
+    *failed = 1;
+  }
+  return buf;
+}
+
 /* The 6 x 16 micro-kernel both row products use (12 accumulators in registers):
  *   sums[i][c] = sum_k rows[i][k] * cols[k * col_step + c],  i < ROWS, c < 16 (c < 8 when !wide).
  * The sums go out through a fixed-size array: indexing the accumulators by a variable row count would
@@ -123,11 +134,7 @@ int masked_product(const float* x, const float* at, float* h, uint8_t* bits, int
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    float* buf = aligned_alloc(32, sizeof(float) * ROWS * d);
-    if (buf == NULL) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    float* buf = work_buffer(ROWS * d, &failed);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       if (buf == NULL) continue;
@@ -156,11 +163,7 @@ int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, flo
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    float* buf = aligned_alloc(32, sizeof(float) * CHUNK * 16);
-    if (buf == NULL) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    float* buf = work_buffer(CHUNK * 16, &failed);
 #pragma omp for schedule(static)
     for (int64_t s = 0; s < strips; ++s) {
       if (buf == NULL) continue;
