@@ -89,6 +89,21 @@ def test_a_build_killed_midway_leaves_no_library(tmp_path, cache, monkeypatch):
     assert not partial.exists()
 
 
+def test_a_cached_library_that_does_not_load_is_built_again(tmp_path, cache):
+    """A file under the final name that is not a library (a machine crash can leave one) is rebuilt. The
+    first build runs in a child process: this one must not have the file mapped when it is replaced."""
+    source = _source(tmp_path, 5)
+    child = f"{_LOAD_IN_CHILD}({str(source)!r}), {FLAGS!r}).handle.answer()"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", child], env=environment, check=True)
+    (built,) = cache.glob("*.so")
+    damaged = built.with_suffix(".damaged")
+    damaged.write_bytes(b"not a shared library")
+    damaged.replace(built)
+    assert native_build.load(source, FLAGS).handle.answer() == 5
+    assert built.read_bytes().startswith(b"\x7fELF")
+
+
 def test_refusals_say_why(tmp_path, cache, monkeypatch):
     source = _source(tmp_path, 1)
     monkeypatch.setenv(native_build.DISABLE_VARIABLE, "0")

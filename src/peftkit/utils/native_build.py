@@ -60,14 +60,19 @@ def load(source: Path, flags: list[str]) -> NativeLibrary:
         return NativeLibrary(None, f"the C compiler {compiler!r} does not run")
     key = hashlib.sha256(source.read_bytes() + "\0".join([*flags, version]).encode()).hexdigest()[:20]
     target = folder / f"{source.stem}-{key}.so"
-    if not target.exists():
-        error = _compile(compiler, source, flags, target)
-        if error:
-            return NativeLibrary(None, error)
-    try:
-        return NativeLibrary(ctypes.CDLL(str(target)))
-    except OSError as exc:
-        return NativeLibrary(None, f"{target} does not load: {exc}")
+    for attempt in range(2):  # a cached file that does not load (cut short by a crash) is built again, once
+        if not target.exists():
+            error = _compile(compiler, source, flags, target)
+            if error:
+                return NativeLibrary(None, error)
+        try:
+            return NativeLibrary(ctypes.CDLL(str(target)))
+        except OSError as exc:
+            if attempt:
+                return NativeLibrary(None, f"{target} does not load: {exc}")
+            with contextlib.suppress(OSError):
+                target.unlink()
+    raise AssertionError("unreachable")
 
 
 def _unsafe_folder_problem(folder: Path) -> str:
@@ -106,6 +111,8 @@ def _compile(compiler: str, source: Path, flags: list[str], target: Path) -> str
         )
         if done.returncode != 0:
             return f"compiling {source.name} failed: {done.stderr.strip()[-2000:]}"
+        with open(partial, "rb") as written:  # on disk before its name says it is whole
+            os.fsync(written.fileno())
         os.replace(partial, target)
         return ""
     except (OSError, subprocess.SubprocessError) as exc:
