@@ -31,12 +31,20 @@ _FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c11", "-shared", "-fPIC"]
 _RANK_STEP = 16  # the kernels work on the rank in blocks of 16: A, A^T and dh are padded with zeros
 
 
+def platform_problem() -> str:
+    """Why this machine cannot run the kernels whatever its compiler ('' where it can)."""
+    if not native_build.is_linux_x86():
+        return "the native kernels are built on Linux x86-64 only"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return "this CPU has no AVX2"
+    return ""
+
+
 @functools.cache
 def _library() -> native_build.NativeLibrary:
-    if not native_build.is_linux_x86():
-        return native_build.NativeLibrary(None, "the native kernels are built on Linux x86-64 only")
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return native_build.NativeLibrary(None, "this CPU has no AVX2")
+    problem = platform_problem()
+    if problem:
+        return native_build.NativeLibrary(None, problem)
     # with torch's own OpenMP runtime (already loaded: the library links to it by name), else one thread
     openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
     library = native_build.load(_SOURCE, _FLAGS + openmp)
@@ -135,28 +143,25 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 def masked_product(flat_x: torch.Tensor, lora_A: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`(x * keep) A^T` for a contiguous (tokens, in) `flat_x` and A (r, in), and the mask's bits."""
     rank = lora_A.shape[0]
-    padded = _padded_rank(rank)
-    a_t = F.pad(lora_A.detach().t(), (0, padded - rank)).contiguous()  # (in, padded)
+    a_t = _rank_padded(lora_A.detach().t(), dim=1)  # (in, padded rank)
     hidden, bits = flat_x.new_empty(flat_x.shape[0], rank), _empty_bits(*flat_x.shape)
     _call("masked_product", flat_x.data_ptr(), a_t.data_ptr(), hidden.data_ptr(), bits.data_ptr(),
-          *flat_x.shape, rank, padded, _draw_seed(), _threshold(p))  # fmt: skip
+          *flat_x.shape, rank, a_t.shape[1], _draw_seed(), _threshold(p))  # fmt: skip
     return hidden, bits
 
 
-def _padded_rank(rank: int) -> int:
-    return -(-rank // _RANK_STEP) * _RANK_STEP
-
-
-def _padded_rows(grad_hidden: torch.Tensor) -> torch.Tensor:
-    """dh (tokens, r) with zero columns up to the padded rank, contiguous."""
-    missing = _padded_rank(grad_hidden.shape[1]) - grad_hidden.shape[1]
-    return (F.pad(grad_hidden, (0, missing)) if missing else grad_hidden).contiguous()
+def _rank_padded(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """`tensor` (2-D) with zeros appended along its rank dimension `dim` up to a multiple of 16,
+    contiguous."""
+    missing = -tensor.shape[dim] % _RANK_STEP
+    padding = (0, missing) if dim == 1 else (0, 0, 0, missing)
+    return (F.pad(tensor, padding) if missing else tensor).contiguous()
 
 
 def masked_factor_grad(flat_x: torch.Tensor, bits: torch.Tensor, grad_hidden: torch.Tensor) -> torch.Tensor:
     """`dh^T (x * keep)`: the gradient of A (r, in), for the mask in `bits`."""
     rank = grad_hidden.shape[1]
-    padded_grad = _padded_rows(grad_hidden)
+    padded_grad = _rank_padded(grad_hidden, dim=1)
     grad_A = flat_x.new_empty(padded_grad.shape[1], flat_x.shape[1])
     _call("masked_factor_grad", flat_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), grad_A.data_ptr(),
           *flat_x.shape, padded_grad.shape[1])  # fmt: skip
@@ -169,8 +174,6 @@ def add_masked_input_grad(
     """`grad_x += (dh A) * keep` in place, for a contiguous (tokens, in) `grad_x`."""
     if not grad_x.is_contiguous():
         raise ValueError("add_masked_input_grad needs a contiguous grad_x (tokens, in)")
-    padded_grad = _padded_rows(grad_hidden)
-    missing = padded_grad.shape[1] - lora_A.shape[0]
-    lora_A = (F.pad(lora_A.detach(), (0, 0, 0, missing)) if missing else lora_A.detach()).contiguous()
-    _call("masked_input_grad", grad_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), lora_A.data_ptr(),
+    padded_grad, padded_A = _rank_padded(grad_hidden, dim=1), _rank_padded(lora_A.detach(), dim=0)
+    _call("masked_input_grad", grad_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), padded_A.data_ptr(),
           *grad_x.shape, padded_grad.shape[1])  # fmt: skip

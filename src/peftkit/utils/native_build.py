@@ -60,19 +60,19 @@ def load(source: Path, flags: list[str]) -> NativeLibrary:
         return NativeLibrary(None, f"the C compiler {compiler!r} does not run")
     key = hashlib.sha256(source.read_bytes() + "\0".join([*flags, version]).encode()).hexdigest()[:20]
     target = folder / f"{source.stem}-{key}.so"
-    for attempt in range(2):  # a cached file that does not load (cut short by a crash) is built again, once
-        if not target.exists():
-            error = _compile(compiler, source, flags, target)
-            if error:
-                return NativeLibrary(None, error)
+    if target.exists():
         try:
             return NativeLibrary(ctypes.CDLL(str(target)))
-        except OSError as exc:
-            if attempt:
-                return NativeLibrary(None, f"{target} does not load: {exc}")
+        except OSError:  # cut short by a machine crash: built again below
             with contextlib.suppress(OSError):
                 target.unlink()
-    raise AssertionError("unreachable")
+    error = _compile(compiler, source, flags, target)
+    if error:
+        return NativeLibrary(None, error)
+    try:
+        return NativeLibrary(ctypes.CDLL(str(target)))
+    except OSError as exc:
+        return NativeLibrary(None, f"{target} does not load: {exc}")
 
 
 def _unsafe_folder_problem(folder: Path) -> str:

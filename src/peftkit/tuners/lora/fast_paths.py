@@ -108,7 +108,7 @@ _SPARSE_MAX_RATE = 0.25  # above it the sparse corrections cost more than maskin
 _SPARSE_DTYPES = (torch.float32, torch.float64)  # torch's sparse CSR kernels on CPU
 
 
-def _in_node_dropout(dropout: nn.Module, x: torch.Tensor) -> _KernelDrop | _SparseDrop | None:
+def _in_node_dropout(dropout: nn.Module, x: torch.Tensor) -> _InNodeDrop | None:
     """How the node applies `dropout` to `x` itself: in the native kernels (the same mask as
     `AdapterDropout` draws there), as sparse corrections, or not at all (None: it runs before the node)."""
     if not (isinstance(dropout, AdapterDropout) and dropout.training and dropout.draws_positions(x)):
@@ -151,13 +151,38 @@ def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -
     return fused
 
 
-class _KernelDrop:
-    """The dropout drawn and applied in the native kernels (`_masked_lowrank`): each product masks the
-    input in its own pass over it; the mask is kept as one bit per value between forward and backward."""
+class _NoDrop:
+    """The adapter's input as the node gets it (no dropout, or one run before the node)."""
+
+    keep_scale = 1.0
+
+    def hidden(self, flat_x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+        """`x A^T`."""
+        return flat_x @ lora_A.t()
+
+    def factor_grad(self, grad_hidden: torch.Tensor, flat_x: torch.Tensor) -> torch.Tensor:
+        """`dh^T x`."""
+        return grad_hidden.t() @ flat_x
+
+    def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
+        """`grad_x += dh A`."""
+        grad_x.addmm_(grad_hidden, lora_A)
+
+
+_NO_DROP = _NoDrop()
+
+
+class _InNodeDrop(_NoDrop):
+    """peftkit's dropout at rate p, applied by the node: `x * keep`, kept values scaled by `1 / (1 - p)`."""
 
     def __init__(self, p: float) -> None:
         self.keep_scale = 1.0 / (1.0 - p)
         self.p = p
+
+
+class _KernelDrop(_InNodeDrop):
+    """The dropout drawn and applied in the native kernels (`_masked_lowrank`): each product masks the
+    input in its own pass over it; the mask is kept as one bit per value between forward and backward."""
 
     def hidden(self, flat_x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
         """`(x * keep) A^T`, drawing the mask."""
@@ -174,15 +199,11 @@ class _KernelDrop:
         _masked_lowrank.add_masked_input_grad(grad_x, self.bits, grad_hidden, lora_A)
 
 
-class _SparseDrop:
+class _SparseDrop(_InNodeDrop):
     """The dropout as the values it drops, a sparse (tokens, in) matrix S: `x * keep = x - S`, from the
     flat positions `drop_positions` draws (sorted). `(x - S) A^T` is `x A^T` less `S A^T`; the input
     gradient's masked part is `dh A` less its values at the dropped positions; `dh^T (x - S)` is taken
     from a copy of x with the dropped values zeroed."""
-
-    def __init__(self, p: float) -> None:
-        self.keep_scale = 1.0 / (1.0 - p)
-        self.p = p
 
     def hidden(self, flat_x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
         """`(x - S) A^T`, drawing the positions."""
@@ -221,7 +242,7 @@ class _LoraLinear(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         dropped: torch.Tensor | None,
-        drop: _KernelDrop | _SparseDrop | None,
+        drop: _InNodeDrop | None,
         weight_in_out: torch.Tensor,
         bias: torch.Tensor | None,
         lora_A: torch.Tensor,
@@ -234,8 +255,9 @@ class _LoraLinear(torch.autograd.Function):
         flat_x = x.reshape(-1, x.shape[-1])
         adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
         out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
-        hidden = adapter_input @ lora_A.t() if drop is None else drop.hidden(flat_x, lora_A)
-        scaling = scaling * (1.0 if drop is None else drop.keep_scale)
+        drop = _NO_DROP if drop is None else drop
+        hidden = drop.hidden(adapter_input, lora_A)  # a dropout in the node gets x itself (dropped is None)
+        scaling = scaling * drop.keep_scale
         out.addmm_(hidden, lora_B.t(), alpha=scaling)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
         ctx.drop, ctx.scaling, ctx.input_shape = drop, scaling, x.shape
@@ -256,20 +278,14 @@ class _LoraLinear(torch.autograd.Function):
         grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
         grad_A = None
         if needs_A:  # dh^T (x * keep)
-            grad_A = (
-                grad_hidden.t() @ adapter_input
-                if drop is None
-                else drop.factor_grad(grad_hidden, adapter_input)
-            )
+            grad_A = drop.factor_grad(grad_hidden, adapter_input)
         # dB = s (h^T dy)^T: with the small factor on the left the GEMM streams dy once, in its own
         # layout (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)
         grad_B = (hidden.t() @ grad).mul_(ctx.scaling).t() if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight_in_out.t()
-            if ctx.adapter_sees_x and drop is None:
-                grad_x.addmm_(grad_hidden, lora_A)
-            elif ctx.adapter_sees_x:  # through the mask
+            if ctx.adapter_sees_x:  # through the mask, if the node applies one
                 drop.add_input_grad(grad_x, grad_hidden, lora_A)
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
