@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from tests.conftest import llama_inputs, make_pair, tiny_gpt2, tiny_llama
+from tests.conftest import llama_inputs, make_pair, require_native_kernels, tiny_gpt2, tiny_llama
 from torch import nn
 
 from peftkit import LoraConfig, get_peft_model
+from peftkit.tuners import _masked_lowrank
 from peftkit.tuners.lora import fast_paths
 
 ATOL = 1e-5
@@ -109,3 +110,45 @@ def test_hooks_on_the_base_layer_still_run_in_training():
     layer.base_layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     model(torch.randn(3, 8)).sum().backward()
     assert seen == [torch.Size([3, 4])]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, threads):
+    """From 512 features the node's x A^T, dy B, dh^T x and h^T dy run in the native kernels (widths
+    640 -> 1024 -> 520: the last ends in an 8-wide strip): the same outputs and gradients as op by op."""
+    require_native_kernels()
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(640, 1024), nn.Tanh(), nn.Linear(1024, 520))
+    config = LoraConfig(target_modules=["0", "2"], r=12, init_lora_weights=False)
+    model = get_peft_model(base, config).train()
+    x, target = torch.randn(2, 40, 640, requires_grad=True), torch.randn(2, 40, 520)
+    calls = []
+    for name in ("lowrank_product", "masked_factor_grad"):
+        original = getattr(_masked_lowrank, name)
+        monkeypatch.setattr(
+            _masked_lowrank, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a)
+        )
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        out = model(x)
+        ((out - target) ** 2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return out.detach(), grads, x.grad.clone()
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused = run()
+        # per layer: x A^T and dy B (row products), dh^T x and h^T dy (factor gradients)
+        assert sorted(calls) == ["lowrank_product"] * 4 + ["masked_factor_grad"] * 4
+        _unfused(monkeypatch)
+        plain = run()
+    finally:
+        torch.set_num_threads(previous)
+    tolerance = {"atol": 1e-5, "rtol": 1e-4}  # float32 sums of up to 1024 products, in another order
+    torch.testing.assert_close(fused[0], plain[0], **tolerance)
+    for name in plain[1]:
+        torch.testing.assert_close(fused[1][name], plain[1][name], **tolerance, msg=name)
+    torch.testing.assert_close(fused[2], plain[2], **tolerance)

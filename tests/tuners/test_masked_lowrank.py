@@ -1,5 +1,5 @@
-"""The native dropout kernels: each product equals torch's on the mask it drew, and the mask is an
-independent Bernoulli(p) draw per value, governed by torch's seed."""
+"""The native low-rank kernels: each product equals torch's, without a mask and on the mask it drew, and
+the mask is an independent Bernoulli(p) draw per value, governed by torch's seed."""
 
 import math
 
@@ -15,10 +15,12 @@ def _kernels():
     require_native_kernels()
 
 
-# rows not a multiple of the kernels' 6-row blocks; ranks below, at and above the 16-wide rank blocks;
-# widths ending in an 8-wide strip (8, 24, 1544) and in 16-wide ones
+# rows not a multiple of the kernels' 6-row blocks nor of dA's 32-row blocks; ranks below, at and above
+# the 16-wide rank blocks; widths ending in an 8-wide strip (8, 24, 1544) and in 16-wide ones, and wider
+# than the row products' 512-column chunks (1544: three and 8 columns)
 @pytest.mark.parametrize(
-    "tokens, features, rank", [(1, 8, 4), (37, 24, 8), (50, 48, 16), (13, 1544, 24), (64, 576, 64)]
+    "tokens, features, rank",
+    [(1, 8, 4), (37, 24, 8), (50, 48, 16), (13, 1544, 24), (64, 576, 64), (70, 1536, 16)],
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_products_equal_torch_on_the_drawn_mask(tokens, features, rank, threads):
@@ -31,6 +33,8 @@ def test_products_equal_torch_on_the_drawn_mask(tokens, features, rank, threads)
         factor_grad = _masked_lowrank.masked_factor_grad(x, bits, grad_hidden)
         summed = grad_x.clone()
         _masked_lowrank.add_masked_input_grad(summed, bits, grad_hidden, lora_A)
+        plain_hidden = _masked_lowrank.lowrank_product(x, lora_A)
+        plain_factor_grad = _masked_lowrank.masked_factor_grad(x, None, grad_hidden)
     finally:
         torch.set_num_threads(previous)
     keep = _masked_lowrank.kept(bits, features).double()
@@ -40,6 +44,8 @@ def test_products_equal_torch_on_the_drawn_mask(tokens, features, rank, threads)
     torch.testing.assert_close(hidden.double(), masked @ A64.T, **tolerance)
     torch.testing.assert_close(factor_grad.double(), dh64.T @ masked, **tolerance)
     torch.testing.assert_close(summed.double(), grad_x.double() + (dh64 @ A64) * keep, **tolerance)
+    torch.testing.assert_close(plain_hidden.double(), x.double() @ A64.T, **tolerance)
+    torch.testing.assert_close(plain_factor_grad.double(), dh64.T @ x.double(), **tolerance)
     if tokens * features >= 1000:
         assert 0.2 < 1 - keep.mean().item() < 0.4  # a mask was drawn, near p
 

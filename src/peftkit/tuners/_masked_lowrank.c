@@ -1,10 +1,15 @@
-/* Input dropout inside an adapter's rank-r products, on x86 CPUs with AVX2 and FMA.
+/* An adapter's rank-r products on x86 CPUs with AVX2 and FMA, with or without input dropout.
  *
  * A LoRA layer in training computes h = d(x) A^T, dA = dh^T d(x) and dx += dh A * keep, where
  * d(x) = x * keep is its input dropout. Forming d(x) (and drawing its mask) costs a pass over the input
  * per product; at rank 16 that is as much as the product itself. Here the mask is drawn and applied
  * inside the products' own passes over x: each kernel reads a row block of x once, masks it in L1,
  * and multiplies it there.
+ *
+ * Without a mask (bits == NULL) the same two kernels compute x F^T and S^T x for any rank-r F and S
+ * (LoRA's h = x A^T, dh = dy B, dA = dh^T x, dB^T = h^T dy): torch's matmul (MKL) runs such skinny
+ * products far below the FMA rate, a few times slower than the 6 x 16 register block here when x
+ * comes from memory.
  *
  * The mask: element (row, col) of the (n, d) input is dropped when
  *     lowbias32((col * 0x9e3779b1) ^ key) < threshold,   key = the low half of splitmix64(seed ^ mix(row))
@@ -23,9 +28,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define ROWS 6     /* rows per block in the row products: 12 accumulators of 8 */
-#define CHUNK 512  /* tokens per chunk of a column strip in dA */
+#define DEPTH 512  /* columns of x per chunk in the row products */
+#define TOKENS 32  /* rows of x per packed block in dA */
 
 static inline uint64_t splitmix64(uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;
@@ -50,18 +59,20 @@ static inline __m256 expand_bits(unsigned bits) {
   return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, select));
 }
 
-/* Draws row `row`'s drops into bits_row and writes x's row, dropped values zeroed and the rest times
- * `scale`, into out. */
-static inline void draw_row(const float* x, float* out, uint8_t* bits_row, int64_t d, int64_t row,
-                            uint64_t seed, uint32_t threshold, float scale) {
+/* Draws the drops of columns col0 .. col0 + count of row `row` into bits_row (from col0's byte) and
+ * writes those values of x's row (x points at col0), dropped ones zeroed and the rest times `scale`, into
+ * out. */
+static inline void draw_row(const float* x, float* out, uint8_t* bits_row, int64_t count, int64_t row,
+                            int64_t col0, uint64_t seed, uint32_t threshold, float scale) {
   const __m256i key = _mm256_set1_epi32((int)(uint32_t)splitmix64(seed ^ splitmix64((uint64_t)row)));
   const __m256i spread = _mm256_set1_epi32((int)0x9e3779b1u);
   const __m256i flip = _mm256_set1_epi32((int)0x80000000u); /* unsigned order as signed */
   const __m256i limit = _mm256_xor_si256(_mm256_set1_epi32((int)threshold), flip);
   const __m256 factor = _mm256_set1_ps(scale);
-  __m256i spread_col = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), spread);
+  __m256i spread_col = _mm256_mullo_epi32(
+      _mm256_add_epi32(_mm256_set1_epi32((int)col0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), spread);
   const __m256i step = _mm256_mullo_epi32(_mm256_set1_epi32(8), spread);
-  for (int64_t c = 0; c < d; c += 8) {
+  for (int64_t c = 0; c < count; c += 8) {
     const __m256i h = _mm256_xor_si256(hash8(_mm256_xor_si256(spread_col, key)), flip);
     const __m256 drop = _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, h));
     bits_row[c >> 3] = (uint8_t)_mm256_movemask_ps(drop);
@@ -75,7 +86,7 @@ int dropout_draw(const float* x, float* out, uint8_t* bits, int64_t n, int64_t d
                  uint32_t threshold, float scale, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < n; ++row)
-    draw_row(x + row * d, out + row * d, bits + row * (d / 8), d, row, seed, threshold, scale);
+    draw_row(x + row * d, out + row * d, bits + row * (d / 8), d, row, 0, seed, threshold, scale);
   return 0;
 }
 
@@ -104,14 +115,17 @@ static float* work_buffer(size_t floats, int* failed) {
 }
 
 /* The 6 x 16 micro-kernel both row products use (12 accumulators in registers):
- *   sums[i][c] = sum_k rows[i][k] * cols[k * col_step + c],  i < ROWS, c < 16 (c < 8 when !wide).
- * The sums go out through a fixed-size array: indexing the accumulators by a variable row count would
- * keep them out of registers. */
+ *   sums[i][c] (+)= sum_k rows[i][k] * cols[k * col_step + c],  i < ROWS, c < 16 (c < 8 when !wide),
+ * adding to what sums holds when `accumulate`. The sums go through a fixed-size array: indexing the
+ * accumulators by a variable row count would keep them out of registers. */
 static inline __attribute__((always_inline)) void block_product(const float* const rows[ROWS], const float* cols,
                                                                 int64_t col_step, int64_t depth, int wide,
-                                                                float sums[ROWS][16]) {
+                                                                int accumulate, float sums[ROWS][16]) {
   __m256 acc[ROWS][2];
-  for (int i = 0; i < ROWS; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int i = 0; i < ROWS; ++i) {
+    acc[i][0] = accumulate ? _mm256_loadu_ps(sums[i]) : _mm256_setzero_ps();
+    acc[i][1] = accumulate ? _mm256_loadu_ps(sums[i] + 8) : _mm256_setzero_ps();
+  }
   for (int64_t k = 0; k < depth; ++k) {
     const __m256 a0 = _mm256_loadu_ps(cols + k * col_step);
     const __m256 a1 = wide ? _mm256_loadu_ps(cols + k * col_step + 8) : _mm256_setzero_ps();
@@ -127,28 +141,43 @@ static inline __attribute__((always_inline)) void block_product(const float* con
   }
 }
 
-/* h (n, r) = (x * keep) A^T, drawing the mask into bits; at = A^T padded to (d, rp). */
+/* h (n, r) = (x * keep) A^T, drawing the mask into bits; with bits == NULL, h = x A^T (no mask).
+ * at = A^T padded to (d, rp). A block of ROWS rows is multiplied DEPTH columns at a time: the masked
+ * copy of a chunk (6 x 512 floats) stays in L1 beside the chunk of A^T it meets. */
 int masked_product(const float* x, const float* at, float* h, uint8_t* bits, int64_t n, int64_t d,
                    int64_t r, int64_t rp, uint64_t seed, uint32_t threshold, int threads) {
   const int64_t blocks = (n + ROWS - 1) / ROWS;
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    float* buf = work_buffer(ROWS * d, &failed);
+    /* the masked chunk, then the sums of every 16-wide block of the rank */
+    float* buf = work_buffer(ROWS * DEPTH + ROWS * rp, &failed);
+    float(*sums)[ROWS][16] = (float(*)[ROWS][16])(buf + ROWS * DEPTH);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       if (buf == NULL) continue;
       const int64_t r0 = blk * ROWS, m = n - r0 < ROWS ? n - r0 : ROWS;
-      for (int64_t i = 0; i < m; ++i)
-        draw_row(x + (r0 + i) * d, buf + i * d, bits + (r0 + i) * (d / 8), d, r0 + i, seed, threshold, 1.0f);
-      if (m < ROWS) memset(buf + m * d, 0, sizeof(float) * (ROWS - m) * d);
-      const float* rows[ROWS];
-      for (int i = 0; i < ROWS; ++i) rows[i] = buf + i * d;
+      for (int64_t k0 = 0; k0 < d; k0 += DEPTH) {
+        const int64_t depth = d - k0 < DEPTH ? d - k0 : DEPTH;
+        const float* rows[ROWS]; /* rows past the end repeat the last one; their sums are not stored */
+        for (int i = 0; i < ROWS; ++i) {
+          const int64_t row = r0 + (i < m ? i : m - 1);
+          if (bits == NULL) {
+            rows[i] = x + row * d + k0;
+          } else {
+            rows[i] = buf + i * DEPTH;
+            if (i < m)
+              draw_row(x + row * d + k0, buf + i * DEPTH, bits + row * (d / 8) + k0 / 8, depth, row, k0,
+                       seed, threshold, 1.0f);
+            else
+              memcpy(buf + i * DEPTH, buf + (m - 1) * DEPTH, sizeof(float) * depth);
+          }
+        }
+        for (int64_t j = 0; j < rp; j += 16) block_product(rows, at + k0 * rp + j, rp, depth, 1, k0 > 0, sums[j / 16]);
+      }
       for (int64_t j = 0; j < rp; j += 16) {
-        float sums[ROWS][16];
-        block_product(rows, at + j, rp, d, 1, sums);
         const int64_t cols = r - j < 16 ? r - j : 16;
-        for (int64_t i = 0; i < m; ++i) memcpy(h + (r0 + i) * r + j, sums[i], sizeof(float) * cols);
+        for (int64_t i = 0; cols > 0 && i < m; ++i) memcpy(h + (r0 + i) * r + j, sums[j / 16][i], sizeof(float) * cols);
       }
     }
     free(buf);
@@ -156,47 +185,79 @@ int masked_product(const float* x, const float* at, float* h, uint8_t* bits, int
   return failed;
 }
 
-/* ga (rp, d) = dh^T (x * keep); dh (n, rp). */
+/* acc (q ranks x 16 columns, in ga's rows) += sum over `count` tokens of dh[t][q] * strip[t]: the strip
+ * is packed (count, 16); q <= 6 (12 accumulators); only the low 8 columns are stored when !wide. */
+static inline __attribute__((always_inline)) void strip_ranks(const float* strip, const float* dh, int64_t rp,
+                                                              float* ga, int64_t d, int64_t count, const int q,
+                                                              int wide) {
+  __m256 acc[6][2];
+  for (int j = 0; j < q; ++j) {
+    acc[j][0] = _mm256_loadu_ps(ga + j * d);
+    acc[j][1] = wide ? _mm256_loadu_ps(ga + j * d + 8) : _mm256_setzero_ps();
+  }
+  for (int64_t t = 0; t < count; ++t) {
+    const __m256 x0 = _mm256_load_ps(strip + t * 16), x1 = _mm256_load_ps(strip + t * 16 + 8);
+    for (int j = 0; j < q; ++j) {
+      const __m256 b = _mm256_broadcast_ss(dh + t * rp + j);
+      acc[j][0] = _mm256_fmadd_ps(b, x0, acc[j][0]);
+      acc[j][1] = _mm256_fmadd_ps(b, x1, acc[j][1]);
+    }
+  }
+  for (int j = 0; j < q; ++j) {
+    _mm256_storeu_ps(ga + j * d, acc[j][0]);
+    if (wide) _mm256_storeu_ps(ga + j * d + 8, acc[j][1]);
+  }
+}
+
+/* ga (rp, d) = dh^T (x * keep), dh (n, rp); with bits == NULL, ga = dh^T x (no mask).
+ * Each thread owns a run of 16-wide column strips. It reads TOKENS rows of x at a time along the rows
+ * (its part of each row: a stream the prefetcher follows), packs them strip by strip into its buffer
+ * (masked), and reduces each strip there: ranks in blocks of 6, 6 and 4. Reading x a strip at a time
+ * instead would fetch one cache line per row, rows d floats apart, which for d a multiple of 512 all
+ * fall in the same few L1 sets. */
 int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, float* ga, int64_t n,
                        int64_t d, int64_t rp, int threads) {
   const int64_t strips = (d + 15) / 16;
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    float* buf = work_buffer(CHUNK * 16, &failed);
-#pragma omp for schedule(static)
-    for (int64_t s = 0; s < strips; ++s) {
-      if (buf == NULL) continue;
-      const int64_t c0 = s * 16;
-      const int wide = d - c0 >= 16; /* else an 8-wide strip at the end */
-      for (int64_t j = 0; j < rp; ++j) memset(ga + j * d + c0, 0, sizeof(float) * (wide ? 16 : 8));
-      for (int64_t t0 = 0; t0 < n; t0 += CHUNK) {
-        const int64_t count = n - t0 < CHUNK ? n - t0 : CHUNK;
-        for (int64_t t = 0; t < count; ++t) { /* the strip's masked values, contiguous in L2 */
-          const float* xr = x + (t0 + t) * d + c0;
-          const uint8_t* br = bits + (t0 + t) * (d / 8) + c0 / 8;
-          _mm256_store_ps(buf + t * 16, _mm256_andnot_ps(expand_bits(br[0]), _mm256_loadu_ps(xr)));
-          _mm256_store_ps(buf + t * 16 + 8,
-                          wide ? _mm256_andnot_ps(expand_bits(br[1]), _mm256_loadu_ps(xr + 8)) : _mm256_setzero_ps());
-        }
-        for (int64_t j = 0; j < rp; j += 4) {
-          __m256 acc[4][2];
-          for (int q = 0; q < 4; ++q) {
-            acc[q][0] = _mm256_loadu_ps(ga + (j + q) * d + c0);
-            acc[q][1] = wide ? _mm256_loadu_ps(ga + (j + q) * d + c0 + 8) : _mm256_setzero_ps();
-          }
-          const float* g = dh + t0 * rp + j;
-          for (int64_t t = 0; t < count; ++t) {
-            const __m256 x0 = _mm256_load_ps(buf + t * 16), x1 = _mm256_load_ps(buf + t * 16 + 8);
-            for (int q = 0; q < 4; ++q) {
-              const __m256 b = _mm256_broadcast_ss(g + t * rp + q);
-              acc[q][0] = _mm256_fmadd_ps(b, x0, acc[q][0]);
-              acc[q][1] = _mm256_fmadd_ps(b, x1, acc[q][1]);
+    int thread = 0, team = 1;
+#ifdef _OPENMP
+    thread = omp_get_thread_num();
+    team = omp_get_num_threads();
+#endif
+    const int64_t first = strips * thread / team, last = strips * (thread + 1) / team;
+    float* buf = last > first ? work_buffer(TOKENS * 16 * (last - first), &failed) : NULL;
+    if (buf != NULL) {
+      for (int64_t s = first; s < last; ++s)
+        for (int64_t j = 0; j < rp; ++j) memset(ga + j * d + s * 16, 0, sizeof(float) * (d - s * 16 >= 16 ? 16 : 8));
+      for (int64_t t0 = 0; t0 < n; t0 += TOKENS) {
+        const int64_t count = n - t0 < TOKENS ? n - t0 : TOKENS;
+        for (int64_t t = 0; t < count; ++t) {
+          const float* xr = x + (t0 + t) * d;
+          const uint8_t* br = bits == NULL ? NULL : bits + (t0 + t) * (d / 8);
+          for (int64_t s = first; s < last; ++s) {
+            const int64_t c = s * 16;
+            const int wide = d - c >= 16;
+            float* out = buf + ((s - first) * TOKENS + t) * 16;
+            __m256 lo = _mm256_loadu_ps(xr + c), hi = wide ? _mm256_loadu_ps(xr + c + 8) : _mm256_setzero_ps();
+            if (br != NULL) {
+              lo = _mm256_andnot_ps(expand_bits(br[c / 8]), lo);
+              if (wide) hi = _mm256_andnot_ps(expand_bits(br[c / 8 + 1]), hi);
             }
+            _mm256_store_ps(out, lo);
+            _mm256_store_ps(out + 8, hi);
           }
-          for (int q = 0; q < 4; ++q) {
-            _mm256_storeu_ps(ga + (j + q) * d + c0, acc[q][0]);
-            if (wide) _mm256_storeu_ps(ga + (j + q) * d + c0 + 8, acc[q][1]);
+        }
+        for (int64_t s = first; s < last; ++s) {
+          const int64_t c = s * 16;
+          const int wide = d - c >= 16;
+          const float* strip = buf + (s - first) * TOKENS * 16;
+          const float* g = dh + t0 * rp;
+          for (int64_t j = 0; j < rp; j += 16) {
+            strip_ranks(strip, g + j, rp, ga + j * d + c, d, count, 6, wide);
+            strip_ranks(strip, g + j + 6, rp, ga + (j + 6) * d + c, d, count, 6, wide);
+            strip_ranks(strip, g + j + 12, rp, ga + (j + 12) * d + c, d, count, 4, wide);
           }
         }
       }
@@ -218,7 +279,7 @@ int masked_input_grad(float* gx, const uint8_t* bits, const float* dh, const flo
     for (int64_t c = 0; c < d; c += 16) {
       const int wide = d - c >= 16;
       float sums[ROWS][16];
-      block_product(g, a + c, d, rp, wide, sums);
+      block_product(g, a + c, d, rp, wide, 0, sums);
       for (int64_t i = 0; i < m; ++i) {
         float* out = gx + (r0 + i) * d + c;
         const uint8_t* br = bits + (r0 + i) * (d / 8) + c / 8;

@@ -21,6 +21,9 @@ base layer's in place:
     forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
     backward:  dh = s dy B;  dB = s (h^T dy)^T;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
 
+The skinny products that read x or dy (h, dh, dA, dB) run in the native kernels of `_masked_lowrank`
+where they apply and pay (float32, an x86 CPU with AVX2, 512 features or more), else in torch's matmul.
+
 peftkit's dropout (`AdapterDropout`) is applied inside the node, `d(x) = k x * keep` (k = 1 / (1 - p)),
 without a pass of its own over the input: k joins the scaling (`y += s k h B^T`, dh = s k dy B), and
 `keep` is applied by one of two means (`_in_node_dropout`):
@@ -151,6 +154,30 @@ def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -
     return fused
 
 
+# the native products beat torch's matmul (MKL) from this input width up; below it they tie or lose
+# (per-op timings inside a training step, 1 and 2 threads: bench/RESULTS.md, 2026-12-07, fifth session)
+_NATIVE_MIN_WIDTH = 512
+
+
+def _native(x: torch.Tensor) -> bool:
+    return x.shape[-1] >= _NATIVE_MIN_WIDTH and x.is_contiguous() and _masked_lowrank.applies(x)
+
+
+def _times_factor_t(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """`x F^T` for a 2-D x and a rank-r factor F (r, features): in the native kernels where they pay
+    (float32 on an x86 CPU with AVX2, 512 features or more: up to a third faster than torch's matmul for
+    such a skinny product, which MKL runs far below the machine's FMA rate), else torch's matmul."""
+    return _masked_lowrank.lowrank_product(x, factor) if _native(x) else x @ factor.t()
+
+
+def _small_t_times(small: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`S^T x` for a 2-D x and a (tokens, r) S: a factor's gradient, in the native kernels where they pay,
+    else torch's matmul."""
+    if small.dtype == x.dtype and _native(x):
+        return _masked_lowrank.masked_factor_grad(x, None, small)
+    return small.t() @ x
+
+
 class _NoDrop:
     """The adapter's input as the node gets it (no dropout, or one run before the node)."""
 
@@ -158,11 +185,11 @@ class _NoDrop:
 
     def hidden(self, flat_x: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
         """`x A^T`."""
-        return flat_x @ lora_A.t()
+        return _times_factor_t(flat_x, lora_A)
 
     def factor_grad(self, grad_hidden: torch.Tensor, flat_x: torch.Tensor) -> torch.Tensor:
         """`dh^T x`."""
-        return grad_hidden.t() @ flat_x
+        return _small_t_times(grad_hidden, flat_x)
 
     def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
         """`grad_x += dh A`."""
@@ -275,13 +302,13 @@ class _LoraLinear(torch.autograd.Function):
                 "is not supported: set PEFTKIT_NATIVE_KERNELS=0 (torch operators) or lora_dropout=0"
             )
         grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_hidden = (grad @ lora_B).mul_(ctx.scaling)
+        grad_hidden = _times_factor_t(grad, lora_B.t()).mul_(ctx.scaling)
         grad_A = None
         if needs_A:  # dh^T (x * keep)
             grad_A = drop.factor_grad(grad_hidden, adapter_input)
         # dB = s (h^T dy)^T: with the small factor on the left the GEMM streams dy once, in its own
         # layout (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)
-        grad_B = (hidden.t() @ grad).mul_(ctx.scaling).t() if needs_B else None
+        grad_B = _small_t_times(hidden, grad).mul_(ctx.scaling).t() if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
             grad_x = grad @ weight_in_out.t()
