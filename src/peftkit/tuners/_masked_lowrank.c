@@ -1,6 +1,6 @@
 /* An adapter's rank-r products on x86 CPUs with AVX2 and FMA, with or without input dropout.
  *
- * A LoRA layer in training computes h = d(x) A^T, dA = dh^T d(x) and dx += dh A * keep, where
+ * A LoRA layer in training computes h = d(x) A^T, dA = dh^T d(x) and dx = dh A * keep (+ dy W), where
  * d(x) = x * keep is its input dropout. Forming d(x) (and drawing its mask) costs a pass over the input
  * per product; at rank 16 that is as much as the product itself. Here the mask is drawn and applied
  * inside the products' own passes over x: each kernel reads a row block of x once, masks it in L1,
@@ -267,7 +267,9 @@ int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, flo
   return failed;
 }
 
-/* gx (n, d) += (dh A) * keep; dh (n, rp), a = A padded to (rp, d). */
+/* gx (n, d) = (dh A) * keep; dh (n, rp), a = A padded to (rp, d). gx is written, not added to: the
+ * caller adds the base layer's input gradient into it with a GEMM (beta = 1), whose compute hides
+ * that read, instead of a pass of its own over gx here. */
 int masked_input_grad(float* gx, const uint8_t* bits, const float* dh, const float* a, int64_t n,
                       int64_t d, int64_t rp, int threads) {
   const int64_t blocks = (n + ROWS - 1) / ROWS;
@@ -283,10 +285,8 @@ int masked_input_grad(float* gx, const uint8_t* bits, const float* dh, const flo
       for (int64_t i = 0; i < m; ++i) {
         float* out = gx + (r0 + i) * d + c;
         const uint8_t* br = bits + (r0 + i) * (d / 8) + c / 8;
-        for (int half = 0; half < 1 + wide; ++half) {
-          const __m256 kept = _mm256_andnot_ps(expand_bits(br[half]), _mm256_loadu_ps(sums[i] + 8 * half));
-          _mm256_storeu_ps(out + 8 * half, _mm256_add_ps(_mm256_loadu_ps(out + 8 * half), kept));
-        }
+        for (int half = 0; half < 1 + wide; ++half)
+          _mm256_storeu_ps(out + 8 * half, _mm256_andnot_ps(expand_bits(br[half]), _mm256_loadu_ps(sums[i] + 8 * half)));
       }
     }
   }

@@ -6,8 +6,8 @@ The kernels draw the dropout mask from a counter-based hash (a seed from torch's
 
 - `dropout(x, p)`: `x * keep / (1 - p)` with its gradient (`AdapterDropout` on float32 CPU inputs);
 - `masked_product(x, A, p)`: `h = (x * keep) A^T` and the mask, as bits (LoRA's training node, forward);
-- `masked_factor_grad(x, bits, dh)`: `dh^T (x * keep)`, and `add_masked_input_grad(dx, bits, dh, A)`:
-  `dx += (dh A) * keep` (its backward);
+- `masked_factor_grad(x, bits, dh)`: `dh^T (x * keep)`, and `masked_input_grad(bits, dh, A)`:
+  `(dh A) * keep` (its backward);
 - `lowrank_product(x, F)`: `x F^T`, and `masked_factor_grad(x, None, S)`: `S^T x`, without a mask (the
   LoRA node's other rank-r products, where they beat torch's matmul).
 
@@ -191,12 +191,11 @@ def masked_factor_grad(
     return grad_A[:rank]
 
 
-def add_masked_input_grad(
-    grad_x: torch.Tensor, bits: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor
-) -> None:
-    """`grad_x += (dh A) * keep` in place, for a contiguous (tokens, in) `grad_x`."""
-    if not grad_x.is_contiguous():
-        raise ValueError("add_masked_input_grad needs a contiguous grad_x (tokens, in)")
-    padded_grad, padded_A = _rank_padded(grad_hidden, dim=1), _rank_padded(lora_A.detach(), dim=0)
+def masked_input_grad(bits: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+    """`(dh A) * keep`, a new (tokens, in) tensor: the adapter's share of the input gradient, for the mask
+    in `bits`."""
+    padded_grad, padded_A = _rank_padded(grad_hidden.detach(), dim=1), _rank_padded(lora_A.detach(), dim=0)
+    grad_x = grad_hidden.new_empty(grad_hidden.shape[0], lora_A.shape[1])
     _call("masked_input_grad", grad_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), padded_A.data_ptr(),
           *grad_x.shape, padded_grad.shape[1])  # fmt: skip
+    return grad_x

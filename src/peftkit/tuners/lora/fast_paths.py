@@ -14,18 +14,21 @@ The fused training node. The unfused formula, run op by op under autograd, alloc
 tensors per layer and step that it does not need (the out-of-place sum with the adapter's output, and a
 copy of the output gradient in its backward) and two input-sized ones (the adapter's share of the input
 gradient, then the sum of both shares). On CPU those temporaries cost more than the rank-r matmuls
-themselves. The node (frozen W and b, an `nn.Linear` or transformers' `Conv1D`, which stores `W^T`) adds
-the adapter into the base output in place, and in backward adds the adapter's input gradient into the
-base layer's in place:
+themselves. The node (frozen W and b, an `nn.Linear` or transformers' `Conv1D`, which stores `W^T`) makes
+one output-sized tensor in forward and one input-sized one in backward, each the sum of both terms:
 
-    forward:   y = x W^T (+ b);  h = d(x) A^T;  y += s h B^T
-    backward:  dh = s dy B;  dB = s (h^T dy)^T;  dA = dh^T d(x);  dx = dy W (+ dh A when d is the identity)
+    forward:   h = d(x) A^T;  y = h (s B^T) (+ b);  y += x W^T
+    backward:  dh = s dy B;  dB = s (h^T dy)^T;  dA = dh^T d(x);  dx = (dh A when d is the identity) + dy W
+
+The base GEMMs add into the adapter's terms (beta = 1) rather than the rank-r terms into the base output:
+inside a compute-bound GEMM that read of the output costs little, where a rank-r update after it is a
+pass of its own over an output-sized tensor.
 
 The skinny products that read x or dy (h, dh, dA, dB) run in the native kernels of `_masked_lowrank`
 where they apply and pay (float32, an x86 CPU with AVX2, 512 features or more), else in torch's matmul.
 
 peftkit's dropout (`AdapterDropout`) is applied inside the node, `d(x) = k x * keep` (k = 1 / (1 - p)),
-without a pass of its own over the input: k joins the scaling (`y += s k h B^T`, dh = s k dy B), and
+without a pass of its own over the input: k joins the scaling (`y = h (s k B^T) + ...`, dh = s k dy B), and
 `keep` is applied by one of two means (`_in_node_dropout`):
 - `_KernelDrop`: the native kernels (`tuners/_masked_lowrank.c`, float32 on an x86 CPU with AVX2, built
   with the machine's C compiler) draw the mask and apply it inside the three products that read x
@@ -160,7 +163,9 @@ _NATIVE_MIN_WIDTH = 512
 
 
 def _native(x: torch.Tensor) -> bool:
-    return x.shape[-1] >= _NATIVE_MIN_WIDTH and x.is_contiguous() and _masked_lowrank.applies(x)
+    # not under autograd (a double backward): the kernels have no derivative of their own
+    native = x.shape[-1] >= _NATIVE_MIN_WIDTH and x.is_contiguous() and not torch.is_grad_enabled()
+    return native and _masked_lowrank.applies(x)
 
 
 def _times_factor_t(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -191,9 +196,10 @@ class _NoDrop:
         """`dh^T x`."""
         return _small_t_times(grad_hidden, flat_x)
 
-    def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
-        """`grad_x += dh A`."""
-        grad_x.addmm_(grad_hidden, lora_A)
+    def input_grad(self, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+        """`dh A`, the adapter's share of the input gradient (a new tensor: the base layer's is added
+        into it)."""
+        return grad_hidden @ lora_A
 
 
 _NO_DROP = _NoDrop()
@@ -221,9 +227,9 @@ class _KernelDrop(_InNodeDrop):
         """`dh^T (x * keep)`."""
         return _masked_lowrank.masked_factor_grad(self.x, self.bits, grad_hidden)
 
-    def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
-        """`grad_x += (dh A) * keep`."""
-        _masked_lowrank.add_masked_input_grad(grad_x, self.bits, grad_hidden, lora_A)
+    def input_grad(self, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+        """`(dh A) * keep`."""
+        return _masked_lowrank.masked_input_grad(self.bits, grad_hidden, lora_A)
 
 
 class _SparseDrop(_InNodeDrop):
@@ -256,11 +262,11 @@ class _SparseDrop(_InNodeDrop):
         masked.view(-1).index_put_((self.positions,), masked.new_zeros(()))
         return grad_hidden.t() @ masked
 
-    def add_input_grad(self, grad_x: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> None:
-        """`grad_x += dh A`, less its values at the dropped positions."""
-        grad_x.addmm_(grad_hidden, lora_A)
+    def input_grad(self, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
+        """`dh A`, less its values at the dropped positions."""
+        grad_x = grad_hidden @ lora_A
         dropped = torch.sparse.sampled_addmm(self.matrix, grad_hidden, lora_A, beta=0.0).values()
-        grad_x.view(-1).index_add_(0, self.positions, dropped, alpha=-1.0)
+        return grad_x.view(-1).index_add_(0, self.positions, dropped, alpha=-1.0).view(grad_x.shape)
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -281,11 +287,14 @@ class _LoraLinear(torch.autograd.Function):
         the scaling, in backward too); neither: no dropout."""
         flat_x = x.reshape(-1, x.shape[-1])
         adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
-        out = flat_x @ weight_in_out if bias is None else torch.addmm(bias, flat_x, weight_in_out)
         drop = _NO_DROP if drop is None else drop
         hidden = drop.hidden(adapter_input, lora_A)  # a dropout in the node gets x itself (dropped is None)
         scaling = scaling * drop.keep_scale
-        out.addmm_(hidden, lora_B.t(), alpha=scaling)
+        # the adapter's term first, then the base GEMM adds into it (beta = 1): the GEMM's compute hides
+        # that read, where adding the rank-r term afterwards would cost a pass of its own over the output
+        scaled_B_t = lora_B.t() * scaling  # (r, out): small
+        out = hidden @ scaled_B_t if bias is None else torch.addmm(bias, hidden, scaled_B_t)
+        out.addmm_(flat_x, weight_in_out)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
         ctx.drop, ctx.scaling, ctx.input_shape = drop, scaling, x.shape
         ctx.adapter_sees_x = dropped is None  # the adapter's input gradient flows into x's (masked or not)
@@ -311,10 +320,11 @@ class _LoraLinear(torch.autograd.Function):
         grad_B = _small_t_times(hidden, grad).mul_(ctx.scaling).t() if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
-            grad_x = grad @ weight_in_out.t()
-            if ctx.adapter_sees_x:  # through the mask, if the node applies one
-                drop.add_input_grad(grad_x, grad_hidden, lora_A)
+            if ctx.adapter_sees_x:  # through the mask, if the node applies one; the base's added into it
+                grad_x = drop.input_grad(grad_hidden, lora_A).addmm_(grad, weight_in_out.t())
+            else:
+                grad_x = grad @ weight_in_out.t()
             grad_x = grad_x.view(ctx.input_shape)
         if needs_dropped:
-            grad_dropped = (grad_hidden @ lora_A).view(ctx.input_shape)
+            grad_dropped = _NO_DROP.input_grad(grad_hidden, lora_A).view(ctx.input_shape)
         return grad_x, grad_dropped, None, None, None, grad_A, grad_B, None
