@@ -114,8 +114,9 @@ def test_hooks_on_the_base_layer_still_run_in_training():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, threads):
-    """From 512 features the node's x A^T, dy B, dh^T x and h^T dy run in the native kernels (widths
-    640 -> 1024 -> 520: the last ends in an 8-wide strip): the same outputs and gradients as op by op."""
+    """From 512 features the node's x A^T, dh^T x, and dy B with h^T dy (one pass over dy) run in the native
+    kernels (widths 640 -> 1024 -> 520: the last ends in an 8-wide strip): the same outputs and gradients
+    as op by op."""
     require_native_kernels()
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(640, 1024), nn.Tanh(), nn.Linear(1024, 520))
@@ -123,7 +124,7 @@ def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, th
     model = get_peft_model(base, config).train()
     x, target = torch.randn(2, 40, 640, requires_grad=True), torch.randn(2, 40, 520)
     calls = []
-    for name in ("lowrank_product", "masked_factor_grad"):
+    for name in ("lowrank_product", "masked_factor_grad", "output_grads"):
         original = getattr(_masked_lowrank, name)
         monkeypatch.setattr(
             _masked_lowrank, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a)
@@ -141,8 +142,8 @@ def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, th
     torch.set_num_threads(threads)
     try:
         fused = run()
-        # per layer: x A^T and dy B (row products), dh^T x and h^T dy (factor gradients)
-        assert sorted(calls) == ["lowrank_product"] * 4 + ["masked_factor_grad"] * 4
+        # per layer: x A^T (forward), dy B with h^T dy, and dh^T x (backward)
+        assert sorted(calls) == ["lowrank_product"] * 2 + ["masked_factor_grad"] * 2 + ["output_grads"] * 2
         _unfused(monkeypatch)
         plain = run()
     finally:

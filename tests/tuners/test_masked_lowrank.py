@@ -15,15 +15,15 @@ def _kernels():
     require_native_kernels()
 
 
-# rows not a multiple of the kernels' 6-row blocks nor of dA's 32-row blocks; ranks below, at and above
-# the 16-wide rank blocks; widths ending in an 8-wide strip (8, 24, 1544) and in 16-wide ones, and wider
-# than the row products' 512-column chunks (1544: three and 8 columns)
+# rows not a multiple of the kernels' 6-row blocks nor of the 30-row spans dA and dB pack; ranks below,
+# at and above the 16-wide rank blocks; widths ending in an 8-wide strip (8, 24, 1544) and in 16-wide
+# ones, and wider than the row products' 512-column chunks (1544: three and 8 columns)
 @pytest.mark.parametrize(
     "tokens, features, rank",
-    [(1, 8, 4), (37, 24, 8), (50, 48, 16), (13, 1544, 24), (64, 576, 64), (70, 1536, 16)],
+    [(1, 8, 4), (37, 24, 8), (50, 48, 16), (13, 1544, 24), (64, 576, 64), (70, 1536, 16), (95, 40, 3)],
 )
 @pytest.mark.parametrize("threads", [1, 2])
-def test_products_equal_torch_on_the_drawn_mask(tokens, features, rank, threads):
+def test_products_equal_torch_with_and_without_the_drawn_mask(tokens, features, rank, threads):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -34,6 +34,8 @@ def test_products_equal_torch_on_the_drawn_mask(tokens, features, rank, threads)
         input_grad = _masked_lowrank.masked_input_grad(bits, grad_hidden, lora_A)
         plain_hidden = _masked_lowrank.lowrank_product(x, lora_A)
         plain_factor_grad = _masked_lowrank.masked_factor_grad(x, None, grad_hidden)
+        # x as an output gradient dy, A^T as B (features, rank), dh as h
+        dy_B, h_t_dy = _masked_lowrank.output_grads(x, lora_A.t(), grad_hidden)
     finally:
         torch.set_num_threads(previous)
     keep = _masked_lowrank.kept(bits, features).double()
@@ -45,6 +47,8 @@ def test_products_equal_torch_on_the_drawn_mask(tokens, features, rank, threads)
     torch.testing.assert_close(input_grad.double(), (dh64 @ A64) * keep, **tolerance)
     torch.testing.assert_close(plain_hidden.double(), x.double() @ A64.T, **tolerance)
     torch.testing.assert_close(plain_factor_grad.double(), dh64.T @ x.double(), **tolerance)
+    torch.testing.assert_close(dy_B.double(), x.double() @ A64.T, **tolerance)
+    torch.testing.assert_close(h_t_dy.double(), dh64.T @ x.double(), **tolerance)
     if tokens * features >= 1000:
         assert 0.2 < 1 - keep.mean().item() < 0.4  # a mask was drawn, near p
 

@@ -34,7 +34,7 @@
 
 #define ROWS 6     /* rows per block in the row products: 12 accumulators of 8 */
 #define DEPTH 512  /* columns of x per chunk in the row products */
-#define TOKENS 32  /* rows of x per packed block in dA */
+#define TOKENS 30  /* rows of x per packed block in dA and dB (a multiple of ROWS) */
 
 static inline uint64_t splitmix64(uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;
@@ -141,44 +141,54 @@ static inline __attribute__((always_inline)) void block_product(const float* con
   }
 }
 
+/* h's rows r0 .. r0 + m (m <= ROWS) = (x * keep) A^T, drawing their mask into bits; with bits == NULL,
+ * x A^T. The rows are multiplied DEPTH columns at a time: the masked copy of a chunk (ROWS x DEPTH
+ * floats, in buf) stays in L1 beside the chunk of A^T it meets. sums: rp / 16 blocks of sums. */
+static void row_block_product(const float* x, const float* at, float* h, uint8_t* bits, float* buf,
+                              float (*sums)[ROWS][16], int64_t r0, int64_t m, int64_t d, int64_t r, int64_t rp,
+                              uint64_t seed, uint32_t threshold) {
+  for (int64_t k0 = 0; k0 < d; k0 += DEPTH) {
+    const int64_t depth = d - k0 < DEPTH ? d - k0 : DEPTH;
+    const float* rows[ROWS]; /* rows past the end repeat the last one; their sums are not stored */
+    for (int i = 0; i < ROWS; ++i) {
+      const int64_t row = r0 + (i < m ? i : m - 1);
+      if (bits == NULL) {
+        rows[i] = x + row * d + k0;
+      } else {
+        rows[i] = buf + i * DEPTH;
+        if (i < m)
+          draw_row(x + row * d + k0, buf + i * DEPTH, bits + row * (d / 8) + k0 / 8, depth, row, k0, seed,
+                   threshold, 1.0f);
+        else
+          memcpy(buf + i * DEPTH, buf + (m - 1) * DEPTH, sizeof(float) * depth);
+      }
+    }
+    for (int64_t j = 0; j < rp; j += 16) block_product(rows, at + k0 * rp + j, rp, depth, 1, k0 > 0, sums[j / 16]);
+  }
+  for (int64_t j = 0; j < rp; j += 16) {
+    const int64_t cols = r - j < 16 ? r - j : 16;
+    for (int64_t i = 0; cols > 0 && i < m; ++i) memcpy(h + (r0 + i) * r + j, sums[j / 16][i], sizeof(float) * cols);
+  }
+}
+
+/* The floats row_block_product's buffer holds: the masked chunk, then the sums of every rank block. */
+#define ROW_BUFFER(rp) (ROWS * DEPTH + ROWS * (rp))
+
 /* h (n, r) = (x * keep) A^T, drawing the mask into bits; with bits == NULL, h = x A^T (no mask).
- * at = A^T padded to (d, rp). A block of ROWS rows is multiplied DEPTH columns at a time: the masked
- * copy of a chunk (6 x 512 floats) stays in L1 beside the chunk of A^T it meets. */
+ * at = A^T padded to (d, rp). */
 int masked_product(const float* x, const float* at, float* h, uint8_t* bits, int64_t n, int64_t d,
                    int64_t r, int64_t rp, uint64_t seed, uint32_t threshold, int threads) {
   const int64_t blocks = (n + ROWS - 1) / ROWS;
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    /* the masked chunk, then the sums of every 16-wide block of the rank */
-    float* buf = work_buffer(ROWS * DEPTH + ROWS * rp, &failed);
-    float(*sums)[ROWS][16] = (float(*)[ROWS][16])(buf + ROWS * DEPTH);
+    float* buf = work_buffer(ROW_BUFFER(rp), &failed);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       if (buf == NULL) continue;
       const int64_t r0 = blk * ROWS, m = n - r0 < ROWS ? n - r0 : ROWS;
-      for (int64_t k0 = 0; k0 < d; k0 += DEPTH) {
-        const int64_t depth = d - k0 < DEPTH ? d - k0 : DEPTH;
-        const float* rows[ROWS]; /* rows past the end repeat the last one; their sums are not stored */
-        for (int i = 0; i < ROWS; ++i) {
-          const int64_t row = r0 + (i < m ? i : m - 1);
-          if (bits == NULL) {
-            rows[i] = x + row * d + k0;
-          } else {
-            rows[i] = buf + i * DEPTH;
-            if (i < m)
-              draw_row(x + row * d + k0, buf + i * DEPTH, bits + row * (d / 8) + k0 / 8, depth, row, k0,
-                       seed, threshold, 1.0f);
-            else
-              memcpy(buf + i * DEPTH, buf + (m - 1) * DEPTH, sizeof(float) * depth);
-          }
-        }
-        for (int64_t j = 0; j < rp; j += 16) block_product(rows, at + k0 * rp + j, rp, depth, 1, k0 > 0, sums[j / 16]);
-      }
-      for (int64_t j = 0; j < rp; j += 16) {
-        const int64_t cols = r - j < 16 ? r - j : 16;
-        for (int64_t i = 0; cols > 0 && i < m; ++i) memcpy(h + (r0 + i) * r + j, sums[j / 16][i], sizeof(float) * cols);
-      }
+      row_block_product(x, at, h, bits, buf, (float(*)[ROWS][16])(buf + ROWS * DEPTH), r0, m, d, r, rp, seed,
+                        threshold);
     }
     free(buf);
   }
@@ -209,61 +219,111 @@ static inline __attribute__((always_inline)) void strip_ranks(const float* strip
   }
 }
 
-/* ga (rp, d) = dh^T (x * keep), dh (n, rp); with bits == NULL, ga = dh^T x (no mask).
- * Each thread owns a run of 16-wide column strips. It reads TOKENS rows of x at a time along the rows
- * (its part of each row: a stream the prefetcher follows), packs them strip by strip into its buffer
- * (masked), and reduces each strip there: ranks in blocks of 6, 6 and 4. Reading x a strip at a time
- * instead would fetch one cache line per row, rows d floats apart, which for d a multiple of 512 all
- * fall in the same few L1 sets. */
+/* ga[:, strips first .. last] += dh[t0 .. t0 + count]^T (x * keep)[t0 .. t0 + count, those strips]
+ * (count <= TOKENS; bits == NULL: no mask). The rows are read along (a stream the prefetcher follows),
+ * packed strip by strip into buf (masked), and each strip is reduced there, ranks in blocks of 6, 6
+ * and 4. Reading x a strip at a time instead would fetch one cache line per row, rows d floats apart,
+ * which for d a multiple of 512 all fall in the same few L1 sets. */
+static void column_block_product(const float* x, const uint8_t* bits, const float* dh, float* ga, float* buf,
+                                 int64_t t0, int64_t count, int64_t first, int64_t last, int64_t d, int64_t rp) {
+  for (int64_t t = 0; t < count; ++t) {
+    const float* xr = x + (t0 + t) * d;
+    const uint8_t* br = bits == NULL ? NULL : bits + (t0 + t) * (d / 8);
+    for (int64_t s = first; s < last; ++s) {
+      const int64_t c = s * 16;
+      const int wide = d - c >= 16;
+      float* out = buf + ((s - first) * TOKENS + t) * 16;
+      __m256 lo = _mm256_loadu_ps(xr + c), hi = wide ? _mm256_loadu_ps(xr + c + 8) : _mm256_setzero_ps();
+      if (br != NULL) {
+        lo = _mm256_andnot_ps(expand_bits(br[c / 8]), lo);
+        if (wide) hi = _mm256_andnot_ps(expand_bits(br[c / 8 + 1]), hi);
+      }
+      _mm256_store_ps(out, lo);
+      _mm256_store_ps(out + 8, hi);
+    }
+  }
+  for (int64_t s = first; s < last; ++s) {
+    const int64_t c = s * 16;
+    const int wide = d - c >= 16;
+    const float* strip = buf + (s - first) * TOKENS * 16;
+    const float* g = dh + t0 * rp;
+    for (int64_t j = 0; j < rp; j += 16) {
+      strip_ranks(strip, g + j, rp, ga + j * d + c, d, count, 6, wide);
+      strip_ranks(strip, g + j + 6, rp, ga + (j + 6) * d + c, d, count, 6, wide);
+      strip_ranks(strip, g + j + 12, rp, ga + (j + 12) * d + c, d, count, 4, wide);
+    }
+  }
+}
+
+static inline void team_position(int* thread, int* team) {
+  *thread = 0;
+  *team = 1;
+#ifdef _OPENMP
+  *thread = omp_get_thread_num();
+  *team = omp_get_num_threads();
+#endif
+}
+
+/* ga (rp, d) = dh^T (x * keep), dh (n, rp); with bits == NULL, ga = dh^T x (no mask). Each thread owns a
+ * run of 16-wide column strips and reads its part of each row. */
 int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, float* ga, int64_t n,
                        int64_t d, int64_t rp, int threads) {
   const int64_t strips = (d + 15) / 16;
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    int thread = 0, team = 1;
-#ifdef _OPENMP
-    thread = omp_get_thread_num();
-    team = omp_get_num_threads();
-#endif
+    int thread, team;
+    team_position(&thread, &team);
     const int64_t first = strips * thread / team, last = strips * (thread + 1) / team;
     float* buf = last > first ? work_buffer(TOKENS * 16 * (last - first), &failed) : NULL;
     if (buf != NULL) {
       for (int64_t s = first; s < last; ++s)
         for (int64_t j = 0; j < rp; ++j) memset(ga + j * d + s * 16, 0, sizeof(float) * (d - s * 16 >= 16 ? 16 : 8));
-      for (int64_t t0 = 0; t0 < n; t0 += TOKENS) {
-        const int64_t count = n - t0 < TOKENS ? n - t0 : TOKENS;
-        for (int64_t t = 0; t < count; ++t) {
-          const float* xr = x + (t0 + t) * d;
-          const uint8_t* br = bits == NULL ? NULL : bits + (t0 + t) * (d / 8);
-          for (int64_t s = first; s < last; ++s) {
-            const int64_t c = s * 16;
-            const int wide = d - c >= 16;
-            float* out = buf + ((s - first) * TOKENS + t) * 16;
-            __m256 lo = _mm256_loadu_ps(xr + c), hi = wide ? _mm256_loadu_ps(xr + c + 8) : _mm256_setzero_ps();
-            if (br != NULL) {
-              lo = _mm256_andnot_ps(expand_bits(br[c / 8]), lo);
-              if (wide) hi = _mm256_andnot_ps(expand_bits(br[c / 8 + 1]), hi);
-            }
-            _mm256_store_ps(out, lo);
-            _mm256_store_ps(out + 8, hi);
-          }
-        }
-        for (int64_t s = first; s < last; ++s) {
-          const int64_t c = s * 16;
-          const int wide = d - c >= 16;
-          const float* strip = buf + (s - first) * TOKENS * 16;
-          const float* g = dh + t0 * rp;
-          for (int64_t j = 0; j < rp; j += 16) {
-            strip_ranks(strip, g + j, rp, ga + j * d + c, d, count, 6, wide);
-            strip_ranks(strip, g + j + 6, rp, ga + (j + 6) * d + c, d, count, 6, wide);
-            strip_ranks(strip, g + j + 12, rp, ga + (j + 12) * d + c, d, count, 4, wide);
-          }
-        }
-      }
+      for (int64_t t0 = 0; t0 < n; t0 += TOKENS)
+        column_block_product(x, bits, dh, ga, buf, t0, n - t0 < TOKENS ? n - t0 : TOKENS, first, last, d, rp);
     }
     free(buf);
   }
+  return failed;
+}
+
+/* Both products of the output gradient dy (n, d), in one pass over it:
+ *   dh (n, r) = dy bt (bt = B padded to (d, rp): LoRA's dy B)  and  gb (rp, d) = h^T dy (h (n, rp)).
+ * Each thread takes runs of TOKENS rows: their row products first (which bring the rows into L2), then
+ * the column product from there, into its own copy of gb; the copies are summed at the end. */
+int output_grads(const float* dy, const float* bt, const float* h, float* dh, float* gb, int64_t n, int64_t d,
+                 int64_t r, int64_t rp, int threads) {
+  const int64_t strips = (d + 15) / 16, spans = (n + TOKENS - 1) / TOKENS;
+  float* partials = threads > 1 ? aligned_alloc(32, sizeof(float) * (threads - 1) * rp * d) : NULL;
+  if (threads > 1 && partials == NULL) return 1;
+  int failed = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    int thread, team;
+    team_position(&thread, &team);
+    float* acc = thread == 0 ? gb : partials + (thread - 1) * rp * d;
+    memset(acc, 0, sizeof(float) * rp * d);
+    float* buf = work_buffer(TOKENS * 16 * strips + ROW_BUFFER(rp), &failed);
+#pragma omp for schedule(static)
+    for (int64_t span = 0; span < spans; ++span) {
+      if (buf == NULL) continue;
+      const int64_t t0 = span * TOKENS, count = n - t0 < TOKENS ? n - t0 : TOKENS;
+      float* row_buf = buf + TOKENS * 16 * strips;
+      for (int64_t r0 = t0; r0 < t0 + count; r0 += ROWS)
+        row_block_product(dy, bt, dh, NULL, row_buf, (float(*)[ROWS][16])(row_buf + ROWS * DEPTH), r0,
+                          t0 + count - r0 < ROWS ? t0 + count - r0 : ROWS, d, r, rp, 0, 0);
+      column_block_product(dy, NULL, h, acc, buf, t0, count, 0, strips, d, rp);
+    }
+    free(buf);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rp * d; i += 8) { /* rp * d is a multiple of 8 */
+      __m256 sum = _mm256_loadu_ps(gb + i);
+      for (int other = 1; other < team; ++other) sum = _mm256_add_ps(sum, _mm256_loadu_ps(partials + (other - 1) * rp * d + i));
+      _mm256_storeu_ps(gb + i, sum);
+    }
+  }
+  free(partials);
   return failed;
 }
 

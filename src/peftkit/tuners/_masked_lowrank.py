@@ -8,8 +8,9 @@ The kernels draw the dropout mask from a counter-based hash (a seed from torch's
 - `masked_product(x, A, p)`: `h = (x * keep) A^T` and the mask, as bits (LoRA's training node, forward);
 - `masked_factor_grad(x, bits, dh)`: `dh^T (x * keep)`, and `masked_input_grad(bits, dh, A)`:
   `(dh A) * keep` (its backward);
-- `lowrank_product(x, F)`: `x F^T`, and `masked_factor_grad(x, None, S)`: `S^T x`, without a mask (the
-  LoRA node's other rank-r products, where they beat torch's matmul).
+- `lowrank_product(x, F)`: `x F^T`, `masked_factor_grad(x, None, S)`: `S^T x`, and `output_grads(dy, B, h)`:
+  `dy B` and `h^T dy` in one pass over dy, without a mask (the LoRA node's other rank-r products, where
+  they beat torch's matmul).
 
 So the LoRA node's dropout costs about what the rank-r products cost without it, instead of passes of its
 own over the input. For the same seed and shape every function draws the same mask. Where the kernels do
@@ -66,6 +67,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "masked_product": [ptr, ptr, ptr, ptr, i64, i64, i64, i64, u64, u32, i32],
         "masked_factor_grad": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
         "masked_input_grad": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
+        "output_grads": [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32],
     }
     for name, arguments in signatures.items():
         function = getattr(lib, name)
@@ -189,6 +191,20 @@ def masked_factor_grad(
     _call("masked_factor_grad", flat_x.data_ptr(), _address(bits), padded_grad.data_ptr(), grad_A.data_ptr(),
           *flat_x.shape, padded_grad.shape[1])  # fmt: skip
     return grad_A[:rank]
+
+
+def output_grads(
+    grad: torch.Tensor, lora_B: torch.Tensor, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(dy B, h^T dy)` for a contiguous (tokens, out) `grad` dy, B (out, r) and h (tokens, r), in one pass
+    over dy: the hidden gradient (before the scaling) and B's gradient transposed (r, out)."""
+    rank = lora_B.shape[1]
+    padded_B, padded_hidden = _rank_padded(lora_B.detach(), dim=1), _rank_padded(hidden.detach(), dim=1)
+    grad_hidden = grad.new_empty(grad.shape[0], rank)
+    grad_B_t = grad.new_empty(padded_B.shape[1], grad.shape[1])
+    _call("output_grads", grad.data_ptr(), padded_B.data_ptr(), padded_hidden.data_ptr(), grad_hidden.data_ptr(),
+          grad_B_t.data_ptr(), *grad.shape, rank, padded_B.shape[1])  # fmt: skip
+    return grad_hidden, grad_B_t[:rank]
 
 
 def masked_input_grad(bits: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:

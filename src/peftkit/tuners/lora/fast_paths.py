@@ -183,6 +183,19 @@ def _small_t_times(small: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return small.t() @ x
 
 
+def _output_grads(
+    grad: torch.Tensor, lora_B: torch.Tensor, hidden: torch.Tensor, needs_B: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`dy B` and, where B needs a gradient, `h^T dy` (unscaled): in one pass over dy in the native kernels
+    where they pay. With the small factor on the left torch's GEMM streams dy once, in its own layout
+    (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)."""
+    if not needs_B:
+        return _times_factor_t(grad, lora_B.t()), None
+    if _native(grad) and hidden.dtype == grad.dtype:
+        return _masked_lowrank.output_grads(grad, lora_B, hidden)
+    return grad @ lora_B, hidden.t() @ grad
+
+
 class _NoDrop:
     """The adapter's input as the node gets it (no dropout, or one run before the node)."""
 
@@ -311,13 +324,12 @@ class _LoraLinear(torch.autograd.Function):
                 "is not supported: set PEFTKIT_NATIVE_KERNELS=0 (torch operators) or lora_dropout=0"
             )
         grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_hidden = _times_factor_t(grad, lora_B.t()).mul_(ctx.scaling)
+        grad_hidden, grad_B = _output_grads(grad, lora_B, hidden, needs_B)
+        grad_hidden.mul_(ctx.scaling)
         grad_A = None
         if needs_A:  # dh^T (x * keep)
             grad_A = drop.factor_grad(grad_hidden, adapter_input)
-        # dB = s (h^T dy)^T: with the small factor on the left the GEMM streams dy once, in its own
-        # layout (~25% faster than `dy^T h` for a 1536-wide output, measured on CPU)
-        grad_B = _small_t_times(hidden, grad).mul_(ctx.scaling).t() if needs_B else None
+        grad_B = grad_B.mul_(ctx.scaling).t() if needs_B else None
         grad_x = grad_dropped = None
         if needs_x:
             if ctx.adapter_sees_x:  # through the mask, if the node applies one; the base's added into it
