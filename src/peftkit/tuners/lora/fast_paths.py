@@ -296,7 +296,7 @@ class _LoraLinear(torch.autograd.Function):
         scaling: float,
     ) -> torch.Tensor:
         """`dropped`: the adapter input from a dropout run outside; or `drop`: the dropout to apply here,
-        `h = (x * keep) A^T` without forming `x * keep`, and `y += (s k) h B^T` (k = 1 / (1 - p) joins
+        `h = (x * keep) A^T` without forming `x * keep`, and `y = h (s k B^T) + x W^T` (k = 1 / (1 - p) joins
         the scaling, in backward too); neither: no dropout."""
         flat_x = x.reshape(-1, x.shape[-1])
         adapter_input = flat_x if dropped is None else dropped.reshape(flat_x.shape)
