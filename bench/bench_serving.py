@@ -48,23 +48,24 @@ def smollm2_shaped(layers: int, seed: int = 0):
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, settle: bool = False
-) -> dict[str, list[float]]:
+    fns: dict, repeats: int, settle: bool = False, clock: Callable[[], float] = time.perf_counter
+) -> dict:
     """Each function's times over `repeats` rounds, run round-robin (after one warm-up round), so that the
     machine's drift hits every function of a round alike. `settle`: run each function once, untimed, right
     before its timed run, as a training loop repeats its step: otherwise a step is timed in the memory the
     previous function left (a step after one that freed gigabytes of temporaries pays page faults for
-    memory it would have reused in its own loop)."""
+    memory it would have reused in its own loop). `clock`: wall time, or `time.process_time` (CPU time,
+    with one thread: no thread-pool spinning)."""
     for fn in fns.values():
         fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    samples: dict = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
             if settle:
                 fn()
-            start = time.perf_counter()
+            start = clock()
             fn()
-            samples[key].append(time.perf_counter() - start)
+            samples[key].append(clock() - start)
     return samples
 
 
@@ -192,11 +193,9 @@ def bench_add_adapter(base, repeats: int) -> list[tuple[str, float, float]]:
     ]
 
 
-def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[str, float, float]]:
-    import peft
-
-    import peftkit
-
+def training_steps(base, libraries, dropouts, batch: int, length: int) -> dict[str, Callable[[], None]]:
+    """A training step of the frozen base (input gradients only) and of each library's LoRA model per
+    dropout (keys "frozen base" and "<label> dropout=<p>"), all on the base model's own weights."""
     ids = torch.randint(0, 1000, (batch, length), generator=torch.Generator().manual_seed(1))
 
     def step(model):
@@ -207,13 +206,20 @@ def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[st
     frozen.requires_grad_(False)
     frozen.enable_input_require_grads()  # what gradient flow through a frozen base costs
     fns = {"frozen base": lambda: step(frozen)}
-    models = {}
-    for dropout in (0.0, 0.05):
-        for name, lib in (("peft", peft), ("peftkit", peftkit)):
+    for dropout in dropouts:
+        for label, lib in libraries:
             model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout))
             model = share_base_weights(frozen, model).train()
-            models[(name, dropout)] = model
-            fns[f"{name} dropout={dropout}"] = lambda m=model: step(m)
+            fns[f"{label} dropout={dropout}"] = lambda m=model: step(m)
+    return fns
+
+
+def bench_training(base, repeats: int, batch: int, length: int) -> list[tuple[str, float, float]]:
+    import peft
+
+    import peftkit
+
+    fns = training_steps(base, (("peft", peft), ("peftkit", peftkit)), (0.0, 0.05), batch, length)
     samples = interleaved(fns, repeats, settle=True)
     rows = [("(d) frozen base, input grads", median(samples["frozen base"]), 1.0)]
     for key, values in samples.items():

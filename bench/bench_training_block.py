@@ -18,9 +18,12 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from bench_serving import interleaved
 
 SHAPES = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
 
@@ -42,6 +45,28 @@ def adapted(lib, base: Block, dropout: float):
     return lib.get_peft_model(copy.deepcopy(base), config).train()
 
 
+def block_steps(libraries, dropouts) -> dict[tuple[str, float], Callable[[], None]]:
+    """Forward and backward of the frozen block (key ("frozen base", 0.0)) and of each library's adapted
+    block per dropout (key (label, dropout)), on the same inputs and output gradients."""
+    torch.manual_seed(0)
+    base = Block()
+    inputs = {n: torch.randn(1024, n, requires_grad=True) for n in (576, 1536)}
+    output_grads = [torch.randn(1024, o) for _, o in SHAPES]
+
+    def step(model, layers) -> None:
+        model.zero_grad(set_to_none=True)
+        outputs = [layer(inputs[i]) for layer, (i, _) in zip(layers, SHAPES)]
+        torch.autograd.backward(outputs, output_grads)
+
+    frozen = copy.deepcopy(base).requires_grad_(False)
+    fns = {("frozen base", 0.0): lambda: step(frozen, frozen.projections)}
+    for label, lib in libraries:
+        for dropout in dropouts:
+            model = adapted(lib, base, dropout)
+            fns[(label, dropout)] = lambda m=model: step(m, m.base_model.model.projections)
+    return fns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,31 +81,8 @@ def main() -> None:
 
     import peftkit
 
-    torch.manual_seed(0)
-    base = Block()
-    inputs = {n: torch.randn(1024, n, requires_grad=True) for n in (576, 1536)}
-    output_grads = [torch.randn(1024, o) for _, o in SHAPES]
-    frozen = copy.deepcopy(base).requires_grad_(False)
-    models = {("frozen base", 0.0): frozen}
-    for name, lib in (("peft", peft), ("peftkit", peftkit)):
-        for dropout in (0.0, 0.05):
-            models[(name, dropout)] = adapted(lib, base, dropout)
-
-    def step(model) -> None:
-        model.zero_grad(set_to_none=True)
-        layers = model.projections if model is frozen else model.base_model.model.projections
-        outputs = [layer(inputs[i]) for layer, (i, _) in zip(layers, SHAPES)]
-        torch.autograd.backward(outputs, output_grads)
-
-    for model in models.values():
-        step(model)
-    samples = {key: [] for key in models}
-    for _ in range(args.repeats):
-        for key, model in models.items():
-            step(model)  # settle: timed right after a step of its own, as in a training loop
-            start = clock()
-            step(model)
-            samples[key].append(clock() - start)
+    fns = block_steps((("peft", peft), ("peftkit", peftkit)), (0.0, 0.05))
+    samples = interleaved(fns, args.repeats, settle=True, clock=clock)
     ms = {key: statistics.median(values) * 1e3 for key, values in samples.items()}
     print(
         f"peft {peft.__version__} vs peftkit {peftkit.__version__}, torch {torch.__version__}, {args.threads} thread(s), "

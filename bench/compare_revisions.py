@@ -18,7 +18,6 @@ under another name (its imports are relative), so the repository must be a git c
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import io
 import subprocess
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from bench_serving import interleaved, lora_config, median, paired_ratio, share_base_weights, smollm2_shaped
-from bench_training_block import SHAPES, Block, adapted
+from bench_serving import interleaved, median, paired_ratio, smollm2_shaped, training_steps
+from bench_training_block import block_steps
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -47,48 +46,6 @@ def import_revision(rev: str, folder: Path):
     (folder / "src" / "peftkit").rename(folder / name)
     sys.path.insert(0, str(folder))
     return importlib.import_module(name)
-
-
-def model_steps(libraries, dropouts: list[float], layers: int) -> dict:
-    """A training step of the whole model per library and dropout, and of the frozen base."""
-    base = smollm2_shaped(layers)
-    ids = torch.randint(0, 1000, (4, 256), generator=torch.Generator().manual_seed(1))
-
-    def step(model) -> None:
-        model.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids).loss.backward()
-
-    frozen = copy.deepcopy(base).train()
-    frozen.requires_grad_(False)
-    frozen.enable_input_require_grads()
-    fns = {"frozen base": lambda: step(frozen)}
-    for dropout in dropouts:
-        for label, lib in libraries:
-            model = lib.get_peft_model(copy.deepcopy(base), lora_config(lib, dropout))
-            model = share_base_weights(frozen, model).train()
-            fns[f"{label} dropout={dropout}"] = lambda m=model: step(m)
-    return fns
-
-
-def block_steps(libraries, dropouts: list[float]) -> dict:
-    """Forward and backward of one block per library and dropout, and of the frozen block."""
-    torch.manual_seed(0)
-    base = Block()
-    inputs = {n: torch.randn(1024, n, requires_grad=True) for n in (576, 1536)}
-    output_grads = [torch.randn(1024, o) for _, o in SHAPES]
-
-    def step(layers, model) -> None:
-        model.zero_grad(set_to_none=True)
-        outputs = [layer(inputs[i]) for layer, (i, _) in zip(layers, SHAPES)]
-        torch.autograd.backward(outputs, output_grads)
-
-    frozen = copy.deepcopy(base).requires_grad_(False)
-    fns = {"frozen base": lambda: step(frozen.projections, frozen)}
-    for dropout in dropouts:
-        for label, lib in libraries:
-            model = adapted(lib, base, dropout)
-            fns[f"{label} dropout={dropout}"] = lambda m=model: step(m.base_model.model.projections, m)
-    return fns
 
 
 def main() -> None:
@@ -116,19 +73,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         earlier = import_revision(args.rev, Path(folder))
         libraries = (("this checkout", peftkit), (args.rev, earlier))
-        fns = (
-            block_steps(libraries, dropouts) if args.block else model_steps(libraries, dropouts, args.layers)
-        )
-        if args.block and args.threads == 1:  # CPU time: no thread-pool spinning (bench_training_block.py)
-            samples = {key: [] for key in fns}
-            for _ in range(args.repeats):
-                for key, fn in fns.items():
-                    fn()
-                    start = time.process_time()
-                    fn()
-                    samples[key].append(time.process_time() - start)
+        if args.block:  # keys as bench_serving's: "frozen base" and "<label> dropout=<p>"
+            fns = {
+                label if label == "frozen base" else f"{label} dropout={dropout}": fn
+                for (label, dropout), fn in block_steps(libraries, dropouts).items()
+            }
         else:
-            samples = interleaved(fns, args.repeats, settle=True)
+            fns = training_steps(smollm2_shaped(args.layers), libraries, dropouts, batch=4, length=256)
+        # one block, one thread: CPU time (no thread-pool spinning), as bench_training_block.py times it
+        clock = time.process_time if args.block and args.threads == 1 else time.perf_counter
+        samples = interleaved(fns, args.repeats, settle=True, clock=clock)
     print(
         f"peftkit (this checkout) vs peftkit at {args.rev}, torch {torch.__version__}, {args.threads} threads, "
         + ("one block of 7 projections, " if args.block else f"{args.layers} layers, ")

@@ -6,6 +6,7 @@ peft's adapter weights into ours, and compare outputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -186,6 +187,17 @@ def peft_oracle(request):
     from tests.oracle import oracle_for
 
     return oracle_for(request.node.path, request.node.name)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to `count` inside the block, restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def require_native_kernels() -> None:

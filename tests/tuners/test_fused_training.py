@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from tests.conftest import llama_inputs, make_pair, require_native_kernels, tiny_gpt2, tiny_llama
+from tests.conftest import (
+    llama_inputs,
+    make_pair,
+    require_native_kernels,
+    tiny_gpt2,
+    tiny_llama,
+    torch_threads,
+)
 from torch import nn
 
 from peftkit import LoraConfig, get_peft_model
@@ -138,16 +145,12 @@ def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, th
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         return out.detach(), grads, x.grad.clone()
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         fused = run()
         # per layer: x A^T (forward), dy B with h^T dy, and dh^T x (backward)
         assert sorted(calls) == ["lowrank_product"] * 2 + ["masked_factor_grad"] * 2 + ["output_grads"] * 2
         _unfused(monkeypatch)
         plain = run()
-    finally:
-        torch.set_num_threads(previous)
     tolerance = {"atol": 1e-5, "rtol": 1e-4}  # float32 sums of up to 1024 products, in another order
     torch.testing.assert_close(fused[0], plain[0], **tolerance)
     for name in plain[1]:

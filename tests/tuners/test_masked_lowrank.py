@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from tests.conftest import require_native_kernels
+from tests.conftest import require_native_kernels, torch_threads
 
 from peftkit.tuners import _masked_lowrank
 
@@ -24,9 +24,7 @@ def _kernels():
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_products_equal_torch_with_and_without_the_drawn_mask(tokens, features, rank, threads):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         x, lora_A = torch.randn(tokens, features), torch.randn(rank, features)
         grad_hidden = torch.randn(tokens, rank)
         hidden, bits = _masked_lowrank.masked_product(x, lora_A, 0.3)
@@ -36,8 +34,6 @@ def test_products_equal_torch_with_and_without_the_drawn_mask(tokens, features, 
         plain_factor_grad = _masked_lowrank.masked_factor_grad(x, None, grad_hidden)
         # x as an output gradient dy, A^T as B (features, rank), dh as h
         dy_B, h_t_dy = _masked_lowrank.output_grads(x, lora_A.t(), grad_hidden)
-    finally:
-        torch.set_num_threads(previous)
     keep = _masked_lowrank.kept(bits, features).double()
     masked, A64, dh64 = x.double() * keep, lora_A.double(), grad_hidden.double()
     # float32 sums of up to 1544 products of unit normals against float64: 1e-4 relative, 1e-4 absolute

@@ -161,7 +161,7 @@ def _row_product(
     flat_x: torch.Tensor, factor: torch.Tensor, bits: torch.Tensor | None, seed: int, threshold: int
 ) -> torch.Tensor:
     rank = factor.shape[0]
-    factor_t = _rank_padded(factor.detach().t(), dim=1)  # (in, padded rank)
+    factor_t = _rank_padded(factor.t(), dim=1)  # (in, padded rank)
     product = flat_x.new_empty(flat_x.shape[0], rank)
     _call("masked_product", flat_x.data_ptr(), factor_t.data_ptr(), product.data_ptr(), _address(bits),
           *flat_x.shape, rank, factor_t.shape[1], seed, threshold)  # fmt: skip
@@ -173,8 +173,9 @@ def _address(bits: torch.Tensor | None) -> int | None:
 
 
 def _rank_padded(tensor: torch.Tensor, dim: int) -> torch.Tensor:
-    """`tensor` (2-D) with zeros appended along its rank dimension `dim` up to a multiple of 16,
-    contiguous."""
+    """`tensor` (2-D, detached: the kernels read its memory) with zeros appended along its rank dimension
+    `dim` up to a multiple of 16, contiguous."""
+    tensor = tensor.detach()
     missing = -tensor.shape[dim] % _RANK_STEP
     padding = (0, missing) if dim == 1 else (0, 0, 0, missing)
     return (F.pad(tensor, padding) if missing else tensor).contiguous()
@@ -186,7 +187,7 @@ def masked_factor_grad(
     """`dh^T (x * keep)` for the mask in `bits`, or `dh^T x` where `bits` is None: the gradient of A
     (r, in), or, with h and dy, of B (transposed)."""
     rank = grad_hidden.shape[1]
-    padded_grad = _rank_padded(grad_hidden.detach(), dim=1)
+    padded_grad = _rank_padded(grad_hidden, dim=1)
     grad_A = flat_x.new_empty(padded_grad.shape[1], flat_x.shape[1])
     _call("masked_factor_grad", flat_x.data_ptr(), _address(bits), padded_grad.data_ptr(), grad_A.data_ptr(),
           *flat_x.shape, padded_grad.shape[1])  # fmt: skip
@@ -199,7 +200,7 @@ def output_grads(
     """`(dy B, h^T dy)` for a contiguous (tokens, out) `grad` dy, B (out, r) and h (tokens, r), in one pass
     over dy: the hidden gradient (before the scaling) and B's gradient transposed (r, out)."""
     rank = lora_B.shape[1]
-    padded_B, padded_hidden = _rank_padded(lora_B.detach(), dim=1), _rank_padded(hidden.detach(), dim=1)
+    padded_B, padded_hidden = _rank_padded(lora_B, dim=1), _rank_padded(hidden, dim=1)
     grad_hidden = grad.new_empty(grad.shape[0], rank)
     grad_B_t = grad.new_empty(padded_B.shape[1], grad.shape[1])
     _call("output_grads", grad.data_ptr(), padded_B.data_ptr(), padded_hidden.data_ptr(), grad_hidden.data_ptr(),
@@ -210,7 +211,7 @@ def output_grads(
 def masked_input_grad(bits: torch.Tensor, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
     """`(dh A) * keep`, a new (tokens, in) tensor: the adapter's share of the input gradient, for the mask
     in `bits`."""
-    padded_grad, padded_A = _rank_padded(grad_hidden.detach(), dim=1), _rank_padded(lora_A.detach(), dim=0)
+    padded_grad, padded_A = _rank_padded(grad_hidden, dim=1), _rank_padded(lora_A, dim=0)
     grad_x = grad_hidden.new_empty(grad_hidden.shape[0], lora_A.shape[1])
     _call("masked_input_grad", grad_x.data_ptr(), bits.data_ptr(), padded_grad.data_ptr(), padded_A.data_ptr(),
           *grad_x.shape, padded_grad.shape[1])  # fmt: skip
