@@ -29,7 +29,8 @@ def test_products_equal_torch_with_and_without_the_drawn_mask(tokens, features, 
         grad_hidden = torch.randn(tokens, rank)
         hidden, bits = _masked_lowrank.masked_product(x, lora_A, 0.3)
         factor_grad = _masked_lowrank.masked_factor_grad(x, bits, grad_hidden)
-        input_grad = _masked_lowrank.masked_input_grad(bits, grad_hidden, lora_A)
+        input_grad = _masked_lowrank.lowrank_expand(grad_hidden, lora_A, bits)
+        plain_input_grad = _masked_lowrank.lowrank_expand(grad_hidden, lora_A)
         plain_hidden = _masked_lowrank.lowrank_product(x, lora_A)
         plain_factor_grad = _masked_lowrank.masked_factor_grad(x, None, grad_hidden)
         # x as an output gradient dy, A^T as B (features, rank), dh as h
@@ -43,6 +44,7 @@ def test_products_equal_torch_with_and_without_the_drawn_mask(tokens, features, 
     torch.testing.assert_close(input_grad.double(), (dh64 @ A64) * keep, **tolerance)
     torch.testing.assert_close(plain_hidden.double(), x.double() @ A64.T, **tolerance)
     torch.testing.assert_close(plain_factor_grad.double(), dh64.T @ x.double(), **tolerance)
+    torch.testing.assert_close(plain_input_grad.double(), dh64 @ A64, **tolerance)
     torch.testing.assert_close(dy_B.double(), x.double() @ A64.T, **tolerance)
     torch.testing.assert_close(h_t_dy.double(), dh64.T @ x.double(), **tolerance)
     if tokens * features >= 1000:

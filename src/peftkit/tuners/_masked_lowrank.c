@@ -264,26 +264,55 @@ static inline void team_position(int* thread, int* team) {
 #endif
 }
 
-/* ga (rp, d) = dh^T (x * keep), dh (n, rp); with bits == NULL, ga = dh^T x (no mask). Each thread owns a
- * run of 16-wide column strips and reads its part of each row. */
+/* Per-thread copies of an (rp, d) sum over tokens: thread 0 sums into `out` itself, each other thread into
+ * its own copy in `partials` ((threads - 1) * rp * d floats, NULL for one thread), zeroed first. */
+static float* thread_sum(float* out, float* partials, int thread, int64_t rp, int64_t d) {
+  float* acc = thread == 0 ? out : partials + (thread - 1) * rp * d;
+  memset(acc, 0, sizeof(float) * rp * d);
+  return acc;
+}
+
+/* out += every other thread's copy (inside the parallel region, after the copies are complete). */
+static void add_thread_sums(float* out, const float* partials, int team, int64_t rp, int64_t d) {
+#pragma omp barrier
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < rp * d; i += 8) { /* rp * d is a multiple of 8 */
+    __m256 sum = _mm256_loadu_ps(out + i);
+    for (int other = 1; other < team; ++other) sum = _mm256_add_ps(sum, _mm256_loadu_ps(partials + (other - 1) * rp * d + i));
+    _mm256_storeu_ps(out + i, sum);
+  }
+}
+
+static float* partials_for(int threads, int64_t rp, int64_t d) {
+  return threads > 1 ? aligned_alloc(32, sizeof(float) * (threads - 1) * rp * d) : NULL;
+}
+
+/* ga (rp, d) = dh^T (x * keep), dh (n, rp); with bits == NULL, ga = dh^T x (no mask). Each thread takes a
+ * run of TOKENS-row spans, whole rows (one stream through memory per thread, which the prefetchers
+ * follow: splitting the columns instead had both threads read part of every row, ~2x slower from
+ * memory), into its own copy of ga; the copies are summed at the end. */
 int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, float* ga, int64_t n,
                        int64_t d, int64_t rp, int threads) {
-  const int64_t strips = (d + 15) / 16;
+  const int64_t strips = (d + 15) / 16, spans = (n + TOKENS - 1) / TOKENS;
+  float* partials = partials_for(threads, rp, d);
+  if (threads > 1 && partials == NULL) return 1;
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
     int thread, team;
     team_position(&thread, &team);
-    const int64_t first = strips * thread / team, last = strips * (thread + 1) / team;
-    float* buf = last > first ? work_buffer(TOKENS * 16 * (last - first), &failed) : NULL;
-    if (buf != NULL) {
-      for (int64_t s = first; s < last; ++s)
-        for (int64_t j = 0; j < rp; ++j) memset(ga + j * d + s * 16, 0, sizeof(float) * (d - s * 16 >= 16 ? 16 : 8));
-      for (int64_t t0 = 0; t0 < n; t0 += TOKENS)
-        column_block_product(x, bits, dh, ga, buf, t0, n - t0 < TOKENS ? n - t0 : TOKENS, first, last, d, rp);
+    float* acc = thread_sum(ga, partials, thread, rp, d);
+    float* buf = work_buffer(TOKENS * 16 * strips, &failed);
+#pragma omp for schedule(static)
+    for (int64_t span = 0; span < spans; ++span) {
+      if (buf == NULL) continue;
+      const int64_t t0 = span * TOKENS;
+      column_block_product(x, bits, dh, acc, buf, t0, n - t0 < TOKENS ? n - t0 : TOKENS, 0, strips, d, rp);
     }
     free(buf);
+    add_thread_sums(ga, partials, team, rp, d);
   }
+  free(partials);
   return failed;
 }
 
@@ -294,15 +323,14 @@ int masked_factor_grad(const float* x, const uint8_t* bits, const float* dh, flo
 int output_grads(const float* dy, const float* bt, const float* h, float* dh, float* gb, int64_t n, int64_t d,
                  int64_t r, int64_t rp, int threads) {
   const int64_t strips = (d + 15) / 16, spans = (n + TOKENS - 1) / TOKENS;
-  float* partials = threads > 1 ? aligned_alloc(32, sizeof(float) * (threads - 1) * rp * d) : NULL;
+  float* partials = partials_for(threads, rp, d);
   if (threads > 1 && partials == NULL) return 1;
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
     int thread, team;
     team_position(&thread, &team);
-    float* acc = thread == 0 ? gb : partials + (thread - 1) * rp * d;
-    memset(acc, 0, sizeof(float) * rp * d);
+    float* acc = thread_sum(gb, partials, thread, rp, d);
     float* buf = work_buffer(TOKENS * 16 * strips + ROW_BUFFER(rp), &failed);
 #pragma omp for schedule(static)
     for (int64_t span = 0; span < spans; ++span) {
@@ -315,21 +343,16 @@ int output_grads(const float* dy, const float* bt, const float* h, float* dh, fl
       column_block_product(dy, NULL, h, acc, buf, t0, count, 0, strips, d, rp);
     }
     free(buf);
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < rp * d; i += 8) { /* rp * d is a multiple of 8 */
-      __m256 sum = _mm256_loadu_ps(gb + i);
-      for (int other = 1; other < team; ++other) sum = _mm256_add_ps(sum, _mm256_loadu_ps(partials + (other - 1) * rp * d + i));
-      _mm256_storeu_ps(gb + i, sum);
-    }
+    add_thread_sums(gb, partials, team, rp, d);
   }
   free(partials);
   return failed;
 }
 
-/* gx (n, d) = (dh A) * keep; dh (n, rp), a = A padded to (rp, d). gx is written, not added to: the
- * caller adds the base layer's input gradient into it with a GEMM (beta = 1), whose compute hides
- * that read, instead of a pass of its own over gx here. */
+/* gx (n, d) = (dh A) * keep; dh (n, rp), a = A padded to (rp, d); with bits == NULL, gx = dh a for any
+ * rank-r dh and a (no mask; also the forward's h (s B^T)). gx is written, not added to: the caller adds
+ * the base layer's term into it with a GEMM (beta = 1), whose compute hides that read, instead of a pass
+ * of its own over gx here. */
 int masked_input_grad(float* gx, const uint8_t* bits, const float* dh, const float* a, int64_t n,
                       int64_t d, int64_t rp, int threads) {
   const int64_t blocks = (n + ROWS - 1) / ROWS;
@@ -344,9 +367,11 @@ int masked_input_grad(float* gx, const uint8_t* bits, const float* dh, const flo
       block_product(g, a + c, d, rp, wide, 0, sums);
       for (int64_t i = 0; i < m; ++i) {
         float* out = gx + (r0 + i) * d + c;
-        const uint8_t* br = bits + (r0 + i) * (d / 8) + c / 8;
-        for (int half = 0; half < 1 + wide; ++half)
-          _mm256_storeu_ps(out + 8 * half, _mm256_andnot_ps(expand_bits(br[half]), _mm256_loadu_ps(sums[i] + 8 * half)));
+        for (int half = 0; half < 1 + wide; ++half) {
+          __m256 v = _mm256_loadu_ps(sums[i] + 8 * half);
+          if (bits != NULL) v = _mm256_andnot_ps(expand_bits(bits[(r0 + i) * (d / 8) + c / 8 + half]), v);
+          _mm256_storeu_ps(out + 8 * half, v);
+        }
       }
     }
   }

@@ -24,8 +24,9 @@ The base GEMMs add into the adapter's terms (beta = 1) rather than the rank-r te
 inside a compute-bound GEMM that read of the output costs little, where a rank-r update after it is a
 pass of its own over an output-sized tensor.
 
-The skinny products that read x or dy (h, dh, dA, dB) run in the native kernels of `_masked_lowrank`
-where they apply and pay (float32, an x86 CPU with AVX2, 512 features or more), else in torch's matmul.
+The rank-r products, those that read x or dy (h, dh, dA, dB) and those that write an output- or
+input-sized term (h (s B^T), dh A), run in the native kernels of `_masked_lowrank` where they apply and
+pay (float32, an x86 CPU with AVX2, 512 features or more), else in torch's matmul.
 
 peftkit's dropout (`AdapterDropout`) is applied inside the node, `d(x) = k x * keep` (k = 1 / (1 - p)),
 without a pass of its own over the input: k joins the scaling (`y = h (s k B^T) + ...`, dh = s k dy B), and
@@ -163,9 +164,14 @@ _NATIVE_MIN_WIDTH = 512
 
 
 def _native(x: torch.Tensor) -> bool:
+    """Whether a product that reads `x` as it is (contiguous) runs in the native kernels."""
+    return x.is_contiguous() and _native_width(x)
+
+
+def _native_width(wide: torch.Tensor) -> bool:
     # not under autograd (a double backward): the kernels have no derivative of their own
-    native = x.shape[-1] >= _NATIVE_MIN_WIDTH and x.is_contiguous() and not torch.is_grad_enabled()
-    return native and _masked_lowrank.applies(x)
+    native = wide.shape[-1] >= _NATIVE_MIN_WIDTH and not torch.is_grad_enabled()
+    return native and _masked_lowrank.applies(wide)
 
 
 def _times_factor_t(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -181,6 +187,14 @@ def _small_t_times(small: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if small.dtype == x.dtype and _native(x):
         return _masked_lowrank.masked_factor_grad(x, None, small)
     return small.t() @ x
+
+
+def _expand(small: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """`S F` for a (tokens, r) S and a rank-r factor F (r, features), a new tensor: in the native kernels
+    where they pay (they write the wide result a register block at a time), else torch's matmul."""
+    if small.dtype == factor.dtype and _native_width(factor):
+        return _masked_lowrank.lowrank_expand(small, factor)
+    return small @ factor
 
 
 def _output_grads(
@@ -212,7 +226,7 @@ class _NoDrop:
     def input_grad(self, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
         """`dh A`, the adapter's share of the input gradient (a new tensor: the base layer's is added
         into it)."""
-        return grad_hidden @ lora_A
+        return _expand(grad_hidden, lora_A)
 
 
 _NO_DROP = _NoDrop()
@@ -242,7 +256,7 @@ class _KernelDrop(_InNodeDrop):
 
     def input_grad(self, grad_hidden: torch.Tensor, lora_A: torch.Tensor) -> torch.Tensor:
         """`(dh A) * keep`."""
-        return _masked_lowrank.masked_input_grad(self.bits, grad_hidden, lora_A)
+        return _masked_lowrank.lowrank_expand(grad_hidden, lora_A, self.bits)
 
 
 class _SparseDrop(_InNodeDrop):
@@ -306,7 +320,7 @@ class _LoraLinear(torch.autograd.Function):
         # the adapter's term first, then the base GEMM adds into it (beta = 1): the GEMM's compute hides
         # that read, where adding the rank-r term afterwards would cost a pass of its own over the output
         scaled_B_t = lora_B.t() * scaling  # (r, out): small
-        out = hidden @ scaled_B_t if bias is None else torch.addmm(bias, hidden, scaled_B_t)
+        out = _expand(hidden, scaled_B_t) if bias is None else torch.addmm(bias, hidden, scaled_B_t)
         out.addmm_(flat_x, weight_in_out)
         ctx.save_for_backward(adapter_input, hidden, weight_in_out, lora_A, lora_B)
         ctx.drop, ctx.scaling, ctx.input_shape = drop, scaling, x.shape
