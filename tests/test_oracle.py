@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.oracle import FLOAT_ATOL, PeftOracle, ReferenceFile, fingerprint, portable_init_
+from tests.oracle import (
+    FLOAT_ATOL,
+    UNSTATED_CPU,
+    PeftOracle,
+    ReferenceFile,
+    cpu_kind,
+    fingerprint,
+    portable_init_,
+)
 from torch import nn
 
 
@@ -77,6 +85,26 @@ def test_live_answer_that_disagrees_with_the_stored_one_fails(tmp_path):
     within = lambda: {**_answer(model, inputs), "logits": _answer(model, inputs)["logits"] + FLOAT_ATOL / 10}  # noqa: E731
     live = PeftOracle("test_x", ReferenceFile(path), "live")(within, model, inputs)
     assert torch.allclose(live["logits"], _answer(model, inputs)["logits"], atol=FLOAT_ATOL)
+
+
+def test_live_answer_that_disagrees_with_one_stored_on_another_kind_of_cpu_is_used_with_a_warning(tmp_path):
+    """float32 rounds differently on another kind of CPU: there the live answer counts, and says so."""
+    path, model, inputs = tmp_path / "mod.safetensors", _linear(), torch.randn(2, 4)
+    _record(path, model, inputs)
+    assert ReferenceFile(path).recorded_with["cpu"] == cpu_kind()
+    shifted = lambda: {**_answer(model, inputs), "logits": _answer(model, inputs)["logits"] + 10 * FLOAT_ATOL}  # noqa: E731
+    elsewhere = ReferenceFile(path)
+    elsewhere.recorded_with["cpu"] = "another CPU"
+    with pytest.warns(UserWarning, match="stored on another kind of CPU"):
+        live = PeftOracle("test_x", elsewhere, "live")(shifted, model, inputs)
+    torch.testing.assert_close(live["logits"], shifted()["logits"], atol=0, rtol=0)
+    elsewhere.recorded_with.pop("cpu")  # files from before the kind was stored: the AVX2 machines
+    if cpu_kind() == UNSTATED_CPU:
+        with pytest.raises(AssertionError, match="differs from the stored reference"):
+            PeftOracle("test_x", elsewhere, "live")(shifted, model, inputs)
+    else:
+        with pytest.warns(UserWarning, match=f"another kind of CPU \\({UNSTATED_CPU}"):
+            PeftOracle("test_x", elsewhere, "live")(shifted, model, inputs)
 
 
 def test_live_answer_with_other_labels_fails(tmp_path):

@@ -44,6 +44,12 @@ def quantize_linears(
                 layer.weight = bnb.nn.Params4bit(
                     weight, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type
                 )
+                # On a CPU with AVX512-BF16, bitsandbytes (0.49+) repacks a 4-bit weight on its first eval
+                # forward without grad and from then on computes in bfloat16 (~1e-3 off the dequantized
+                # float32 weight): the tests would then check bitsandbytes' kernel choice, not peftkit's
+                # numbers, and pass or fail with the CPU. Off here; the repacked format has its own test
+                # (test_qlora.py, test_repacked_4bit_weights_merge_as_dequantize_merge_requantize).
+                layer.support_avx512bf16_for_cpu = False
             else:
                 layer = bnb.nn.Linear8bitLt(
                     child.in_features, child.out_features, bias=child.bias is not None, has_fp16_weights=False

@@ -1,7 +1,7 @@
 """Record scikit-learn's KMeans labels for tests/tuners/test_adamss_kmeans.py.
 
-scikit-learn is not a test dependency; run this where it is installed (any recent release):
-`python tests/tuners/record_sklearn_kmeans.py`. The inputs are stored beside the labels.
+Run `python tests/tuners/record_sklearn_kmeans.py` (scikit-learn comes with the test extra). The inputs
+are stored beside the labels, and the kind of CPU (float32 rounding differs between kinds).
 """
 
 from __future__ import annotations
@@ -50,7 +50,13 @@ def main() -> None:
         tensors[f"{name}/labels"] = torch.from_numpy(labels.astype(np.int64))
         meta[name] = n_clusters
     save_file(
-        tensors, str(REFERENCE), metadata={"sklearn": sklearn.__version__, "n_clusters": json.dumps(meta)}
+        tensors,
+        str(REFERENCE),
+        metadata={
+            "sklearn": sklearn.__version__,
+            "n_clusters": json.dumps(meta),
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+        },
     )
 
 
