@@ -6,10 +6,10 @@
  * inside the products' own passes over x: each kernel reads a row block of x once, masks it in L1,
  * and multiplies it there.
  *
- * Without a mask (bits == NULL) the same two kernels compute x F^T and S^T x for any rank-r F and S
- * (LoRA's h = x A^T, dh = dy B, dA = dh^T x, dB^T = h^T dy): torch's matmul (MKL) runs such skinny
- * products far below the FMA rate, a few times slower than the 6 x 16 register block here when x
- * comes from memory.
+ * Without a mask (bits == NULL) the same three kernels compute x F^T, S^T x and S F for any rank-r F and
+ * S (LoRA's h = x A^T, dh = dy B, dA = dh^T x, dB^T = h^T dy, h (s B^T) and dh A): torch's matmul (MKL)
+ * runs such skinny products far below the FMA rate, up to a few times slower than the 6 x 16 register
+ * block here when x comes from memory.
  *
  * The mask: element (row, col) of the (n, d) input is dropped when
  *     lowbias32((col * 0x9e3779b1) ^ key) < threshold,   key = the low half of splitmix64(seed ^ mix(row))
