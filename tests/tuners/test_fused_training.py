@@ -122,16 +122,18 @@ def test_hooks_on_the_base_layer_still_run_in_training():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, threads):
-    """From 512 features the node's x A^T, h (s B^T), dh^T x, dh A, and dy B with h^T dy (one pass over dy)
-    run in the native kernels (widths 640 -> 1024 -> 520: the last ends in an 8-wide strip): the same
-    outputs and gradients as op by op."""
+@pytest.mark.parametrize("length", [130, 40], ids=["260 tokens", "80 tokens"])
+def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, threads, length):
+    """From 512 features and 256 tokens the node's x A^T, h (s B^T), dh^T x, dh A, and dy B with h^T dy
+    (one pass over dy) run in the native kernels (widths 640 -> 1024 -> 520: the last ends in an 8-wide
+    strip; with and without a bias); with fewer tokens torch's matmul does. Either way: the same outputs
+    and gradients as op by op."""
     require_native_kernels()
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(640, 1024), nn.Tanh(), nn.Linear(1024, 520, bias=False))
     config = LoraConfig(target_modules=["0", "2"], r=12, init_lora_weights=False)
     model = get_peft_model(base, config).train()
-    x, target = torch.randn(2, 40, 640, requires_grad=True), torch.randn(2, 40, 520)
+    x, target = torch.randn(2, length, 640, requires_grad=True), torch.randn(2, length, 520)
     calls = []
     for name in ("lowrank_product", "lowrank_expand", "masked_factor_grad", "output_grads"):
         original = getattr(_masked_lowrank, name)
@@ -152,7 +154,7 @@ def test_wide_layers_take_the_native_products_and_equal_op_by_op(monkeypatch, th
         # per layer: x A^T and h (s B^T) (forward); dy B with h^T dy, dh^T x, and dh A (backward)
         # (with a bias, torch's addmm starts the forward's output from it instead)
         expected = {"lowrank_product": 2, "lowrank_expand": 3, "masked_factor_grad": 2, "output_grads": 2}
-        assert Counter(calls) == expected
+        assert Counter(calls) == (expected if 2 * length >= 256 else {})
         _unfused(monkeypatch)
         plain = run()
     tolerance = {"atol": 1e-5, "rtol": 1e-4}  # float32 sums of up to 1024 products, in another order
@@ -169,7 +171,7 @@ def test_double_backward_through_wide_layers_equals_op_by_op(monkeypatch):
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(512, 528))
     model = get_peft_model(base, LoraConfig(target_modules=["0"], r=8, init_lora_weights=False)).train()
-    x = torch.randn(24, 512, requires_grad=True)
+    x = torch.randn(260, 512, requires_grad=True)  # wide and long enough for the kernels' first order
 
     def penalty_grads():
         model.zero_grad(set_to_none=True)

@@ -26,7 +26,7 @@ pass of its own over an output-sized tensor.
 
 The rank-r products, those that read x or dy (h, dh, dA, dB) and those that write an output- or
 input-sized term (h (s B^T), dh A), run in the native kernels of `_masked_lowrank` where they apply and
-pay (float32, an x86 CPU with AVX2, 512 features or more), else in torch's matmul.
+pay (float32, an x86 CPU with AVX2, 512 features and 256 tokens or more), else in torch's matmul.
 
 peftkit's dropout (`AdapterDropout`) is applied inside the node, `d(x) = k x * keep` (k = 1 / (1 - p)),
 without a pass of its own over the input: k joins the scaling (`y = h (s k B^T) + ...`, dh = s k dy B), and
@@ -158,26 +158,32 @@ def add_in_place(layer: Any, name: str, x: torch.Tensor, result: torch.Tensor) -
     return fused
 
 
-# the native products beat torch's matmul (MKL) from this input width up; below it they tie or lose
-# (per-op timings inside a training step, 1 and 2 threads: bench/RESULTS.md, 2026-12-07, fifth session)
+# the native products beat torch's matmul (MKL) from this width and this many tokens up; below they tie
+# or lose: narrower, per-op timings inside a training step; fewer tokens, the calls' fixed cost (work
+# buffers, the thread team) outweighs what they save (bench/RESULTS.md, 2026-12-07, fifth and sixth
+# sessions)
 _NATIVE_MIN_WIDTH = 512
+_NATIVE_MIN_TOKENS = 256
 
 
 def _native(x: torch.Tensor) -> bool:
-    """Whether a product that reads `x` as it is (contiguous) runs in the native kernels."""
-    return x.is_contiguous() and _native_width(x)
+    """Whether a product that reads the (tokens, features) `x` as it is (contiguous) runs in the native
+    kernels."""
+    return x.is_contiguous() and _native_shape(x.shape[0], x)
 
 
-def _native_width(wide: torch.Tensor) -> bool:
+def _native_shape(tokens: int, wide: torch.Tensor) -> bool:
+    """Whether a product over `tokens` rows whose wide operand is `wide` runs in the native kernels."""
     # not under autograd (a double backward): the kernels have no derivative of their own
-    native = wide.shape[-1] >= _NATIVE_MIN_WIDTH and not torch.is_grad_enabled()
-    return native and _masked_lowrank.applies(wide)
+    native = tokens >= _NATIVE_MIN_TOKENS and wide.shape[-1] >= _NATIVE_MIN_WIDTH
+    return native and not torch.is_grad_enabled() and _masked_lowrank.applies(wide)
 
 
 def _times_factor_t(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """`x F^T` for a 2-D x and a rank-r factor F (r, features): in the native kernels where they pay
-    (float32 on an x86 CPU with AVX2, 512 features or more: up to a third faster than torch's matmul for
-    such a skinny product, which MKL runs far below the machine's FMA rate), else torch's matmul."""
+    (float32 on an x86 CPU with AVX2, 512 features and 256 tokens or more: up to a third faster than
+    torch's matmul for such a skinny product, which MKL runs far below the machine's FMA rate), else
+    torch's matmul."""
     return _masked_lowrank.lowrank_product(x, factor) if _native(x) else x @ factor.t()
 
 
@@ -192,7 +198,7 @@ def _small_t_times(small: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _expand(small: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """`S F` for a (tokens, r) S and a rank-r factor F (r, features), a new tensor: in the native kernels
     where they pay (they write the wide result a register block at a time), else torch's matmul."""
-    if small.dtype == factor.dtype and _native_width(factor):
+    if small.dtype == factor.dtype and _native_shape(small.shape[0], factor):
         return _masked_lowrank.lowrank_expand(small, factor)
     return small @ factor
 
