@@ -353,8 +353,8 @@ int output_grads(const float* dy, const float* bt, const float* h, float* dh, fl
  * rank-r dh and a (no mask; also the forward's h (s B^T)). gx is written, not added to: the caller adds
  * the base layer's term into it with a GEMM (beta = 1), whose compute hides that read, instead of a pass
  * of its own over gx here. */
-int lowrank_expand(float* gx, const uint8_t* bits, const float* dh, const float* a, int64_t n,
-                      int64_t d, int64_t rp, int threads) {
+int lowrank_expand(float* gx, const uint8_t* bits, const float* dh, const float* a, int64_t n, int64_t d,
+                   int64_t rp, int threads) {
   const int64_t blocks = (n + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {

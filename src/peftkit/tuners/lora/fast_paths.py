@@ -181,9 +181,8 @@ def _native_shape(tokens: int, wide: torch.Tensor) -> bool:
 
 def _times_factor_t(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """`x F^T` for a 2-D x and a rank-r factor F (r, features): in the native kernels where they pay
-    (float32 on an x86 CPU with AVX2, 512 features and 256 tokens or more: up to a third faster than
-    torch's matmul for such a skinny product, which MKL runs far below the machine's FMA rate), else
-    torch's matmul."""
+    (`_native`: up to a third faster than torch's matmul for such a skinny product, which MKL runs far
+    below the machine's FMA rate), else torch's matmul."""
     return _masked_lowrank.lowrank_product(x, factor) if _native(x) else x @ factor.t()
 
 
