@@ -46,13 +46,20 @@ def _per_sample(layer, x, names):
     return torch.stack(rows)
 
 
+MIXED = ["r8", "__base__", "r2", "q_only", "r4", "r8"]
+IN_ORDER = ["r8", "r2", "r4"]  # distinct adapters: sample i uses slot i, the stacks are read as they are
+
+
 @pytest.mark.parametrize("strategy", ["dense", "per_sample"])
 @pytest.mark.parametrize("tokens", [1, 6])
+@pytest.mark.parametrize("names", [MIXED, IN_ORDER], ids=["mixed", "in_order"])
 @torch.no_grad()
-def test_both_strategies_equal_each_sample_alone(model, monkeypatch, strategy, tokens):
+def test_both_strategies_equal_each_sample_alone(model, monkeypatch, strategy, tokens, names):
     monkeypatch.setattr(mixed_batch, "choose_strategy", lambda *args: strategy)
     layer = _layer(model)
-    names = ["r8", "__base__", "r2", "q_only", "r4", "r8"]
+    assert mixed_batch.layer_routing(layer, MixedBatch(names), torch.device("cpu")).in_order == (
+        names is IN_ORDER
+    )
     x = torch.randn(len(names), tokens, layer.in_features, generator=torch.Generator().manual_seed(0))
     expected = _per_sample(layer, x, names)
     torch.testing.assert_close(layer(x, adapter_names=names), expected, atol=1e-5, rtol=0)
@@ -65,6 +72,8 @@ def test_both_strategies_equal_each_sample_alone(model, monkeypatch, strategy, t
 
 def test_strategy_follows_the_byte_estimate():
     assert mixed_batch.choose_strategy(rows=16, samples=16, adapters=16) == "dense"  # decoding
+    # decoding where sample i uses slot i: per sample reads the stacks without copying them
+    assert mixed_batch.choose_strategy(rows=16, samples=16, adapters=16, in_order=True) == "per_sample"
     assert mixed_batch.choose_strategy(rows=1024, samples=16, adapters=16) == "per_sample"  # prefill
 
 
