@@ -200,18 +200,21 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
-def require_native_kernels() -> None:
-    """peftkit's native dropout kernels must be built here, where they can be (Linux x86-64 with AVX2 and
-    a C compiler: CI's machines): a failed build fails the test; elsewhere the test is skipped, saying why."""
+def require_native_kernels(kernels=None) -> None:
+    """peftkit's native kernels (the module `kernels` loads: the dropout kernels by default) must be built
+    here, where they can be (Linux x86-64 with AVX2 and a C compiler: CI's machines): a failed build fails
+    the test; elsewhere the test is skipped, saying why."""
     import shutil
 
     from peftkit.tuners import _masked_lowrank
+    from peftkit.utils import cpu_kernels
 
-    if _masked_lowrank.available():
+    kernels = kernels or _masked_lowrank
+    if kernels.available():
         return
-    if not _masked_lowrank.platform_problem() and (os.environ.get("CC") or shutil.which("cc")):
-        pytest.fail(f"the native kernels should build here: {_masked_lowrank.unavailable_reason()}")
-    pytest.skip(f"no native kernels on this machine: {_masked_lowrank.unavailable_reason()}")
+    if not cpu_kernels.platform_problem() and (os.environ.get("CC") or shutil.which("cc")):
+        pytest.fail(f"the native kernels should build here: {kernels.unavailable_reason()}")
+    pytest.skip(f"no native kernels on this machine: {kernels.unavailable_reason()}")
 
 
 @pytest.fixture(params=["kernels", "positions"])

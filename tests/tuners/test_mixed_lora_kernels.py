@@ -5,11 +5,17 @@ import copy
 
 import pytest
 import torch
-from tests.conftest import llama_inputs, perturb_adapter_weights, tiny_llama
+from tests.conftest import (
+    llama_inputs,
+    perturb_adapter_weights,
+    require_native_kernels,
+    tiny_llama,
+    torch_threads,
+)
 
 import peftkit
 from peftkit.tuners._mixed_batch import MixedBatch
-from peftkit.tuners.lora import mixed_batch
+from peftkit.tuners.lora import mixed_batch, mixed_lora_native
 
 RANKS = {"r2": 2, "r4": 4, "r8": 8, "q_only": 4}
 
@@ -50,12 +56,27 @@ MIXED = ["r8", "__base__", "r2", "q_only", "r4", "r8"]
 IN_ORDER = ["r8", "r2", "r4"]  # distinct adapters: sample i uses slot i, the stacks are read as they are
 
 
-@pytest.mark.parametrize("strategy", ["dense", "per_sample"])
+def _use_kernel(monkeypatch, kernel: str) -> list:
+    """Runs the layer's mixed path through the native kernel, or the torch kernel with one strategy; the
+    list collects the native kernel's calls."""
+    calls: list = []
+    if kernel == "native":
+        require_native_kernels(mixed_lora_native)
+        monkeypatch.delitem(mixed_batch.MIXED_LORA_KERNELS, "cpu", raising=False)
+        native = mixed_lora_native.mixed_lora
+        monkeypatch.setattr(mixed_lora_native, "mixed_lora", lambda *a: calls.append(a[-1]) or native(*a))
+    else:
+        monkeypatch.setitem(mixed_batch.MIXED_LORA_KERNELS, "cpu", mixed_batch.torch_mixed_lora)
+        monkeypatch.setattr(mixed_batch, "choose_strategy", lambda *args: kernel)
+    return calls
+
+
+@pytest.mark.parametrize("kernel", ["dense", "per_sample", "native"])
 @pytest.mark.parametrize("tokens", [1, 6])
 @pytest.mark.parametrize("names", [MIXED, IN_ORDER], ids=["mixed", "in_order"])
 @torch.no_grad()
-def test_both_strategies_equal_each_sample_alone(model, monkeypatch, strategy, tokens, names):
-    monkeypatch.setattr(mixed_batch, "choose_strategy", lambda *args: strategy)
+def test_every_kernel_equals_each_sample_alone(model, monkeypatch, kernel, tokens, names):
+    native_calls = _use_kernel(monkeypatch, kernel)
     layer = _layer(model)
     assert mixed_batch.layer_routing(layer, MixedBatch(names), torch.device("cpu")).in_order == (
         names is IN_ORDER
@@ -63,11 +84,56 @@ def test_both_strategies_equal_each_sample_alone(model, monkeypatch, strategy, t
     x = torch.randn(len(names), tokens, layer.in_features, generator=torch.Generator().manual_seed(0))
     expected = _per_sample(layer, x, names)
     torch.testing.assert_close(layer(x, adapter_names=names), expected, atol=1e-5, rtol=0)
-    # autograd on: the same values out of place
+    # the native kernel writes the delta (the base GEMM adds onto it), or adds to zeros where some
+    # sample has no adapter on this layer
+    assert native_calls == ([names is MIXED] if kernel == "native" else [])
+    # autograd on: the same values out of place (the native kernel does not record a graph: torch runs)
     with torch.enable_grad():
         torch.testing.assert_close(
             layer(x.requires_grad_(), adapter_names=names), expected, atol=1e-5, rtol=0
         )
+    assert len(native_calls) == (kernel == "native")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("slots", "rows_per_sample", "rank", "in_features", "out_features"),
+    [
+        ([0, 1, 2, 3], 1, 16, 64, 48),  # decoding distinct adapters in slot order
+        ([3, 1, -1, 1, 0, 3, 3], 1, 5, 40, 24),  # repeats, a sample without adapter, an odd rank
+        ([2, 0, 2], 7, 1, 8, 8),  # rank 1, rows not a multiple of the 4- and 6-row blocks
+        ([1, 0], 50, 17, 96, 136),  # prefill: more rows than a work unit (48), 16 + 1 ranks
+        ([0, 0, 0], 33, 8, 72, 16),  # one adapter for every sample; slot 1 has no samples
+    ],
+)
+def test_native_kernel_equals_float64(slots, rows_per_sample, rank, in_features, out_features, threads):
+    require_native_kernels(mixed_lora_native)
+    generator = torch.Generator().manual_seed(len(slots) * rank)
+    count = max(slots) + 2
+    rows = len(slots) * rows_per_sample
+    x = torch.randn(rows, in_features, generator=generator)
+    stack_A = torch.randn(count, rank, in_features, generator=generator)
+    stack_B = torch.randn(count, rank, out_features, generator=generator)
+    start = torch.randn(rows, out_features, generator=generator)
+    expected = start.double().clone()
+    for sample, slot in enumerate(slots):
+        if slot >= 0:
+            part = slice(sample * rows_per_sample, (sample + 1) * rows_per_sample)
+            expected[part] += x[part].double() @ stack_A[slot].double().T @ stack_B[slot].double()
+    grouped = mixed_lora_native.segments(slots, count)
+    with torch_threads(threads):
+        added, written = start.clone(), torch.full_like(start, float("nan"))
+        mixed_lora_native.mixed_lora(x, added, stack_A, stack_B, grouped, rows_per_sample, True)
+        mixed_lora_native.mixed_lora(x, written, stack_A, stack_B, grouped, rows_per_sample, False)
+    # float32 sums of in_features + rank products of unit-variance values: within 2e-5 of the result's
+    # size (~sqrt(in * rank) * sqrt(rank))
+    tolerance = 2e-5 * (in_features * rank) ** 0.5 * rank**0.5
+    torch.testing.assert_close(added.double(), expected, atol=tolerance, rtol=0)
+    with_adapter = torch.tensor([s >= 0 for s in slots]).repeat_interleave(rows_per_sample)
+    torch.testing.assert_close(
+        written[with_adapter].double(), (expected - start.double())[with_adapter], atol=tolerance, rtol=0
+    )
+    assert written[~with_adapter].isnan().all()  # rows of samples without an adapter: left alone
 
 
 def test_strategy_follows_the_byte_estimate():

@@ -28,50 +28,28 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..utils import native_build
+from ..utils import cpu_kernels, native_build
 
 _SOURCE = Path(__file__).with_name("_masked_lowrank.c")
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c11", "-shared", "-fPIC"]
 _RANK_STEP = 16  # the kernels work on the rank in blocks of 16: A, A^T and dh are padded with zeros
+platform_problem = cpu_kernels.platform_problem
 
-
-def platform_problem() -> str:
-    """Why this machine cannot run the kernels whatever its compiler ('' where it can)."""
-    if not native_build.is_linux_x86():
-        return "the native kernels are built on Linux x86-64 only"
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return "this CPU has no AVX2"
-    return ""
+_ptr, _i64, _u64, _u32, _f32, _i32 = (
+    ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int,
+)  # fmt: skip
+_SIGNATURES = {
+    "dropout_draw": [_ptr, _ptr, _ptr, _i64, _i64, _u64, _u32, _f32, _i32],
+    "dropout_apply": [_ptr, _ptr, _ptr, _i64, _i64, _f32, _i32],
+    "masked_product": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _u64, _u32, _i32],
+    "masked_factor_grad": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
+    "lowrank_expand": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
+    "output_grads": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i32],
+}
 
 
 @functools.cache
 def _library() -> native_build.NativeLibrary:
-    problem = platform_problem()
-    if problem:
-        return native_build.NativeLibrary(None, problem)
-    # with torch's own OpenMP runtime (already loaded: the library links to it by name), else one thread
-    openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-    library = native_build.load(_SOURCE, _FLAGS + openmp)
-    if library.handle is not None:
-        _declare(library.handle)
-    return library
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    ptr, i64, u64, u32, f32, i32 = (
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int,
-    )  # fmt: skip
-    signatures = {
-        "dropout_draw": [ptr, ptr, ptr, i64, i64, u64, u32, f32, i32],
-        "dropout_apply": [ptr, ptr, ptr, i64, i64, f32, i32],
-        "masked_product": [ptr, ptr, ptr, ptr, i64, i64, i64, i64, u64, u32, i32],
-        "masked_factor_grad": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
-        "lowrank_expand": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
-        "output_grads": [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32],
-    }
-    for name, arguments in signatures.items():
-        function = getattr(lib, name)
-        function.argtypes, function.restype = arguments, ctypes.c_int
+    return cpu_kernels.load(_SOURCE, _SIGNATURES)
 
 
 def available() -> bool:

@@ -25,11 +25,19 @@ What a step computes, for N rows (batch x tokens) over S adapters of rank R (`to
 the adapter's delta is computed first and the base GEMM accumulates onto it (`delta += x W^T`), so the
 output is written by the compute-bound GEMM instead of being read and written again by a memory-bound add.
 
+On the CPU (`cpu_mixed_lora`), float32 batches without autograd skip both strategies: the native kernel
+of `mixed_lora_native` takes the samples grouped by slot and multiplies each adapter's rows by its own
+factors, reading every adapter once and computing only the needed FLOPs, in any slot order (30-layer
+benchmark, 2 threads, a decoding step's adapter products: 13.5 ms for 64 rows over 8 adapters, where
+dense took 49 and per sample 115; 13 ms for 16 distinct adapters in slot order, per sample 15).
+
 The GPU seam. `MIXED_LORA_KERNELS` maps a device type to the function that adds the bank's adapters to
-an output (`MixedLoraKernel`); `torch_mixed_lora` (torch operators, any device) is the default. A punica /
-S-LoRA SGMV kernel (segments of rows per adapter, one launch) registers for "cuda" with
+an output (`MixedLoraKernel`); `cpu_mixed_lora` is the CPU's default and `torch_mixed_lora` (torch
+operators) every other device's. A punica / S-LoRA SGMV kernel (segments of rows per adapter, one
+launch: what the CPU kernel does with threads) registers for "cuda" with
 `register_mixed_lora_kernel("cuda", kernel)` and receives the same bank (contiguous stacked factors,
-scaling folded in, slot per sample) and rows; nothing else changes.
+scaling folded in, slot per sample; `LayerRouting.samples_by_slot()` gives the segments) and rows;
+nothing else changes.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from torch import nn
 from torch.nn.modules import module as module_internals
 
 from .._mixed_batch import MixedBatch, as_mixed_batch
-from . import fast_paths
+from . import fast_paths, mixed_lora_native
 
 # A kernel adds (accumulate=True) or writes (False) `out[row] = s B A x[row]` for every row, where row r
 # belongs to sample r // rows_per_sample and that sample's slot in the bank is `slots[sample]` (-1: none).
@@ -75,6 +83,13 @@ class LayerRouting:
     others: dict[str, list[int]]  # adapters with a variant (DoRA, ...): sample indices, per-group formula
     in_order: bool  # sample i uses slot i, for every sample: the stacks are already "gathered"
     masks: dict[Any, torch.Tensor] = field(default_factory=dict)  # dense masks by (device, dtype)
+    grouped: tuple[torch.Tensor, torch.Tensor] | None = None  # the native kernel's samples by slot
+
+    def samples_by_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order, starts) of `mixed_lora_native.segments`, worked out once."""
+        if self.grouped is None:
+            self.grouped = mixed_lora_native.segments(self.slot_list, self.bank.stack_A.shape[0])
+        return self.grouped
 
 
 # ----- the bank -----
@@ -244,6 +259,26 @@ def torch_mixed_lora(
         torch.bmm(hidden, gathered_B, out=out3)
 
 
+def cpu_mixed_lora(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    bank: FactorBank,
+    routing: LayerRouting,
+    rows_per_sample: int,
+    accumulate: bool,
+) -> None:
+    """The CPU kernel: the native segmented kernel where it applies (float32, AVX2, no autograd), which
+    reads each adapter once and computes only its own rows, else `torch_mixed_lora`."""
+    if not mixed_lora_native.applies(x, out, bank.stack_A, bank.stack_B):
+        torch_mixed_lora(x, out, bank, routing, rows_per_sample, accumulate)
+        return
+    if not accumulate and min(routing.slot_list) < 0:  # rows without an adapter get zeros
+        out.zero_()
+        accumulate = True
+    grouped = routing.samples_by_slot()
+    mixed_lora_native.mixed_lora(x, out, bank.stack_A, bank.stack_B, grouped, rows_per_sample, accumulate)
+
+
 MIXED_LORA_KERNELS: dict[str, MixedLoraKernel] = {}
 
 
@@ -254,7 +289,10 @@ def register_mixed_lora_kernel(device_type: str, kernel: MixedLoraKernel) -> Non
 
 
 def _kernel_for(device: torch.device) -> MixedLoraKernel:
-    return MIXED_LORA_KERNELS.get(device.type, torch_mixed_lora)
+    kernel = MIXED_LORA_KERNELS.get(device.type)
+    if kernel is None:
+        kernel = cpu_mixed_lora if device.type == "cpu" else torch_mixed_lora
+    return kernel
 
 
 # ----- the layer's mixed forward -----
@@ -328,6 +366,7 @@ __all__ = [
     "LayerRouting",
     "MixedLoraKernel",
     "choose_strategy",
+    "cpu_mixed_lora",
     "drop_cached_factors",
     "factor_bank",
     "mixed_forward",

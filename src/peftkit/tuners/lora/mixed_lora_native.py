@@ -1,0 +1,87 @@
+"""Mixed-adapter LoRA in a native CPU kernel (`mixed_lora.c`): the rows of each adapter multiplied by
+its factors, every adapter's factors read once per call, nothing copied and no FLOPs spent on other
+adapters' rows.
+
+`mixed_batch.torch_mixed_lora` must choose between computing every adapter for every row ("dense") and
+copying each sample's factors before two `bmm`s ("per sample"); for decoding, where a step's cost is
+reading the adapters, both do several times the needed work unless sample i happens to use slot i. This
+kernel takes the samples grouped by slot (`segments`, worked out once per routing) and does only the
+needed work, on float32 CPU tensors with 8-aligned widths (`applies`); elsewhere the torch kernel runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+
+from ...utils import cpu_kernels, native_build
+
+_SOURCE = Path(__file__).with_name("mixed_lora.c")
+_ptr, _i64, _i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {"mixed_lora": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, *[_i64] * 5, _i32, _i32]}
+
+
+@functools.cache
+def _library() -> native_build.NativeLibrary:
+    return cpu_kernels.load(_SOURCE, _SIGNATURES)
+
+
+def available() -> bool:
+    """Whether the kernel is built and loaded on this machine (builds it on first call)."""
+    return _library().handle is not None
+
+
+def unavailable_reason() -> str:
+    """Why `available()` is False ('' when it is True)."""
+    return _library().unavailable_reason
+
+
+def applies(x: torch.Tensor, out: torch.Tensor, stack_A: torch.Tensor, stack_B: torch.Tensor) -> bool:
+    """Whether `mixed_lora` runs these tensors: float32, on the CPU, contiguous, both widths multiples
+    of 8, and nothing that autograd would have to differentiate."""
+    tensors = (x, out, stack_A, stack_B)
+    return (
+        all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        and x.shape[-1] % 8 == 0
+        and out.shape[-1] % 8 == 0
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and available()
+    )
+
+
+def segments(slot_list: list[int], slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, starts): the samples grouped by slot (slot s owns `order[starts[s]:starts[s + 1]]`, in
+    sample order); samples without a slot (-1) are in no group."""
+    order = sorted((i for i, slot in enumerate(slot_list) if slot >= 0), key=lambda i: slot_list[i])
+    counts = [0] * (slots + 1)
+    for slot in slot_list:
+        if slot >= 0:
+            counts[slot + 1] += 1
+    starts = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+    return torch.tensor(order, dtype=torch.int64), starts
+
+
+def mixed_lora(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    stack_A: torch.Tensor,
+    stack_B: torch.Tensor,
+    grouped: tuple[torch.Tensor, torch.Tensor],
+    rows_per_sample: int,
+    accumulate: bool,
+) -> None:
+    """`out[row] (+)= x[row] A_s^T B_s` for every row of the samples in slot s's group, s over the stacks
+    (A: (S, R, in), B: (S, R, out) holding s * B^T); rows of samples in no group are left as they are.
+    x (N, in) and out (N, out) with N = samples x rows_per_sample; requires `applies`."""
+    order, starts = grouped
+    count, rank, in_features = stack_A.shape
+    status = _library().handle.mixed_lora(
+        x.data_ptr(), out.data_ptr(), stack_A.data_ptr(), stack_B.data_ptr(), order.data_ptr(),
+        starts.data_ptr(), count, rows_per_sample, in_features, out.shape[-1], rank, int(accumulate),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("peftkit's mixed-adapter kernel could not allocate its work buffers")
