@@ -22,7 +22,8 @@
 #include <stdlib.h>
 
 #define CHUNK 48    /* rows per work unit: h is CHUNK x R floats */
-#define DOT_ROWS 4  /* rows per block in h = x A^T: 4 rows x 2 ranks = 8 accumulators */
+#define DOT_ROWS 3  /* rows per block in h = x A^T: 3 rows x 4 ranks = 12 accumulators */
+#define DOT_RANKS 4
 #define EXP_ROWS 6  /* rows per block in out = h Bs: 6 rows x 16 columns = 12 accumulators */
 
 static inline float horizontal_sum(__m256 v) {
@@ -32,44 +33,38 @@ static inline float horizontal_sum(__m256 v) {
 }
 
 /* h[i][j .. j + ranks) = rows[i] . a[j .. j + ranks) over `in` values, for m rows (m <= DOT_ROWS) and
- * ranks (1 or 2) rows of A: m and ranks are compile-time constants at every call (see dot_block). */
+ * `ranks` (<= DOT_RANKS) rows of A: m and ranks are compile-time constants at every call (dot_block). */
 static inline __attribute__((always_inline)) void dot_rows(const float* const* rows, const int m, const float* a,
                                                            const int ranks, int64_t in, float* h, int64_t rank_stride) {
-  __m256 acc[DOT_ROWS][2];
-  for (int i = 0; i < m; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  __m256 acc[DOT_ROWS][DOT_RANKS];
+  for (int i = 0; i < m; ++i)
+    for (int q = 0; q < ranks; ++q) acc[i][q] = _mm256_setzero_ps();
   for (int64_t k = 0; k < in; k += 8) {
-    const __m256 a0 = _mm256_loadu_ps(a + k);
-    const __m256 a1 = ranks > 1 ? _mm256_loadu_ps(a + in + k) : a0;
+    __m256 av[DOT_RANKS];
+    for (int q = 0; q < ranks; ++q) av[q] = _mm256_loadu_ps(a + q * in + k);
     for (int i = 0; i < m; ++i) {
       const __m256 v = _mm256_loadu_ps(rows[i] + k);
-      acc[i][0] = _mm256_fmadd_ps(v, a0, acc[i][0]);
-      if (ranks > 1) acc[i][1] = _mm256_fmadd_ps(v, a1, acc[i][1]);
+      for (int q = 0; q < ranks; ++q) acc[i][q] = _mm256_fmadd_ps(v, av[q], acc[i][q]);
     }
   }
-  for (int i = 0; i < m; ++i) {
-    h[i * rank_stride] = horizontal_sum(acc[i][0]);
-    if (ranks > 1) h[i * rank_stride + 1] = horizontal_sum(acc[i][1]);
-  }
+  for (int i = 0; i < m; ++i)
+    for (int q = 0; q < ranks; ++q) h[i * rank_stride + q] = horizontal_sum(acc[i][q]);
 }
 
 /* h (m, R) = rows A^T for m <= DOT_ROWS rows */
 static void dot_block(const float* const* rows, int m, const float* a, int64_t rank, int64_t in, float* h) {
-  for (int64_t j = 0; j < rank; j += 2) {
+  for (int64_t j = 0; j < rank; j += DOT_RANKS) {
     const float* aj = a + j * in;
     float* hj = h + j;
-    const int two = rank - j >= 2;
-#define DOT_CASE(M)                                    \
-  case M:                                              \
-    if (two)                                           \
-      dot_rows(rows, M, aj, 2, in, hj, rank);          \
-    else                                               \
-      dot_rows(rows, M, aj, 1, in, hj, rank);          \
+    const int ranks = rank - j < DOT_RANKS ? (int)(rank - j) : DOT_RANKS;
+#define DOT_CASE(M, Q)                         \
+  case M * 8 + Q:                              \
+    dot_rows(rows, M, aj, Q, in, hj, rank);    \
     break;
-    switch (m) {
-      DOT_CASE(1)
-      DOT_CASE(2)
-      DOT_CASE(3)
-      DOT_CASE(4)
+    switch (m * 8 + ranks) {
+      DOT_CASE(1, 1) DOT_CASE(1, 2) DOT_CASE(1, 3) DOT_CASE(1, 4)
+      DOT_CASE(2, 1) DOT_CASE(2, 2) DOT_CASE(2, 3) DOT_CASE(2, 4)
+      DOT_CASE(3, 1) DOT_CASE(3, 2) DOT_CASE(3, 3) DOT_CASE(3, 4)
     }
 #undef DOT_CASE
   }
