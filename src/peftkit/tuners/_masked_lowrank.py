@@ -21,18 +21,16 @@ machine by `utils.native_build`), callers use the positions drawn by `_dropout.d
 from __future__ import annotations
 
 import ctypes
-import functools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..utils import cpu_kernels, native_build
+from ..utils import cpu_kernels
 
 _SOURCE = Path(__file__).with_name("_masked_lowrank.c")
 _RANK_STEP = 16  # the kernels work on the rank in blocks of 16: A, A^T and dh are padded with zeros
-platform_problem = cpu_kernels.platform_problem
 
 _ptr, _i64, _u64, _u32, _f32, _i32 = (
     ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int,
@@ -47,19 +45,9 @@ _SIGNATURES = {
 }
 
 
-@functools.cache
-def _library() -> native_build.NativeLibrary:
-    return cpu_kernels.load(_SOURCE, _SIGNATURES)
-
-
-def available() -> bool:
-    """Whether the kernels are built and loaded on this machine (builds them on first call)."""
-    return _library().handle is not None
-
-
-def unavailable_reason() -> str:
-    """Why `available()` is False ('' when it is True)."""
-    return _library().unavailable_reason
+_KERNELS = cpu_kernels.KernelLibrary(_SOURCE, _SIGNATURES)
+available = _KERNELS.available
+unavailable_reason = _KERNELS.unavailable_reason
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -75,7 +63,7 @@ def applies(x: torch.Tensor) -> bool:
 
 
 def _call(name: str, *arguments: object) -> None:
-    if getattr(_library().handle, name)(*arguments, torch.get_num_threads()) != 0:
+    if getattr(_KERNELS.handle, name)(*arguments, torch.get_num_threads()) != 0:
         raise MemoryError(f"peftkit's dropout kernel {name} could not allocate its work buffer")
 
 

@@ -8,6 +8,7 @@ the ones torch already started (`torch.get_num_threads()` is passed to every cal
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 import torch
@@ -26,16 +27,35 @@ def platform_problem() -> str:
     return ""
 
 
-def load(source: Path, signatures: dict[str, list]) -> native_build.NativeLibrary:
-    """The library built from `source`, its functions given `signatures` (argument types; each returns
-    an int status), or None and the reason (see `native_build`). Callers cache the result."""
-    problem = platform_problem()
-    if problem:
-        return native_build.NativeLibrary(None, problem)
-    openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-    library = native_build.load(source, FLAGS + openmp)
-    if library.handle is not None:
-        for name, arguments in signatures.items():
-            function = getattr(library.handle, name)
-            function.argtypes, function.restype = arguments, ctypes.c_int
-    return library
+class KernelLibrary:
+    """The library built from `source`, its functions given `signatures` (argument types; each returns an
+    int status), built and loaded on first use (see `native_build`), once per process."""
+
+    def __init__(self, source: Path, signatures: dict[str, list]) -> None:
+        self.source, self.signatures = source, signatures
+
+    @functools.cached_property
+    def _loaded(self) -> native_build.NativeLibrary:
+        problem = platform_problem()
+        if problem:
+            return native_build.NativeLibrary(None, problem)
+        openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
+        library = native_build.load(self.source, FLAGS + openmp)
+        if library.handle is not None:
+            for name, arguments in self.signatures.items():
+                function = getattr(library.handle, name)
+                function.argtypes, function.restype = arguments, ctypes.c_int
+        return library
+
+    @property
+    def handle(self) -> ctypes.CDLL | None:
+        """The loaded library (None where it is unavailable)."""
+        return self._loaded.handle
+
+    def available(self) -> bool:
+        """Whether the kernels are built and loaded on this machine (builds them on first call)."""
+        return self._loaded.handle is not None
+
+    def unavailable_reason(self) -> str:
+        """Why `available()` is False ('' when it is True)."""
+        return self._loaded.unavailable_reason

@@ -12,31 +12,20 @@ needed work, on float32 CPU tensors with 8-aligned widths (`applies`); elsewhere
 from __future__ import annotations
 
 import ctypes
-import functools
 from pathlib import Path
 
 import torch
 
-from ...utils import cpu_kernels, native_build
+from ...utils import cpu_kernels
 
 _SOURCE = Path(__file__).with_name("mixed_lora.c")
 _ptr, _i64, _i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {"mixed_lora": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, *[_i64] * 5, _i32, _i32]}
 
 
-@functools.cache
-def _library() -> native_build.NativeLibrary:
-    return cpu_kernels.load(_SOURCE, _SIGNATURES)
-
-
-def available() -> bool:
-    """Whether the kernel is built and loaded on this machine (builds it on first call)."""
-    return _library().handle is not None
-
-
-def unavailable_reason() -> str:
-    """Why `available()` is False ('' when it is True)."""
-    return _library().unavailable_reason
+_KERNELS = cpu_kernels.KernelLibrary(_SOURCE, _SIGNATURES)
+available = _KERNELS.available
+unavailable_reason = _KERNELS.unavailable_reason
 
 
 def applies(x: torch.Tensor, out: torch.Tensor, stack_A: torch.Tensor, stack_B: torch.Tensor) -> bool:
@@ -78,7 +67,7 @@ def mixed_lora(
     x (N, in) and out (N, out) with N = samples x rows_per_sample; requires `applies`."""
     order, starts = grouped
     count, rank, in_features = stack_A.shape
-    status = _library().handle.mixed_lora(
+    status = _KERNELS.handle.mixed_lora(
         x.data_ptr(), out.data_ptr(), stack_A.data_ptr(), stack_B.data_ptr(), order.data_ptr(),
         starts.data_ptr(), count, rows_per_sample, in_features, out.shape[-1], rank, int(accumulate),
         torch.get_num_threads(),
