@@ -136,6 +136,33 @@ def test_native_kernel_equals_float64(slots, rows_per_sample, rank, in_features,
     assert written[~with_adapter].isnan().all()  # rows of samples without an adapter: left alone
 
 
+@pytest.mark.parametrize("case", ["width_not_multiple_of_8", "float64", "non_contiguous"])
+@torch.no_grad()
+def test_inputs_outside_the_native_kernel_give_the_same_values(monkeypatch, case):
+    require_native_kernels(mixed_lora_native)
+    calls = []
+    native = mixed_lora_native.mixed_lora
+    monkeypatch.setattr(mixed_lora_native, "mixed_lora", lambda *a: calls.append(a) or native(*a))
+    width = 12 if case == "width_not_multiple_of_8" else 16
+    dtype = torch.float64 if case == "float64" else torch.float32
+    base = torch.nn.Sequential(torch.nn.Linear(width, 24)).to(dtype)
+    model = peftkit.get_peft_model(base, peftkit.LoraConfig(r=4, target_modules=["0"]), "a").eval()
+    model.add_adapter("b", peftkit.LoraConfig(r=2, target_modules=["0"]))
+    for i, name in enumerate(["a", "b"]):
+        model.set_adapter(name)
+        perturb_adapter_weights(model, seed=i, scale=0.3)
+    layer = model.base_model.model[0]
+    names = ["b", "a", "b"]
+    x = torch.randn(3, 5, width, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    if case == "non_contiguous":
+        x = torch.randn(3, 2 * width, 5, dtype=dtype).transpose(1, 2)[..., ::2]
+        assert not x.is_contiguous()
+    torch.testing.assert_close(layer(x, adapter_names=names), _per_sample(layer, x, names), atol=1e-5, rtol=0)
+    # a width the kernel's 8-wide vectors do not divide, or float64: the torch kernel runs; a
+    # non-contiguous input is copied by the reshape to rows, and the native kernel runs on the copy
+    assert len(calls) == (case == "non_contiguous")
+
+
 def test_strategy_follows_the_byte_estimate():
     assert mixed_batch.choose_strategy(rows=16, samples=16, adapters=16) == "dense"  # decoding
     # decoding where sample i uses slot i: per sample reads the stacks without copying them
