@@ -48,7 +48,7 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["single", "ddp", "fsdp2", "accelerate"], required=True)
     parser.add_argument("--out", required=True)
@@ -124,15 +124,18 @@ def main() -> None:
             "wrapper": type(trained).__name__,
         }
         (out / "report.json").write_text(json.dumps(report))
-    if args.mode in ("ddp", "fsdp2"):
-        dist.destroy_process_group()
+    # no collective follows the barrier, so each rank leaves on its own (`os._exit` below) without
+    # `destroy_process_group`, whose teardown is one more place a loaded machine has seen a run stall
+    return rank
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
-    # everything is written: leave without the interpreter's shutdown, where a gloo worker thread once
-    # kept a rank alive for good after its launcher had finished
+    finished_rank = main()
+    # everything is written: say so (the test then knows a launcher still running later is only its
+    # own shutdown), and leave without the interpreter's shutdown, where a gloo worker thread once kept a
+    # rank alive for good after its launcher had finished
+    (Path(sys.argv[sys.argv.index("--out") + 1]) / f"exited_rank{finished_rank}").touch()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
