@@ -269,7 +269,7 @@ def cpu_mixed_lora(
 ) -> None:
     """The CPU kernel: the native segmented kernel where it applies (float32, AVX2, no autograd), which
     reads each adapter once and computes only its own rows, else `torch_mixed_lora`."""
-    if not mixed_lora_native.applies(x, out, bank.stack_A, bank.stack_B):
+    if not mixed_lora_native.applies(x, out):
         torch_mixed_lora(x, out, bank, routing, rows_per_sample, accumulate)
         return
     if not accumulate and min(routing.slot_list) < 0:  # rows without an adapter get zeros

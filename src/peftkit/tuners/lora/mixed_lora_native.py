@@ -28,15 +28,18 @@ available = _KERNELS.available
 unavailable_reason = _KERNELS.unavailable_reason
 
 
-def applies(x: torch.Tensor, out: torch.Tensor, stack_A: torch.Tensor, stack_B: torch.Tensor) -> bool:
-    """Whether `mixed_lora` runs these tensors: float32, on the CPU, contiguous, both widths multiples
-    of 8, and nothing that autograd would have to differentiate."""
-    tensors = (x, out, stack_A, stack_B)
+def applies(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether `mixed_lora` runs these rows: float32, on the CPU, contiguous, both widths multiples of 8,
+    and nothing that autograd would have to differentiate. (The factor stacks need no check: a bank
+    builds them contiguous, without grad, on its factors' device, and the layer casts x to their dtype.)"""
     return (
-        all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        x.dtype == out.dtype == torch.float32
+        and x.device.type == out.device.type == "cpu"
+        and x.is_contiguous()
+        and out.is_contiguous()
         and x.shape[-1] % 8 == 0
         and out.shape[-1] % 8 == 0
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not (torch.is_grad_enabled() and (x.requires_grad or out.requires_grad))
         and available()
     )
 
