@@ -2,6 +2,7 @@
 decoding steps, generation equal to each adapter alone, and the kernel seam."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -56,6 +57,16 @@ MIXED = ["r8", "__base__", "r2", "q_only", "r4", "r8"]
 IN_ORDER = ["r8", "r2", "r4"]  # distinct adapters: sample i uses slot i, the stacks are read as they are
 
 
+def _count_native_calls(monkeypatch) -> list[bool]:
+    """A list that collects the `accumulate` flag of every native kernel call from now on."""
+    calls: list[bool] = []
+    native = mixed_lora_native.BoundKernel.__call__
+    monkeypatch.setattr(
+        mixed_lora_native.BoundKernel, "__call__", lambda *a: calls.append(a[-1]) or native(*a)
+    )
+    return calls
+
+
 def _use_kernel(monkeypatch, kernel: str) -> list:
     """Runs the layer's mixed path through the native kernel, or the torch kernel with one strategy; the
     list collects the native kernel's calls."""
@@ -63,8 +74,7 @@ def _use_kernel(monkeypatch, kernel: str) -> list:
     if kernel == "native":
         require_native_kernels(mixed_lora_native)
         monkeypatch.delitem(mixed_batch.MIXED_LORA_KERNELS, "cpu", raising=False)
-        native = mixed_lora_native.mixed_lora
-        monkeypatch.setattr(mixed_lora_native, "mixed_lora", lambda *a: calls.append(a[-1]) or native(*a))
+        calls = _count_native_calls(monkeypatch)
     else:
         monkeypatch.setitem(mixed_batch.MIXED_LORA_KERNELS, "cpu", mixed_batch.torch_mixed_lora)
         monkeypatch.setattr(mixed_batch, "choose_strategy", lambda *args: kernel)
@@ -140,9 +150,7 @@ def test_native_kernel_equals_float64(slots, rows_per_sample, rank, in_features,
 @torch.no_grad()
 def test_inputs_outside_the_native_kernel_give_the_same_values(monkeypatch, case):
     require_native_kernels(mixed_lora_native)
-    calls = []
-    native = mixed_lora_native.mixed_lora
-    monkeypatch.setattr(mixed_lora_native, "mixed_lora", lambda *a: calls.append(a) or native(*a))
+    calls = _count_native_calls(monkeypatch)
     width = 12 if case == "width_not_multiple_of_8" else 16
     dtype = torch.float64 if case == "float64" else torch.float32
     base = torch.nn.Sequential(torch.nn.Linear(width, 24)).to(dtype)
@@ -295,3 +303,23 @@ def test_a_later_call_with_the_same_names_reuses_the_routing_until_a_factor_chan
     out = layer(x, adapter_names=["r8", "__base__", "r4", "r4"])
     assert layer.mixed_routing is not routing and layer.mixed_factor_bank is not bank
     torch.testing.assert_close(out, _per_sample(layer, x, ["r8", "__base__", "r4", "r4"]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("duplicate", ["deepcopy", "pickle"])
+@torch.no_grad()
+def test_a_copied_layer_runs_on_its_own_stacked_factors(model, duplicate):
+    """The native kernel keeps raw pointers to the bank it was bound to; a copy of the layer must point
+    at its own copy of the bank, not at the original's memory."""
+    require_native_kernels(mixed_lora_native)
+    layer = _layer(model)
+    names = MixedBatch(["r2", "r8", "r2"])  # one routing for both: the twin takes the copied one as it is
+    x = torch.randn(len(names), 2, layer.in_features, generator=torch.Generator().manual_seed(5))
+    layer(x, adapter_names=names)
+    assert layer.mixed_routing.native is not None  # bound by the call above
+    twin = copy.deepcopy(layer) if duplicate == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    expected = _per_sample(twin, x, names)
+    original_bank = layer.mixed_factor_bank
+    original_bank.stack_A.zero_()  # the original's bank: no longer its adapters' factors
+    original_bank.stack_B.zero_()
+    mixed_batch.drop_cached_factors(layer)  # (the shared fixture's next call rebuilds it)
+    torch.testing.assert_close(twin(x, adapter_names=names), expected, atol=1e-5, rtol=0)

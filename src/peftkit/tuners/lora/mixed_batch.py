@@ -82,14 +82,24 @@ class LayerRouting:
     slot_list: list[int]  # the same, as Python ints
     others: dict[str, list[int]]  # adapters with a variant (DoRA, ...): sample indices, per-group formula
     in_order: bool  # sample i uses slot i, for every sample: the stacks are already "gathered"
+    without_slot: bool  # some sample has no plain adapter on this layer (slot -1)
     masks: dict[Any, torch.Tensor] = field(default_factory=dict)  # dense masks by (device, dtype)
-    grouped: tuple[torch.Tensor, torch.Tensor] | None = None  # the native kernel's samples by slot
+    grouped: tuple[torch.Tensor, torch.Tensor] | None = None  # the samples by slot
+    native: mixed_lora_native.BoundKernel | None = None  # the native kernel bound to bank and grouping
 
     def samples_by_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(order, starts) of `mixed_lora_native.segments`, worked out once."""
         if self.grouped is None:
             self.grouped = mixed_lora_native.segments(self.slot_list, self.bank.stack_A.shape[0])
         return self.grouped
+
+    def native_kernel(self) -> mixed_lora_native.BoundKernel:
+        """The native kernel with this routing's bank and grouping bound, once."""
+        if self.native is None:
+            self.native = mixed_lora_native.BoundKernel(
+                self.bank.stack_A, self.bank.stack_B, self.samples_by_slot()
+            )
+        return self.native
 
 
 # ----- the bank -----
@@ -191,8 +201,9 @@ def layer_routing(layer: Any, routing: MixedBatch, device: torch.device) -> Laye
     slot_list = [slot_of.get(name, -1) for name in routing]
     slots = torch.tensor(slot_list, device=device) if plain else None
     in_order = slot_list == list(range(len(plain)))
+    without_slot = -1 in slot_list
     layer.mixed_routing = LayerRouting(
-        routing.serial, list(routing), state, device, bank, slots, slot_list, others, in_order
+        routing.serial, list(routing), state, device, bank, slots, slot_list, others, in_order, without_slot
     )
     return layer.mixed_routing
 
@@ -246,7 +257,7 @@ def torch_mixed_lora(
     else:
         index = routing.slots.clamp(min=0)
         gathered_A, gathered_B = bank.stack_A[index], bank.stack_B[index]
-    if min(routing.slot_list) < 0:  # samples without an adapter here: zero factors (never in_order)
+    if routing.without_slot:  # samples without an adapter here: zero factors (never in_order)
         without = routing.slots < 0
         gathered_A[without] = 0
         gathered_B[without] = 0
@@ -272,11 +283,10 @@ def cpu_mixed_lora(
     if not mixed_lora_native.applies(x, out):
         torch_mixed_lora(x, out, bank, routing, rows_per_sample, accumulate)
         return
-    if not accumulate and min(routing.slot_list) < 0:  # rows without an adapter get zeros
+    if not accumulate and routing.without_slot:  # rows without an adapter get zeros
         out.zero_()
         accumulate = True
-    grouped = routing.samples_by_slot()
-    mixed_lora_native.mixed_lora(x, out, bank.stack_A, bank.stack_B, grouped, rows_per_sample, accumulate)
+    routing.native_kernel()(x, out, rows_per_sample, accumulate)
 
 
 MIXED_LORA_KERNELS: dict[str, MixedLoraKernel] = {}
