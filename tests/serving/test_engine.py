@@ -11,6 +11,7 @@ import peftkit
 from peftkit.serving import AdapterStore
 from peftkit.serving.engine import BatchEngine, GenerationRequest
 from peftkit.serving.sampling import SamplingSettings
+from peftkit.tuners.lora import mixed_batch
 
 from .helpers import save_random_adapters, tiny_base
 
@@ -111,3 +112,26 @@ def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(served, mon
         assert [kind for kind, _ in ok.stream(timeout=60)] == ["token"] * 3 + ["done"]
     finally:
         engine.stop()
+
+
+def test_decoding_steps_of_an_unchanged_batch_check_the_adapters_once(served, monkeypatch):
+    """The running rows keep one routing while they and the store's adapters stay the same, so the layers
+    check their stacked factors once per batch, not at every step (a step's check costs each layer
+    ~1 us per adapter); tokens stay those of each request alone."""
+    model, store, names = served
+    checks = []
+    original = mixed_batch._layer_state
+    monkeypatch.setattr(mixed_batch, "_layer_state", lambda *a: checks.append(1) or original(*a))
+    requests = [GenerationRequest([5, 9, 17], names[0], 6), GenerationRequest([7, 3], names[1], 6)]
+    engine = BatchEngine(model, store, max_batch=4)
+    handles = [engine.submit(r) for r in requests]
+    per_step = []
+    while not all(_done(h) for h in handles):
+        before = len(checks)
+        engine.step()
+        per_step.append(len(checks) - before)
+    # step 1 admits both (the store prepares their adapters, the prefill routes them) and decodes once;
+    # steps 2-5 decode the same rows
+    assert len(per_step) == 5 and per_step[0] > 0 and per_step[1:] == [0, 0, 0, 0]
+    batched = [[value for kind, value in list(h.events.queue) if kind == "token"] for h in handles]
+    assert batched == [_run(BatchEngine(model, store, max_batch=1), [r])[0] for r in requests]

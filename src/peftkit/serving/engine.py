@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..tuners._mixed_batch import BASE_ADAPTER_NAME
+from ..tuners._mixed_batch import BASE_ADAPTER_NAME, MixedBatch
 from ..utils.cache_names import cache_argument_or_default, get_cache
 from . import kv_cache
 from .sampling import SamplingSettings, next_token
@@ -113,6 +113,10 @@ class BatchEngine:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (rows, time): 1 where a row has a real token
         self._admitting: list[_Row] = []  # admitted, not yet running (their prefill may fail)
+        # the running rows' adapters as one routing, kept across decoding steps while neither the rows
+        # nor the store's adapters change: each layer then checks its stacked factors once per batch,
+        # not at every step (as within one `generate` call); None: worked out at the next step
+        self._routing: MixedBatch | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.steps = 0  # decoding forwards run (for tests and logs)
@@ -173,6 +177,7 @@ class BatchEngine:
                 for row in [*self._rows, *self._admitting]:
                     row.handle.events.put(("error", f"generation failed: {type(err).__name__}: {err}"))
                 self._rows, self._cache, self._mask, self._admitting = [], None, None, []
+                self._routing = None
 
     def step(self) -> None:
         """Admit what fits, then one decoding step for every running request."""
@@ -212,6 +217,7 @@ class BatchEngine:
         """Load the adapters the batch would need with this request; the reason when the store cannot."""
         if self.store is None:
             return None
+        self._routing = None  # the store may load or evict adapters: layers check their factors again
         names = {row.request.adapter for row in rows} | {handle.request.adapter}
         try:
             self.store.prepare(names - {BASE_ADAPTER_NAME})
@@ -249,6 +255,7 @@ class BatchEngine:
         kv_cache.check_supported(cache)
         kv_cache.zero_padding(cache, mask)
         self._emit(rows, out.logits[:, -1])
+        self._routing = None  # the running rows change
         if self._cache is None:
             self._cache, self._mask, self._rows = cache, mask, rows
             return
@@ -266,9 +273,9 @@ class BatchEngine:
         ids = torch.tensor([[row.generated[-1]] for row in self._rows], dtype=torch.long)
         positions = self._mask.sum(dim=1, keepdim=True)  # each row's own next position
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
-        out = self._forward(
-            ids, self._mask, positions, self._cache, [row.request.adapter for row in self._rows]
-        )
+        if self._routing is None:
+            self._routing = MixedBatch(row.request.adapter for row in self._rows)
+        out = self._forward(ids, self._mask, positions, self._cache, self._routing)
         self._cache = get_cache(out)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(self._rows))
@@ -297,6 +304,7 @@ class BatchEngine:
                 row.handle.events.put(("done", row.finished))
         if len(keep) == len(self._rows):
             return
+        self._routing = None
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return

@@ -13,6 +13,11 @@ working), plus what layers derive from it, cached on the object:
 - `cached(key, build)`: any other derived value (index tensors per device, masks per rank layout).
 
 A layer may also receive a plain list (users call layers directly); `as_mixed_batch` wraps it.
+
+Passing the same `MixedBatch` to several calls states that the adapters it names did not change between
+them: layers then reuse what they derived for it (their stacked factors) without checking them again,
+as the decoding steps of one `generate` call do. The serving engine does so across the decoding steps
+of a batch whose rows, and the store's adapters, stay the same.
 """
 
 from __future__ import annotations

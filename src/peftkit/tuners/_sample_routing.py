@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._layer_walk import adapter_modules
-from ._mixed_batch import BASE_ADAPTER_NAME, MixedBatch
+from ._mixed_batch import BASE_ADAPTER_NAME, as_mixed_batch
 from ._tuner_layer import BaseTunerLayer
 
 
@@ -33,7 +33,7 @@ def route_samples(model: Any, adapter_names: list[str] | None, batch_size: int |
     if adapter_names is None:
         yield
         return
-    routing = MixedBatch(adapter_names)
+    routing = as_mixed_batch(adapter_names)  # a caller's MixedBatch is kept: see its docstring
     if model.adapter_source is not None:
         model.adapter_source.prepare(routing.adapters)
     layers = list(adapter_modules(model))  # one quick walk per call (this runs before every forward)
