@@ -133,8 +133,9 @@ def test_native_kernel_equals_float64(slots, rows_per_sample, rank, in_features,
     grouped = mixed_lora_native.segments(slots, count)
     with torch_threads(threads):
         added, written = start.clone(), torch.full_like(start, float("nan"))
-        mixed_lora_native.mixed_lora(x, added, stack_A, stack_B, grouped, rows_per_sample, True)
-        mixed_lora_native.mixed_lora(x, written, stack_A, stack_B, grouped, rows_per_sample, False)
+        kernel = mixed_lora_native.BoundKernel(stack_A, stack_B, grouped)
+        kernel(x, added, rows_per_sample, True)
+        kernel(x, written, rows_per_sample, False)
     # float32 sums of in_features + rank products of unit-variance values: within 2e-5 of the result's
     # size (~sqrt(in * rank) * sqrt(rank))
     tolerance = 2e-5 * (in_features * rank) ** 0.5 * rank**0.5

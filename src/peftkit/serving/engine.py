@@ -115,8 +115,10 @@ class BatchEngine:
         self._admitting: list[_Row] = []  # admitted, not yet running (their prefill may fail)
         # the running rows' adapters as one routing, kept across decoding steps while neither the rows
         # nor the store's adapters change: each layer then checks its stacked factors once per batch,
-        # not at every step (as within one `generate` call); None: worked out at the next step
+        # not at every step (as within one `generate` call). `_rows` is replaced, never changed in
+        # place, so the list it was made for tells whether the rows changed; a store call drops it.
         self._routing: MixedBatch | None = None
+        self._routed_rows: list[_Row] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.steps = 0  # decoding forwards run (for tests and logs)
@@ -177,7 +179,6 @@ class BatchEngine:
                 for row in [*self._rows, *self._admitting]:
                     row.handle.events.put(("error", f"generation failed: {type(err).__name__}: {err}"))
                 self._rows, self._cache, self._mask, self._admitting = [], None, None, []
-                self._routing = None
 
     def step(self) -> None:
         """Admit what fits, then one decoding step for every running request."""
@@ -255,7 +256,6 @@ class BatchEngine:
         kv_cache.check_supported(cache)
         kv_cache.zero_padding(cache, mask)
         self._emit(rows, out.logits[:, -1])
-        self._routing = None  # the running rows change
         if self._cache is None:
             self._cache, self._mask, self._rows = cache, mask, rows
             return
@@ -273,8 +273,9 @@ class BatchEngine:
         ids = torch.tensor([[row.generated[-1]] for row in self._rows], dtype=torch.long)
         positions = self._mask.sum(dim=1, keepdim=True)  # each row's own next position
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
-        if self._routing is None:
+        if self._routing is None or self._routed_rows is not self._rows:
             self._routing = MixedBatch(row.request.adapter for row in self._rows)
+            self._routed_rows = self._rows
         out = self._forward(ids, self._mask, positions, self._cache, self._routing)
         self._cache = get_cache(out)
         self.steps += 1
@@ -304,7 +305,6 @@ class BatchEngine:
                 row.handle.events.put(("done", row.finished))
         if len(keep) == len(self._rows):
             return
-        self._routing = None
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return

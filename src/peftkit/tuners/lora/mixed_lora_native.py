@@ -29,9 +29,10 @@ unavailable_reason = _KERNELS.unavailable_reason
 
 
 def applies(x: torch.Tensor, out: torch.Tensor) -> bool:
-    """Whether `mixed_lora` runs these rows: float32, on the CPU, contiguous, both widths multiples of 8,
-    and nothing that autograd would have to differentiate. (The factor stacks need no check: a bank
-    builds them contiguous, without grad, on its factors' device, and the layer casts x to their dtype.)"""
+    """Whether the kernel (`BoundKernel`) runs these rows: float32, on the CPU, contiguous, both widths
+    multiples of 8, and nothing that autograd would have to differentiate. (The factor stacks need no
+    check: a bank builds them contiguous, without grad, on its factors' device, and the layer casts x to
+    their dtype.)"""
     return (
         x.dtype == out.dtype == torch.float32
         and x.device.type == out.device.type == "cpu"
@@ -75,27 +76,13 @@ class BoundKernel:
         return type(self), self._bound
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, rows_per_sample: int, accumulate: bool) -> None:
-        """`out[row] (+)= x[row] A_s^T B_s` (see `mixed_lora`); requires `applies(x, out)` and the widths
-        of the bound stacks."""
+        """`out[row] (+)= x[row] A_s^T B_s` for every row of the samples in slot s's group, s over the
+        stacks (A: (S, R, in), B: (S, R, out) holding s * B^T); rows of samples in no group are left as
+        they are. x (N, in) and out (N, out) with N = samples x rows_per_sample, the widths of the bound
+        stacks; requires `applies(x, out)`."""
         status = _KERNELS.handle.mixed_lora(
             x.data_ptr(), out.data_ptr(), *self._factors, rows_per_sample, *self._sizes, int(accumulate),
             torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise MemoryError("peftkit's mixed-adapter kernel could not allocate its work buffers")
-
-
-def mixed_lora(
-    x: torch.Tensor,
-    out: torch.Tensor,
-    stack_A: torch.Tensor,
-    stack_B: torch.Tensor,
-    grouped: tuple[torch.Tensor, torch.Tensor],
-    rows_per_sample: int,
-    accumulate: bool,
-) -> None:
-    """`out[row] (+)= x[row] A_s^T B_s` for every row of the samples in slot s's group, s over the stacks
-    (A: (S, R, in), B: (S, R, out) holding s * B^T); rows of samples in no group are left as they are.
-    x (N, in) and out (N, out) with N = samples x rows_per_sample; requires `applies`. (A layer binds the
-    stacks once per routing instead: `BoundKernel`.)"""
-    BoundKernel(stack_A, stack_B, grouped)(x, out, rows_per_sample, accumulate)
